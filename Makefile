@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv and install into it when needed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: install demo test lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: here this is the CPU wheel; an unpinned torch pulls
+	# several GB of CUDA packages. For a CUDA build see README ("GPU").
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/unique-cube demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check unique_cube tests benchmarks
+	$(VENV)/bin/ruff format --check unique_cube tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format unique_cube tests benchmarks
+	$(VENV)/bin/ruff check --fix unique_cube tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,346 @@
+"""Shared fixtures: a tiny STAC world of real COGs served by ``rustac serve`` on 127.0.0.1.
+
+The world sits around 37.75 N 127.15 E. Its target grid is EPSG:32652 (UTM 52N) at 30 m; the
+items are deliberately on other grids — HLS-like scenes in EPSG:32651, an MCD43A4-like item on
+the MODIS sinusoidal grid and a Copernicus-DEM-like tile on EPSG:4326 — so every load reprojects.
+Pixel values are piecewise constant so reprojected values can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import rasterio
+from odc.geo.geobox import GeoBox
+from rasterio.transform import Affine
+
+from unique_cube.config import Catalog, load_catalog
+from unique_cube.stac_server import LocalStacServer
+
+DATA = Path(__file__).parent / "data"
+
+SINUSOIDAL_WKT = (
+    'PROJCRS["unnamed",BASEGEOGCRS["Unknown datum based upon the custom spheroid",'
+    'DATUM["Not specified (based on custom spheroid)",ELLIPSOID["Custom spheroid",6371007.181,0,'
+    'LENGTHUNIT["metre",1,ID["EPSG",9001]]]],PRIMEM["Greenwich",0,ANGLEUNIT["degree",'
+    '0.0174532925199433,ID["EPSG",9122]]]],CONVERSION["unnamed",METHOD["Sinusoidal"],'
+    'PARAMETER["Longitude of natural origin",0,ANGLEUNIT["degree",0.0174532925199433],'
+    'ID["EPSG",8802]],PARAMETER["False easting",0,LENGTHUNIT["metre",1],ID["EPSG",8806]],'
+    'PARAMETER["False northing",0,LENGTHUNIT["metre",1],ID["EPSG",8807]]],CS[Cartesian,2],'
+    'AXIS["easting",east,ORDER[1],LENGTHUNIT["metre",1,ID["EPSG",9001]]],'
+    'AXIS["northing",north,ORDER[2],LENGTHUNIT["metre",1,ID["EPSG",9001]]]]'
+)
+MODIS_PIXEL = 463.3127165279167
+
+# Raw digital numbers of the HLS-like scenes (scale 0.0001).
+HLS_DN = {"B01": 350, "B02": 400, "B03": 700, "B04": 500, "B05": 3000, "B06": 1800, "B07": 900}
+HLS_DN_OLD = {
+    "B01": 9000,
+    "B02": 9000,
+    "B03": 9000,
+    "B04": 9000,
+    "B05": 9000,
+    "B06": 9000,
+    "B07": 9000,
+}
+HLS_DN_LATER = {
+    "B01": 250,
+    "B02": 300,
+    "B03": 600,
+    "B04": 400,
+    "B05": 3500,
+    "B06": 1500,
+    "B07": 700,
+}
+MODIS_DN = {1: 600, 2: 2800, 3: 450, 4: 750, 5: 2500, 6: 1900, 7: 1000}
+
+
+@contextlib.contextmanager
+def raise_if_dask_computes(max_computes: int = 0) -> Iterator[None]:
+    """Fail if Dask computes more than ``max_computes`` times inside the block."""
+    count = 0
+
+    def counting_scheduler(dsk, keys, **kwargs):
+        nonlocal count
+        count += 1
+        if count > max_computes:
+            raise RuntimeError(f"Too many computes: {count} > {max_computes}")
+        return dask.get(dsk, keys, **kwargs)
+
+    with dask.config.set(scheduler=counting_scheduler):
+        yield
+
+
+def write_cog(
+    path: Path, array: np.ndarray, crs: str, transform: Affine, nodata: float | None
+) -> None:
+    """Write a single-band Cloud-Optimised GeoTIFF (GDAL's COG driver)."""
+    profile = {
+        "driver": "COG",
+        "width": array.shape[1],
+        "height": array.shape[0],
+        "count": 1,
+        "dtype": array.dtype.name,
+        "crs": crs,
+        "transform": transform,
+        "nodata": nodata,
+        "blocksize": 256,
+        "compress": "deflate",
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array, 1)
+
+
+def _footprint(crs: str, transform: Affine, shape: tuple[int, int]) -> tuple[dict, list[float]]:
+    geobox = GeoBox(shape, transform, crs)
+    extent = geobox.extent.to_crs("EPSG:4326")
+    return extent.json, list(extent.boundingbox)
+
+
+def _item(
+    item_id: str,
+    collection: str,
+    when: dt.datetime,
+    crs: str,
+    transform: Affine,
+    shape: tuple[int, int],
+    assets: dict[str, dict],
+    properties: dict,
+) -> dict:
+    geometry, bbox = _footprint(crs, transform, shape)
+    proj = {"proj:epsg": int(crs.split(":")[1])} if crs.startswith("EPSG:") else {"proj:wkt2": crs}
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
+        ],
+        "id": item_id,
+        "collection": collection,
+        "geometry": geometry,
+        "bbox": bbox,
+        "links": [],
+        "properties": {
+            "datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            **proj,
+            "proj:shape": list(shape),
+            "proj:transform": list(transform)[:6],
+            **properties,
+        },
+        "assets": assets,
+    }
+
+
+def _cog_asset(href: Path, raster_band: dict | None = None) -> dict:
+    asset = {
+        "href": href.resolve().as_uri(),
+        "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+        "roles": ["data"],
+    }
+    if raster_band is not None:
+        asset["raster:bands"] = [raster_band]
+    return asset
+
+
+@dataclass
+class StacWorld:
+    """Files of the tiny world, the served catalog and the target grid."""
+
+    root: Path
+    items_file: Path
+    items: list[dict]
+    catalog: Catalog
+    geobox: GeoBox
+    bbox: tuple[float, float, float, float]
+    cloud_box: tuple[slice, slice]
+    water_box: tuple[slice, slice]
+
+
+# UTM 52N target grid: 40 x 40 pixels of 30 m around (127.15 E, 37.75 N).
+TARGET_X0, TARGET_Y0 = 336420.0, 4180290.0
+
+
+def target_geobox(resolution: float = 30.0, size: int = 40) -> GeoBox:
+    return GeoBox.from_bbox(
+        (TARGET_X0, TARGET_Y0 - 1200, TARGET_X0 + 1200, TARGET_Y0),
+        "EPSG:32652",
+        resolution=resolution,
+    )
+
+
+def _hls_scene(root: Path, name: str, dn: dict[str, int], fmask: np.ndarray) -> dict[str, dict]:
+    # EPSG:32651 grid, 120 x 120 pixels of 30 m, covering the target with a wide margin.
+    assets = {}
+    for band, value in dn.items():
+        data = np.full(fmask.shape, value, dtype="int16")
+        data[:10, :10] = -9999  # a no-data corner, far from the target
+        write_cog(root / f"{name}_{band}.tif", data, "EPSG:32651", HLS_TRANSFORM, -9999)
+        assets[band] = _cog_asset(root / f"{name}_{band}.tif")
+    write_cog(root / f"{name}_Fmask.tif", fmask, "EPSG:32651", HLS_TRANSFORM, 255)
+    assets["Fmask"] = _cog_asset(root / f"{name}_Fmask.tif")
+    return assets
+
+
+HLS_TRANSFORM = Affine(30.0, 0.0, 863700.0, 0.0, -30.0, 4188000.0)
+HLS_SHAPE = (120, 120)
+
+
+@pytest.fixture(scope="session")
+def stac_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StacWorld]:
+    root = tmp_path_factory.mktemp("stac_world")
+    geobox = target_geobox()
+    # Fmask in the HLS grid: a cloud block and a water block, located through the target
+    # grid so that each covers a known part of it.
+    fmask = np.zeros(HLS_SHAPE, dtype="uint8")
+    cloud_box = (slice(5, 15), slice(5, 15))  # target rows/cols
+    water_box = (slice(25, 35), slice(25, 35))
+    _paint_target_box(fmask, geobox, cloud_box, 0b10)  # bit 1: cloud
+    _paint_target_box(fmask, geobox, water_box, 0b100000)  # bit 5: water
+
+    items = []
+    day1 = dt.datetime(2023, 5, 3, 2, 20, tzinfo=dt.UTC)
+    for name, dn, created in (
+        ("HLS.L30.T52SCG.2023123T022000.v2.0", HLS_DN, "2023-05-10T00:00:00Z"),
+        # Same tile and day, processed earlier: de-duplication must drop it.
+        ("HLS.L30.T52SCG.2023123T022000.v1.9", HLS_DN_OLD, "2023-05-04T00:00:00Z"),
+    ):
+        assets = _hls_scene(root, name, dn, fmask)
+        items.append(
+            _item(
+                name,
+                "hls2-l30",
+                day1,
+                "EPSG:32651",
+                HLS_TRANSFORM,
+                HLS_SHAPE,
+                assets,
+                {"eo:cloud_cover": 12.0, "created": created, "platform": "landsat-8"},
+            )
+        )
+    day2 = dt.datetime(2023, 5, 19, 2, 20, tzinfo=dt.UTC)
+    name = "HLS.L30.T52SCG.2023139T022000.v2.0"
+    items.append(
+        _item(
+            name,
+            "hls2-l30",
+            day2,
+            "EPSG:32651",
+            HLS_TRANSFORM,
+            HLS_SHAPE,
+            _hls_scene(root, name, HLS_DN_LATER, np.zeros(HLS_SHAPE, "uint8")),
+            {"eo:cloud_cover": 3.0, "created": "2023-05-20T00:00:00Z", "platform": "landsat-9"},
+        )
+    )
+    day3 = dt.datetime(2023, 5, 11, 2, 20, tzinfo=dt.UTC)
+    name = "HLS.L30.T52SCG.2023131T022000.v2.0"
+    items.append(
+        _item(
+            name,
+            "hls2-l30",
+            day3,
+            "EPSG:32651",
+            HLS_TRANSFORM,
+            HLS_SHAPE,
+            _hls_scene(root, name, HLS_DN_OLD, np.full(HLS_SHAPE, 2, "uint8")),
+            {"eo:cloud_cover": 97.0, "created": "2023-05-12T00:00:00Z", "platform": "landsat-9"},
+        )
+    )
+    items.append(_modis_item(root))
+    items.append(_dem_item(root))
+
+    items_file = root / "items.json"
+    items_file.write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    bbox = tuple(geobox.extent.to_crs("EPSG:4326").boundingbox)
+    with LocalStacServer([items_file]) as server:
+        yield StacWorld(
+            root=root,
+            items_file=items_file,
+            items=items,
+            catalog=load_catalog("demo").with_url(server.url),
+            geobox=geobox,
+            bbox=bbox,
+            cloud_box=cloud_box,
+            water_box=water_box,
+        )
+
+
+def _paint_target_box(qa: np.ndarray, geobox: GeoBox, box: tuple[slice, slice], value: int) -> None:
+    """Set ``value`` in the HLS-grid pixels whose centres fall in a box of target pixels."""
+    from pyproj import Transformer
+
+    rows, cols = np.mgrid[0 : qa.shape[0], 0 : qa.shape[1]]
+    x, y = HLS_TRANSFORM * (cols + 0.5, rows + 0.5)
+    tx, ty = Transformer.from_crs(32651, 32652, always_xy=True).transform(x, y)
+    inv = ~geobox.affine
+    tcol, trow = inv * (tx, ty)
+    inside = (
+        (trow >= box[0].start - 1)
+        & (trow < box[0].stop + 1)
+        & (tcol >= box[1].start - 1)
+        & (tcol < box[1].stop + 1)
+    )
+    qa[inside] |= value
+
+
+def _modis_item(root: Path) -> dict:
+    # 8 x 8 MODIS pixels on the sinusoidal grid; the target's centre is at the corner of
+    # pixels (3, 3) and (4, 4). QA is fill (no retrieval) in the northern half.
+    x0 = 11179125.68 - 4 * MODIS_PIXEL
+    y0 = 4197613.21 + 4 * MODIS_PIXEL
+    transform = Affine(MODIS_PIXEL, 0.0, x0, 0.0, -MODIS_PIXEL, y0)
+    shape = (8, 8)
+    assets = {}
+    for band, value in MODIS_DN.items():
+        data = np.full(shape, value, dtype="int16")
+        path = root / f"mcd43a4_b{band}.tif"
+        write_cog(path, data, SINUSOIDAL_WKT, transform, 32767)
+        assets[f"Nadir_Reflectance_Band{band}"] = _cog_asset(
+            path, {"data_type": "int16", "scale": 0.0001, "spatial_resolution": 500}
+        )
+        qa = np.zeros(shape, dtype="uint8")
+        qa[:4, :] = 255
+        path = root / f"mcd43a4_qa{band}.tif"
+        write_cog(path, qa, SINUSOIDAL_WKT, transform, None)
+        assets[f"BRDF_Albedo_Band_Mandatory_Quality_Band{band}"] = _cog_asset(
+            path, {"data_type": "uint8", "spatial_resolution": 500}
+        )
+    return _item(
+        "MCD43A4.A2023123.h28v05.061",
+        "modis-43A4-061",
+        dt.datetime(2023, 5, 3, tzinfo=dt.UTC),
+        SINUSOIDAL_WKT,
+        transform,
+        shape,
+        assets,
+        {"modis:horizontal-tile": 28, "modis:vertical-tile": 5, "created": "2023-05-12T00:00:00Z"},
+    )
+
+
+def _dem_item(root: Path) -> dict:
+    # 1 arc-second EPSG:4326 tile piece: elevation rises by 1 m per pixel eastwards.
+    step = 1 / 3600
+    transform = Affine(step, 0.0, 127.13, 0.0, -step, 37.77)
+    shape = (144, 144)
+    data = (100.0 + np.arange(shape[1], dtype="float32"))[None, :].repeat(shape[0], axis=0)
+    path = root / "dem.tif"
+    write_cog(path, data, "EPSG:4326", transform, None)
+    return _item(
+        "Copernicus_DSM_COG_10_N37_00_E127_00_DEM",
+        "cop-dem-glo-30",
+        dt.datetime(2021, 4, 22, tzinfo=dt.UTC),
+        "EPSG:4326",
+        transform,
+        shape,
+        {"data": _cog_asset(path)},
+        {"gsd": 30},
+    )

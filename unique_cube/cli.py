@@ -1,0 +1,153 @@
+"""The ``unique-cube`` command line: thin wrappers over the library, one exit code per failure kind.
+
+Exit codes: 0 success, 1 other error, 2 usage, 3 configuration/argument error,
+4 STAC search error, 5 load error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import UniqueCubeError
+
+__all__ = ["main"]
+
+log = logging.getLogger("unique_cube")
+
+
+def _cmd_catalogs(args: argparse.Namespace) -> int:
+    from .config import CATALOG_DIR, load_catalog
+
+    paths = args.files or sorted(str(p) for p in CATALOG_DIR.glob("*.yaml"))
+    for path in paths:
+        catalog = load_catalog(path)
+        print(f"{catalog.name}: {catalog.stac_url} ({catalog.path})")
+        for name, src in catalog.sources.items():
+            roles = ", ".join(src.bands)
+            resolution = f"{src.resolution:g} {src.resolution_units}"
+            print(f"  {name:<14} {src.collection:<16} {src.type:<9} {resolution:<20} [{roles}]")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from .catalog import search
+    from .config import load_catalog
+
+    catalog = load_catalog(args.catalog)
+    if args.stac_url:
+        catalog = catalog.with_url(args.stac_url)
+    items = search(
+        args.source,
+        args.bbox,
+        args.datetime,
+        catalog=catalog,
+        max_cloud_cover=args.max_cloud_cover,
+        method=args.method,
+    )
+    if args.json:
+        # Hrefs are printed unsigned: a signed URL carries a token.
+        print(json.dumps([_unsigned(it.to_dict()) for it in items], indent=1))
+    else:
+        for item in items:
+            cover = item.properties.get("eo:cloud_cover")
+            cover_text = "" if cover is None else f"  cloud {cover:g}%"
+            print(
+                f"{item.datetime or item.properties.get('start_datetime')}  {item.id}{cover_text}"
+            )
+        print(f"{len(items)} item(s)", file=sys.stderr)
+    return 0
+
+
+def _unsigned(item: dict) -> dict:
+    for asset in item.get("assets", {}).values():
+        asset["href"] = asset["href"].split("?", 1)[0]
+    return item
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .stac_server import LocalStacServer
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with LocalStacServer(args.files, port=args.port) as server:
+        print(f"STAC API at {server.url} (Ctrl-C to stop)", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    print(
+        "unique-cube demo: the demo world is not available in this version.\n"
+        "Missing: the demo-world generator (synthetic region with true GPP, published as\n"
+        "COGs + STAC items), the GPP models, the downscaler and the daily product job.\n"
+        "What works now: `unique-cube catalogs`, `unique-cube search`, `unique-cube serve`,\n"
+        "and the library's search → lazy cube → indices path (see README).",
+        file=sys.stderr,
+    )
+    return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unique-cube",
+        description=(
+            "Daily 30 m GPP maps from STAC datacubes "
+            "(UNIQUE: LightGBM GPP + diffusion downscaling)."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"unique-cube {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "catalogs", help="validate and list catalog files (default: the shipped ones)"
+    )
+    p.add_argument("files", nargs="*", help="catalog YAML files")
+    p.set_defaults(func=_cmd_catalogs)
+
+    p = sub.add_parser("search", help="search a source of a catalog and list the items")
+    p.add_argument("source", help="source name in the catalog (hls-l30, modis-sr, dem …)")
+    p.add_argument("--catalog", default="demo", help="catalog name or YAML path (default: demo)")
+    p.add_argument("--stac-url", help="override the catalog's STAC API URL")
+    p.add_argument("--bbox", nargs=4, type=float, required=True, metavar=("W", "S", "E", "N"))
+    p.add_argument("--datetime", required=True, help="YYYY-MM-DD or START/END")
+    p.add_argument("--max-cloud-cover", type=float, help="percent; default the source's limit")
+    p.add_argument("--method", choices=["GET", "POST"], help="HTTP method of the search")
+    p.add_argument("--json", action="store_true", help="print the items as JSON")
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser("serve", help="serve STAC item collections with a local STAC API (rustac)")
+    p.add_argument("files", nargs="+", help="item collection / collection JSON files")
+    p.add_argument("--port", type=int, default=7822, help="port on 127.0.0.1 (default 7822)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("demo", help="run the main job on the embedded demo world")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unique-cube`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UniqueCubeError as err:
+        print(f"unique-cube {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

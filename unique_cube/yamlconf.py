@@ -1,0 +1,187 @@
+"""Typed YAML → frozen dataclasses, with errors that name the file, the key and what was expected.
+
+Every configuration object of unique_cube (catalogs, later pipelines) is a frozen dataclass;
+:func:`build` fills one from a parsed YAML mapping and checks every key against the field types:
+an unknown key, a missing key or a value of the wrong type is a :class:`ConfigError` such as::
+
+    catalogs/demo.yaml: sources.hls-l30.bands.red.scale: expected a number, got 'x' (str)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+from .errors import ConfigError
+
+__all__ = ["build", "read_yaml"]
+
+T = TypeVar("T")
+
+
+def read_yaml(path: str | Path) -> Mapping[str, Any]:
+    """Parse a YAML file that must hold a mapping at its top level."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the file ({err.strerror or err})") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from err
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {_kind(data)}")
+    return data
+
+
+def build(cls: type[T], data: Any, *, file: str | Path, key: str = "") -> T:
+    """Build the frozen dataclass ``cls`` from ``data``, validating every field.
+
+    Parameters
+    ----------
+    cls
+        A dataclass whose fields have type hints built from str, int, float, bool,
+        ``X | None``, ``tuple[X, ...]``, ``Mapping[str, X]`` and other dataclasses.
+    data
+        The parsed YAML value.
+    file, key
+        Where ``data`` comes from, for error messages.
+    """
+    return _convert(cls, data, _Where(str(file), key))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Where:
+    file: str
+    key: str
+
+    def child(self, name: str | int) -> _Where:
+        if isinstance(name, int):
+            return _Where(self.file, f"{self.key}[{name}]")
+        return _Where(self.file, f"{self.key}.{name}" if self.key else str(name))
+
+    def error(self, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self.key or '(top level)'}: {message}")
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return f"{value!r} ({type(value).__name__})" if not isinstance(value, Mapping) else "a mapping"
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is str:
+        return "a string"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('a ')}s"
+    if origin in (Mapping, dict):
+        return "a mapping"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp) if a is not type(None))
+    return str(tp)
+
+
+def _convert(tp: Any, value: Any, where: _Where) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        errors = []
+        for arg in non_none:
+            try:
+                return _convert(arg, value, where)
+            except ConfigError as err:
+                errors.append(err)
+        if len(non_none) == 1:
+            raise errors[0]
+        raise where.error(f"expected {_describe(tp)}, got {_kind(value)}")
+    if typing.get_origin(tp) is typing.Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise where.error(f"expected one of {', '.join(map(str, allowed))}, got {_kind(value)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _convert_dataclass(tp, value, where)
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise where.error(f"expected {_describe(tp)}, got {_kind(value)}")
+        return tuple(_convert(item_type, v, where.child(i)) for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise where.error(f"expected {_describe(tp)}, got {_kind(value)}")
+        return types.MappingProxyType(
+            {
+                _convert(key_type, k, where.child(str(k))): _convert(
+                    value_type, v, where.child(str(k))
+                )
+                for k, v in value.items()
+            }
+        )
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise where.error(f"expected true or false, got {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise where.error(f"expected an integer, got {_kind(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise where.error(f"expected a number, got {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise where.error(f"expected a string, got {_kind(value)}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported field type {tp!r} at {where.key}")  # a programming error
+
+
+def _convert_dataclass(cls: Any, value: Any, where: _Where) -> Any:
+    if not isinstance(value, Mapping):
+        raise where.error(f"expected {_describe(cls)}, got {_kind(value)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = [k for k in value if k not in fields]
+    if unknown:
+        raise where.child(str(unknown[0])).error(
+            f"unknown key; expected one of {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, field in fields.items():
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], where.child(name))
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise where.error(f"missing key '{name}' ({_describe(hints[name])})")
+    obj = cls(**kwargs)
+    check = getattr(obj, "_check", None)
+    if check is not None:
+        problem = check()
+        if problem:
+            raise where.error(problem)
+    return obj
