@@ -22,6 +22,7 @@ from typing import Any
 import pystac
 import requests
 from pystac_client import Client
+from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
@@ -102,8 +103,17 @@ def open_client(
         signer = planetary_computer_signer()
     stac_io = StacApiIO(max_retries=retry.urllib3_retry(), timeout=retry.timeout)
     try:
-        return Client.open(catalog.stac_url, modifier=signer, stac_io=stac_io)
-    except (APIError, requests.RequestException, ValueError) as err:
+        # Client.open applies its own `timeout` to the StacApiIO: pass it there too.
+        return Client.open(
+            catalog.stac_url, modifier=signer, stac_io=stac_io, timeout=retry.timeout
+        )
+    except (
+        APIError,
+        ClientTypeError,
+        pystac.STACError,
+        requests.RequestException,
+        ValueError,
+    ) as err:
         raise SearchFailedError(
             f"cannot open the STAC API of catalog {catalog.name!r} at {catalog.stac_url} "
             f"(after up to {retry.retries} retries): {_short(err)}"
