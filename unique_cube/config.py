@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -30,8 +31,18 @@ __all__ = [
     "load_catalog",
 ]
 
+
+def _catalog_dir() -> Path:
+    # A checkout (editable install) has catalogs/ beside the package; a wheel installs them
+    # as data files under <prefix>/share/unique-cube/catalogs.
+    checkout = Path(__file__).resolve().parent.parent / "catalogs"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "unique-cube" / "catalogs"
+
+
 #: Catalog files shipped with unique_cube (``catalogs/`` at the repository root).
-CATALOG_DIR = Path(__file__).resolve().parent.parent / "catalogs"
+CATALOG_DIR = _catalog_dir()
 
 SourceType = Literal["optical", "terrain", "landcover", "weather"]
 
