@@ -87,8 +87,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "unique-cube demo: the demo world is not available in this version.\n"
-        "Missing: the demo-world generator (synthetic region with true GPP, published as\n"
-        "COGs + STAC items), the GPP models, the downscaler and the daily product job.\n"
+        "Missing: most of the demo-world generator (only its relief and land cover exist;\n"
+        "weather, true GPP and the COG + STAC publication do not), the GPP models, the\n"
+        "downscaler and the daily product job.\n"
         "What works now: `unique-cube catalogs`, `unique-cube search`, `unique-cube serve`,\n"
         "and the library's search → lazy cube → indices path (see README).",
         file=sys.stderr,
