@@ -25,8 +25,6 @@ from rasterio.transform import Affine
 from unique_cube.config import Catalog, load_catalog
 from unique_cube.stac_server import LocalStacServer
 
-DATA = Path(__file__).parent / "data"
-
 SINUSOIDAL_WKT = (
     'PROJCRS["unnamed",BASEGEOGCRS["Unknown datum based upon the custom spheroid",'
     'DATUM["Not specified (based on custom spheroid)",ELLIPSOID["Custom spheroid",6371007.181,0,'
