@@ -91,10 +91,7 @@ def make_terrain(shape_30m: tuple[int, int], rng: np.random.Generator) -> Terrai
     height = height**2.2
     elevation = (15.0 + 1185.0 * height).astype("float32")
 
-    fine_shape = (shape_30m[0] * 3, shape_30m[1] * 3)
-    elevation_10m = ndimage.zoom(elevation, 3, order=1, mode="nearest")[
-        : fine_shape[0], : fine_shape[1]
-    ]
+    elevation_10m = ndimage.zoom(elevation, 3, order=1, mode="nearest")  # exactly 3x the shape
     gy, gx = np.gradient(elevation_10m, 10.0)
     slope_10m = np.degrees(np.arctan(np.hypot(gx, gy)))
     pft = _land_cover(elevation_10m, slope_10m, rng)
