@@ -18,24 +18,14 @@ from pathlib import Path
 import dask
 import numpy as np
 import pytest
-import rasterio
 from odc.geo.geobox import GeoBox
 from rasterio.transform import Affine
 
 from unique_cube.config import Catalog, load_catalog
+from unique_cube.demo.publish import write_cog
+from unique_cube.demo.sensors import SINUSOIDAL_WKT
 from unique_cube.stac_server import LocalStacServer
 
-SINUSOIDAL_WKT = (
-    'PROJCRS["unnamed",BASEGEOGCRS["Unknown datum based upon the custom spheroid",'
-    'DATUM["Not specified (based on custom spheroid)",ELLIPSOID["Custom spheroid",6371007.181,0,'
-    'LENGTHUNIT["metre",1,ID["EPSG",9001]]]],PRIMEM["Greenwich",0,ANGLEUNIT["degree",'
-    '0.0174532925199433,ID["EPSG",9122]]]],CONVERSION["unnamed",METHOD["Sinusoidal"],'
-    'PARAMETER["Longitude of natural origin",0,ANGLEUNIT["degree",0.0174532925199433],'
-    'ID["EPSG",8802]],PARAMETER["False easting",0,LENGTHUNIT["metre",1],ID["EPSG",8806]],'
-    'PARAMETER["False northing",0,LENGTHUNIT["metre",1],ID["EPSG",8807]]],CS[Cartesian,2],'
-    'AXIS["easting",east,ORDER[1],LENGTHUNIT["metre",1,ID["EPSG",9001]]],'
-    'AXIS["northing",north,ORDER[2],LENGTHUNIT["metre",1,ID["EPSG",9001]]]]'
-)
 MODIS_PIXEL = 463.3127165279167
 
 # Raw digital numbers of the HLS-like scenes (scale 0.0001).
@@ -75,26 +65,6 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[None]:
 
     with dask.config.set(scheduler=counting_scheduler):
         yield
-
-
-def write_cog(
-    path: Path, array: np.ndarray, crs: str, transform: Affine, nodata: float | None
-) -> None:
-    """Write a single-band Cloud-Optimised GeoTIFF (GDAL's COG driver)."""
-    profile = {
-        "driver": "COG",
-        "width": array.shape[1],
-        "height": array.shape[0],
-        "count": 1,
-        "dtype": array.dtype.name,
-        "crs": crs,
-        "transform": transform,
-        "nodata": nodata,
-        "blocksize": 256,
-        "compress": "deflate",
-    }
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(array, 1)
 
 
 def _footprint(crs: str, transform: Affine, shape: tuple[int, int]) -> tuple[dict, list[float]]:
@@ -342,3 +312,21 @@ def _dem_item(root: Path) -> dict:
         {"data": _cog_asset(path)},
         {"gsd": 30},
     )
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The small demo world, generated once per test session: (folder, manifest)."""
+    from unique_cube.demo.build import build_world
+
+    path = tmp_path_factory.mktemp("demo") / "world"
+    return path, build_world(path, "small", seed=11, workers=2)
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_world: tuple[Path, dict]) -> Iterator[LocalStacServer]:
+    """The small demo world served by ``rustac serve`` on 127.0.0.1."""
+    from unique_cube.demo.serve import serve_world
+
+    with serve_world(demo_world[0]) as server:
+        yield server

@@ -15,7 +15,7 @@ from unique_cube.cli import main
 def test_console_script_help() -> None:
     script = Path(sys.executable).parent / "unique-cube"
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
-    for command in ("catalogs", "search", "serve", "demo"):
+    for command in ("catalogs", "search", "serve", "demo-world", "serve-catalog", "demo"):
         assert command in result.stdout
 
 
@@ -56,12 +56,23 @@ def test_search_exit_codes(stac_world, capsys: pytest.CaptureFixture[str]) -> No
     assert "no items for collection 'hls2-l30'" in capsys.readouterr().err
 
 
-def test_demo_says_what_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo"]) == 1
-    assert "demo-world generator" in capsys.readouterr().err
+def test_demo_serves_the_world_and_loads_one_day(demo_world, capsys) -> None:
+    """`unique-cube demo` on the (reused) small world: serve → search → load MODIS and HLS."""
+    path, manifest = demo_world
+    code = main(["demo", "--world", str(path), "--size", "small", "--seed", str(manifest["seed"])])
+    assert code == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out[: captured.out.rindex("}") + 1])
+    assert report["hls-l30"]["collection"] == "hls2-l30"
+    assert report["modis-sr"]["collection"] == "modis-09GA-061"
+    assert len(report["hls-l30"]["items"]) == 1 and len(report["modis-sr"]["items"]) == 1
+    assert report["hls-l30"]["dims"] == {"time": 1, "y": 160, "x": 160}
+    assert report["hls-l30"]["clear_fraction"] > 0.5  # the clearest summer scene
+    assert 0.3 < report["hls-l30"]["mean_ndvi"] < 1.0
+    assert "reusing the demo world" in captured.err
+    assert "Not in this version yet" in captured.err
 
 
-def test_usage_error_exit_code() -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["search"])
-    assert exc.value.code == 2
+def test_serve_catalog_refuses_a_folder_that_is_not_a_world(tmp_path, capsys) -> None:
+    assert main(["serve-catalog", str(tmp_path)]) == 3
+    assert "not a complete demo world" in capsys.readouterr().err

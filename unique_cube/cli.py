@@ -84,17 +84,55 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo_world(args: argparse.Namespace) -> int:
+    from .demo.build import build_world
+
+    manifest = build_world(
+        args.out,
+        args.size,
+        args.seed,
+        workers=args.workers,
+        reuse=not args.force,
+        progress=_progress,
+    )
+    print(json.dumps({k: manifest[k] for k in ("size", "seed", "items", "bytes", "seconds")}))
+    return 0
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _cmd_serve_catalog(args: argparse.Namespace) -> int:
+    from .demo.serve import serve_world
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with serve_world(args.world, port=args.port) as server:
+        print(f"STAC API of the demo world in {args.world} at {server.url} (Ctrl-C to stop)")
+        print(f"search it with: unique-cube search hls-l30 --stac-url {server.url} ...", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo.build import build_world
+    from .demo.check import search_and_load_day
+
+    _progress(f"[1/2] demo world ({args.size}, seed {args.seed}) in {args.world}")
+    manifest = build_world(args.world, args.size, args.seed, workers=args.workers,
+                           progress=_progress)  # fmt: skip
+    _progress("[2/2] serving it on 127.0.0.1; STAC search → lazy cube → load, one day")
+    report = search_and_load_day(args.world, manifest, day=args.date, progress=_progress)
+    print(json.dumps(report, indent=1))
     print(
-        "unique-cube demo: the demo world is not available in this version.\n"
-        "Missing: most of the demo-world generator (only its relief and land cover exist;\n"
-        "weather, true GPP and the COG + STAC publication do not), the GPP models, the\n"
-        "downscaler and the daily product job.\n"
-        "What works now: `unique-cube catalogs`, `unique-cube search`, `unique-cube serve`,\n"
-        "and the library's search → lazy cube → indices path (see README).",
+        "\nThe demo world is served and read through the STAC API as the Planetary Computer "
+        "would be.\nNot in this version yet: the GPP models, the downscaler and the daily "
+        "product job (the rest of `unique-cube demo`).",
         file=sys.stderr,
     )
-    return 1
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,7 +171,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7822, help="port on 127.0.0.1 (default 7822)")
     p.set_defaults(func=_cmd_serve)
 
+    p = sub.add_parser(
+        "demo-world", help="generate the demo world (COGs, STAC items, towers, truth) into a folder"
+    )
+    p.add_argument("--out", required=True, help="folder to write (reused if already complete)")
+    p.add_argument("--size", choices=["small", "default"], default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2, help="processes writing COGs (default 2)")
+    p.add_argument("--force", action="store_true", help="rebuild even if a complete world exists")
+    p.set_defaults(func=_cmd_demo_world)
+
+    p = sub.add_parser("serve-catalog", help="serve a demo world with a local STAC API (rustac)")
+    p.add_argument("world", help="folder written by `unique-cube demo-world`")
+    p.add_argument("--port", type=int, default=7822, help="port on 127.0.0.1 (default 7822)")
+    p.set_defaults(func=_cmd_serve_catalog)
+
     p = sub.add_parser("demo", help="run the main job on the embedded demo world")
+    p.add_argument("--world", default="demo-world", help="demo world folder (default demo-world)")
+    p.add_argument("--size", choices=["small", "default"], default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--date", help="day to load (default: the clearest HLS day of the last year)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

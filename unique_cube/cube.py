@@ -135,14 +135,22 @@ def load(
 
     clear = None
     out = xr.Dataset(coords=raw.coords)
+    decoded = {role: _decode_band(raw[dec.asset], dec) for role, dec in decoding.items()}
     if source.qa is not None:
         qa_layers = [_mask_nodata(raw[a], qa_decoding[a].nodata) for a in qa_assets]
         clear = decode_qa(qa_layers, source.qa)
+        # A clear observation needs its bands too: QA can say "clear" over band fill
+        # (MODIS state flags outside the swath, a band missing from one item).
+        attrs = dict(clear.attrs)
+        for values in decoded.values():
+            clear = clear & values.notnull()
+        attrs["long_name"] = attrs["long_name"].replace("QA has data", "QA and bands have data")
+        clear = clear.rename("clear").assign_attrs(attrs)
         out["clear"] = clear
         for name in flags:
             out[f"qa_{name}"] = _flag_any(qa_layers, source.qa, name)
     for role, dec in decoding.items():
-        values = _decode_band(raw[dec.asset], dec)
+        values = decoded[role]
         if clear is not None:
             values = values.where(clear)
         values.attrs = _band_attrs(source, role, dec)

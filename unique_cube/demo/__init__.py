@@ -1,11 +1,28 @@
 """The embedded demo world: a generated Korea-like region with a known true GPP.
 
-Built up stage by stage: ``terrain`` (relief and land cover) is here; weather, true GPP and
-the Planetary-Computer-like publication (COGs, STAC items, flux-tower files) follow.
+``world`` lays out the region and the flux-tower patches, ``terrain`` makes relief and land
+cover, ``weather`` the reanalysis, ``vegetation`` the true canopy and GPP, ``sensors`` what HLS
+and MODIS see, ``towers`` the FLUXNET-style files, ``publish`` the COGs and STAC items,
+``build`` runs it all (``unique-cube demo-world``) and ``serve`` puts it behind a local STAC API.
 """
 
 from __future__ import annotations
 
+from .build import build_world, read_manifest
+from .serve import serve_world, world_stac_files
 from .terrain import PFT, PFT_TO_WORLDCOVER, Terrain, make_terrain
+from .world import SIZES, World, make_world
 
-__all__ = ["PFT", "PFT_TO_WORLDCOVER", "Terrain", "make_terrain"]
+__all__ = [
+    "PFT",
+    "PFT_TO_WORLDCOVER",
+    "SIZES",
+    "Terrain",
+    "World",
+    "build_world",
+    "make_terrain",
+    "make_world",
+    "read_manifest",
+    "serve_world",
+    "world_stac_files",
+]

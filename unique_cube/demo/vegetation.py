@@ -1,0 +1,360 @@
+"""The demo world's true canopy: phenology, light-use-efficiency GPP and surface reflectance.
+
+GPP = ε(PFT) · fAPAR · PAR · f(T) · f(VPD) · f(water), per 30 m pixel and day, in gC m-2 d-1:
+
+* **phenology** — deciduous canopies green up when growing degree-days (base 5 °C, since
+  1 January) pass a threshold and senesce when the 10-day mean temperature falls below another
+  after midsummer, so both come later (and earlier) with elevation through the lapse rate;
+  evergreen needleleaf keeps most of its leaves; crops follow a management calendar (sowing,
+  growth, harvest) and paddy rice is flooded from before transplanting until late summer;
+* **PAR** — 45 % of shortwave, redistributed by slope and aspect for the direct beam at noon
+  (diffuse light by sky view);
+* **water** — a 150 mm bucket filled by rain and snow-melt, emptied by evapotranspiration;
+  flooded paddies do not dry;
+* **reflectance** — each band mixes soil (darker when wet) and an infinitely thick canopy of the
+  type by exp(-c·LAI); water, built-up ground and visible snow mix in by area.
+
+Built-up and water pixels have no GPP; mixed 30 m pixels carry their vegetated fraction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .terrain import fractal_field
+from .weather import DEW_LAPSE_RATE, LAPSE_RATE, AreaSampler, Reanalysis
+from .weather import saturation_vapour_pressure as esat
+from .world import Area, World
+
+__all__ = ["BANDS", "Canopy", "DayState", "block_mean"]
+
+#: Reflective bands simulated (HLS L30 / OLI order: coastal, blue, green, red, nir, swir16,
+#: swir22); MODIS uses the same channels plus none of its own.
+BANDS = ("coastal", "blue", "green", "red", "nir", "swir16", "swir22")
+
+# Per vegetation type (index = PFT code; 0, 7 and 8 have no vegetation).
+#                   -    DBF    ENF    MF    crop  paddy  grass  built  water
+_EPS = np.array([0.0, 2.20, 1.75, 2.00, 2.25, 2.20, 1.90, 0.0, 0.0])  # gC per MJ APAR
+_TMIN = np.array([0.0, 1.0, -3.0, -1.0, 5.0, 8.0, 0.0, 0.0, 0.0])
+_TOPT = np.array([1.0, 22.0, 19.0, 20.0, 26.0, 27.0, 22.0, 1.0, 1.0])
+_TMAX = np.array([2.0, 38.0, 36.0, 37.0, 40.0, 40.0, 38.0, 2.0, 2.0])
+_VPD_CLOSE = np.array([1.0, 3.5, 3.0, 3.2, 4.0, 4.5, 3.8, 1.0, 1.0])  # kPa, f(VPD) = 0
+_LAI_MAX = np.array([0.0, 5.0, 4.5, 4.8, 4.5, 5.0, 2.5, 0.0, 0.0])
+_LAI_MIN = np.array([0.0, 0.4, 3.0, 1.5, 0.0, 0.0, 0.3, 0.0, 0.0])
+_GDD_ON = np.array([1e9, 120.0, 90.0, 110.0, 1e9, 1e9, 150.0, 1e9, 1e9])
+_T_OFF = np.array([-99.0, 13.0, 9.0, 11.0, -99.0, -99.0, 11.0, -99.0, -99.0])
+_UP_DAYS = np.array([1.0, 25.0, 40.0, 30.0, 1.0, 1.0, 30.0, 1.0, 1.0])
+_DOWN_DAYS = np.array([1.0, 25.0, 60.0, 30.0, 1.0, 1.0, 35.0, 1.0, 1.0])
+VPD_OPEN = 0.65  # kPa, f(VPD) = 1 below
+BUCKET_MM = 150.0
+
+# Crop calendars (day of year): sowing/transplanting, mid-growth, harvest, flooding.
+_SOW = {4: 125.0, 5: 145.0}
+_MID_AFTER_SOW = {4: 35.0, 5: 30.0}
+_HARVEST = {4: 258.0, 5: 285.0}
+_FLOODED = (130.0, 260.0)
+
+# Reflectance end-members (rows: bands in BANDS order).
+_SOIL = np.array([0.06, 0.08, 0.11, 0.14, 0.22, 0.30, 0.24])
+_WATER = np.array([0.05, 0.05, 0.05, 0.03, 0.015, 0.008, 0.005])
+_BUILT = np.array([0.12, 0.13, 0.15, 0.17, 0.23, 0.26, 0.22])
+_SNOW = np.array([0.85, 0.85, 0.82, 0.78, 0.70, 0.12, 0.08])
+_CANOPY = {
+    "broadleaf": np.array([0.020, 0.025, 0.060, 0.030, 0.42, 0.20, 0.09]),
+    "needleleaf": np.array([0.020, 0.020, 0.045, 0.025, 0.28, 0.13, 0.06]),
+    "herbaceous": np.array([0.025, 0.030, 0.080, 0.035, 0.45, 0.22, 0.10]),
+}
+_CANOPY_OF = {1: "broadleaf", 2: "needleleaf", 4: "herbaceous", 5: "herbaceous", 6: "herbaceous"}
+_EXTINCTION = np.array([0.65, 0.65, 0.6, 0.65, 0.45, 0.5, 0.55])
+_FOREST = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class DayState:
+    """One day of the true world in an area (arrays of the area's shape, float32)."""
+
+    gpp: np.ndarray
+    """Gross primary productivity (gC m-2 day-1)."""
+    lai: np.ndarray
+    fapar: np.ndarray
+    tair: np.ndarray
+    """Daily mean air temperature (°C)."""
+    vpd: np.ndarray
+    """Daily mean vapour-pressure deficit (kPa)."""
+    shortwave: np.ndarray
+    """Shortwave on a horizontal surface (MJ m-2 day-1)."""
+    precipitation: np.ndarray
+    """mm day-1."""
+    snow: np.ndarray
+    """Fraction of the pixel seen as snow-covered (0-1)."""
+    flooded: np.ndarray
+    """Flooded paddy (bool)."""
+    wetness: np.ndarray
+    """Soil water as a fraction of the bucket (0-1)."""
+
+
+class Canopy:
+    """Simulates areas day after day; keeps phenology, snow and soil water as state.
+
+    Areas of the same width are simulated together, stacked top to bottom (the tower patches);
+    :attr:`parts` says which rows are which area, :meth:`split` cuts a stacked array.
+    """
+
+    def __init__(
+        self,
+        world: World,
+        areas: list[Area],
+        reanalysis: Reanalysis,
+        rng: np.random.Generator,
+    ):
+        import xarray as xr
+
+        from ..static import slope_aspect
+
+        if len({area.shape[1] for area in areas}) != 1:
+            raise ValueError("areas simulated together must have the same width")
+        self.reanalysis = reanalysis
+        # The areas are stacked top to bottom: every step is one set of array operations.
+        self.parts: list[tuple[int, slice]] = []
+        row = 0
+        for area in areas:
+            self.parts.append((world.areas.index(area), slice(row, row + area.shape[0])))
+            row += area.shape[0]
+        ny, nx = self.shape = (row, areas[0].shape[1])
+        pft10 = np.concatenate([area.terrain.pft_10m for area in areas])
+        counts = np.stack(
+            [(pft10 == code).reshape(ny, 3, nx, 3).mean(axis=(1, 3)) for code in range(9)]
+        ).astype("float32")
+        self.frac_water = counts[8]
+        self.frac_built = counts[7]
+        self.frac_veg = 1.0 - counts[7] - counts[8] - counts[0]
+        vegetated = counts.copy()
+        vegetated[[0, 7, 8]] = -1.0
+        self.pft = np.where(self.frac_veg > 0, vegetated.argmax(axis=0), 0).astype("int8")
+        self.water_pixel = self.frac_water >= 0.5
+
+        z = np.concatenate([area.terrain.elevation for area in areas])
+        slopes, aspects = [], []
+        for area in areas:
+            xs, ys = world.area_xy(area)
+            dem = xr.DataArray(
+                area.terrain.elevation, dims=("y", "x"), coords={"y": ys[:, 0], "x": xs[0]}
+            )
+            terrain = slope_aspect(dem)
+            slopes.append(np.radians(terrain.slope.values))
+            aspects.append(np.radians(np.nan_to_num(terrain.aspect.values)))
+        slope, aspect = np.concatenate(slopes), np.concatenate(aspects)
+        # Noon sun is due south: cos(incidence) = cos z cos s + sin z sin s cos(180° - aspect).
+        self.cos_slope = np.cos(slope).astype("float32")
+        self.sin_slope_south = (np.sin(slope) * np.cos(np.pi - aspect)).astype("float32")
+        self.sky_view = ((1 + np.cos(slope)) / 2).astype("float32")
+
+        # Weather varies over ~10 km: per 300 m block in the region, once per tower patch.
+        block = min(10, *(min(area.shape) for area in areas))
+        if len(areas) > 1:
+            block = min(area.shape[0] for area in areas)
+        self.sample = AreaSampler(world, areas, reanalysis.lat, reanalysis.lon, block)
+        dz = z - self.sample(reanalysis.orography)
+        self.dt_lapse = (LAPSE_RATE * dz).astype("float32")
+        self.dtdew_lapse = (DEW_LAPSE_RATE * dz).astype("float32")
+        self.rain_factor = np.clip(1 + 0.0005 * dz, 0.5, 2.0).astype("float32")
+        self.lat = float(np.mean(reanalysis.lat))
+
+        p = self.pft.astype(int)
+        self.eps = _EPS[p].astype("float32")
+        self.tmin, self.topt, self.tmax = (a[p].astype("float32") for a in (_TMIN, _TOPT, _TMAX))
+        self.vpd_close = _VPD_CLOSE[p].astype("float32")
+        vigour = 1.0 + 0.08 * fractal_field(self.shape, 30.0, rng, beta=2.5, scale_max=2_000)
+        self.lai_max = (_LAI_MAX[p] * np.clip(vigour, 0.75, 1.25)).astype("float32")
+        self.lai_min = np.minimum(_LAI_MIN[p], self.lai_max).astype("float32")
+        self.gdd_on = (
+            _GDD_ON[p] * (1 + 0.06 * fractal_field(self.shape, 30.0, rng, beta=2.5, scale_max=1e3))
+        ).astype("float32")
+        self.t_off = _T_OFF[p].astype("float32")
+        self.up = (1.0 / _UP_DAYS[p]).astype("float32")
+        self.down = (1.0 / _DOWN_DAYS[p]).astype("float32")
+        fields = fractal_field(self.shape, 30.0, rng, beta=2.0, scale_max=600)
+        self.calendar_shift = np.round(7.0 * np.clip(fields, -1.5, 1.5)).astype("float32")
+        self.crop = np.isin(self.pft, (4, 5))
+        self.paddy = self.pft == 5
+        self.crop_index = np.flatnonzero(self.crop)
+        code = self.pft.ravel()[self.crop_index]
+        shift = self.calendar_shift.ravel()[self.crop_index]
+        self.crop_sow = np.where(code == 4, _SOW[4], _SOW[5]) + shift
+        self.crop_harvest = np.where(code == 4, _HARVEST[4], _HARVEST[5]) + shift
+        self.crop_mid = self.crop_sow + np.where(code == 4, _MID_AFTER_SOW[4], _MID_AFTER_SOW[5])
+        self.crop_lai_max = self.lai_max.ravel()[self.crop_index]
+        self.flood_start = _FLOODED[0] + self.calendar_shift
+        self.flood_end = _FLOODED[1] + self.calendar_shift
+        soil = 1.0 + 0.12 * fractal_field(self.shape, 30.0, rng, beta=2.5, scale_max=3_000)
+        self.soil_brightness = np.clip(soil, 0.7, 1.3).astype("float32")
+
+        canopy = np.zeros((len(BANDS), ny, nx), dtype="float32")
+        for code, kind in _CANOPY_OF.items():
+            canopy[:, self.pft == code] = _CANOPY[kind][:, None]
+        mixed = self.pft == 3
+        canopy[:, mixed] = (0.5 * (_CANOPY["broadleaf"] + _CANOPY["needleleaf"]))[:, None]
+        self.canopy = canopy
+        self.forest = np.isin(self.pft, _FOREST)
+
+        shape = self.shape
+        self.gdd = np.zeros(shape, "float32")
+        self.green = np.where(self.pft == 2, 0.0, 0.0).astype("float32")
+        self.senescing = np.zeros(shape, bool)
+        self.t_ema = np.full(shape, 5.0, "float32")
+        self.swe = np.zeros(shape, "float32")
+        self.soil_water = np.full(shape, 0.8 * BUCKET_MM, "float32")
+        self._member_cache: dict[int, tuple[np.ndarray, ...]] = {}
+
+    def split(self, values: np.ndarray, factor: int = 1) -> list[tuple[int, np.ndarray]]:
+        """(area index, the area's part of ``values``) for a stacked array (last two axes),
+        on the 30 m grid or on blocks of ``factor`` pixels."""
+        return [
+            (index, values[..., rows.start // factor : rows.stop // factor, :])
+            for index, rows in self.parts
+        ]
+
+    def step(self, index: int) -> DayState:
+        """Advance to day ``index`` of the reanalysis and return that day's state."""
+        r = self.reanalysis
+        day = r.days[index]
+        doy = day.timetuple().tm_yday
+        if doy == 1 or index == 0:
+            self.gdd[:] = 0.0
+            self.senescing[:] = False
+        tair = self.sample(r.tair[index]) + self.dt_lapse
+        tdew = np.minimum(self.sample(r.tdew[index]) + self.dtdew_lapse, tair)
+        vpd = np.maximum(esat(tair) - esat(tdew), 0.0)
+        sw = self.sample(r.shortwave[index])
+        precip = self.sample(r.precipitation[index]) * self.rain_factor
+        cloud = float(r.cloud[index].mean())
+
+        # Snow and the soil bucket.
+        snowfall = np.where(tair < 1.0, precip, 0.0)
+        self.swe += snowfall
+        melt = np.minimum(self.swe, 3.0 * np.maximum(tair, 0.0))
+        self.swe -= melt
+        snow_cover = np.minimum(self.swe / 15.0, 1.0)
+        liquid = precip - snowfall + melt
+
+        # Phenology of natural vegetation.
+        self.gdd += np.maximum(tair - 5.0, 0.0)
+        self.t_ema += (tair - self.t_ema) / 10.0
+        self.senescing |= (doy > 215) & (self.t_ema < self.t_off)
+        growing = (self.gdd > self.gdd_on) & ~self.senescing
+        self.green = np.clip(
+            self.green + np.where(growing, self.up, 0.0) - np.where(self.senescing, self.down, 0.0),
+            0.0,
+            1.0,
+        )
+        lai = self.lai_min + (self.lai_max - self.lai_min) * self.green
+        if self.crop_index.size:
+            lai.ravel()[self.crop_index] = self._crop_lai(doy)
+        fapar = 0.95 * (1.0 - np.exp(-0.5 * lai))
+
+        # Light on the slope at noon: direct beam by incidence, diffuse by sky view.
+        decl = 0.409 * np.sin(2 * np.pi * doy / 365.0 - 1.39)
+        zenith = np.radians(self.lat) - decl
+        cos_i = np.cos(zenith) * self.cos_slope + np.sin(zenith) * self.sin_slope_south
+        diffuse = 0.25 + 0.6 * cloud
+        direct = (1 - diffuse) / np.cos(zenith)
+        # Capped: noon incidence overstates a steep south slope's daily gain.
+        terrain = np.minimum(direct * np.maximum(cos_i, 0.0) + diffuse * self.sky_view, 1.3)
+        par = (0.45 * sw) * terrain
+
+        flooded = self.paddy & (doy >= self.flood_start) & (doy <= self.flood_end)
+        pet = 0.0135 * (tair + 17.8) * sw / 2.45 * (0.25 + 0.75 * fapar)
+        self.soil_water = np.clip(
+            self.soil_water + liquid - pet * np.minimum(self.soil_water / (0.5 * BUCKET_MM), 1.0),
+            0.0,
+            BUCKET_MM,
+        )
+        self.soil_water[flooded] = BUCKET_MM
+        f_water = np.clip(self.soil_water / (0.4 * BUCKET_MM), 0.1, 1.0)
+
+        f_t = np.where(
+            tair < self.topt,
+            (tair - self.tmin) / (self.topt - self.tmin),
+            (self.tmax - tair) / (self.tmax - self.topt),
+        )
+        f_t = np.clip(f_t, 0.0, 1.0)
+        f_vpd = np.clip((self.vpd_close - vpd) / (self.vpd_close - VPD_OPEN), 0.0, 1.0)
+        under_snow = np.where(self.forest, 0.0, 0.8 * snow_cover)
+        # Diffuse light is used more efficiently than direct (the cloudiness-index LUE of
+        # Wang et al. 2015): ε falls to 65 % of its value under a clear sky.
+        eps = self.eps * (0.65 + 0.35 * cloud)
+        gpp = eps * fapar * par * f_t * f_vpd * f_water * self.frac_veg * (1 - under_snow)
+
+        snow_seen = snow_cover * np.where(self.forest, 0.35, 1.0)
+        return DayState(
+            gpp=gpp.astype("float32"),
+            lai=lai.astype("float32"),
+            fapar=fapar.astype("float32"),
+            tair=tair.astype("float32"),
+            vpd=vpd.astype("float32"),
+            shortwave=sw.astype("float32"),
+            precipitation=precip.astype("float32"),
+            snow=snow_seen.astype("float32"),
+            flooded=flooded,
+            wetness=(self.soil_water / BUCKET_MM).astype("float32"),
+        )
+
+    def _crop_lai(self, doy: int) -> np.ndarray:
+        growth = 1.0 / (1.0 + np.exp(-(doy - self.crop_mid) / 7.0))
+        ripening = np.clip((self.crop_harvest - doy) / 25.0, 0.35, 1.0)
+        in_field = (doy >= self.crop_sow) & (doy < self.crop_harvest)
+        return np.where(in_field, self.crop_lai_max * growth * ripening, 0.0)
+
+    def reflectance(self, day: DayState, factor: int = 1) -> np.ndarray:
+        """Clear-sky surface reflectance (band, y, x) in :data:`BANDS` order, on the 30 m grid
+        (``factor`` 1) or on blocks of ``factor`` x ``factor`` pixels (state and end-members
+        averaged over the block first: MODIS only needs it for its point-spread function)."""
+        veg, water, built, canopy, soil = self._members(factor)
+        lai, flooded, snow, wet = (
+            block_mean(a, factor) for a in (day.lai, day.flooded, day.snow, day.wetness)
+        )
+        soil_scale = soil * (1.0 - 0.25 * wet)
+        out = np.empty((len(BANDS), *lai.shape), dtype="float32")
+        cover = {}
+        for b in range(len(BANDS)):
+            c = float(_EXTINCTION[b])
+            if c not in cover:
+                cover[c] = np.exp(-c * lai)
+            background = _SOIL[b] * soil_scale
+            background += flooded * (_WATER[b] - background)
+            value = veg * (canopy[b] + (background - canopy[b]) * cover[c])
+            value += water * _WATER[b] + built * _BUILT[b]
+            out[b] = value + (_SNOW[b] - value) * snow
+        return out
+
+    def _members(self, factor: int):
+        if factor not in self._member_cache:
+            self._member_cache[factor] = tuple(
+                block_mean(a, factor)
+                for a in (
+                    self.frac_veg,
+                    self.frac_water,
+                    self.frac_built,
+                    self.canopy,
+                    self.soil_brightness,
+                )
+            )
+        return self._member_cache[factor]
+
+
+def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over blocks of ``factor`` x ``factor`` of the last two axes (float32)."""
+    values = np.asarray(values)
+    if factor == 1:
+        return values.astype("float32", copy=False)
+    # Strided sums: several times faster than reshape(...).mean() on large arrays.
+    total = np.zeros(
+        (*values.shape[:-2], values.shape[-2] // factor, values.shape[-1] // factor), "float32"
+    )
+    for dy in range(factor):
+        for dx in range(factor):
+            total += values[..., dy::factor, dx::factor]
+    total *= 1.0 / factor**2
+    return total

@@ -1,0 +1,309 @@
+"""The demo world's layout: its grids, the application region and the flux-tower sites.
+
+Everything sits in the HLS/MGRS tile T52SCG (UTM 52N, EPSG:32652), on that tile's 30 m grid:
+
+* the **domain** — a square window of the tile that every published item covers;
+* the **application region** — the Korea-like mountain block the daily product maps;
+* the **sites** — small patches around flux towers on a jittered grid over the domain (a few
+  km apart, mostly in different reanalysis cells), each with its own elevation and vegetation
+  type, hence its own weather.
+
+The world exists only in the region and the site patches: elsewhere the published rasters hold
+their nodata value, as a real archive does outside a scene's footprint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+from scipy import ndimage
+
+from .terrain import Terrain, fractal_field, make_terrain
+
+__all__ = [
+    "CRS",
+    "IGBP",
+    "SIZES",
+    "Area",
+    "Site",
+    "World",
+    "WorldSize",
+    "make_world",
+]
+
+CRS = "EPSG:32652"
+PIXEL = 30.0
+#: Upper-left corner of MGRS tile T52SCG (its HLS grid: 3660 pixels of 30 m).
+TILE = "T52SCG"
+TILE_ORIGIN = (300_000.0, 4_200_000.0)
+TILE_PIXELS = 3660
+
+#: IGBP class of each vegetation type, as a FLUXNET site table gives it.
+IGBP: Mapping[int, str] = MappingProxyType(
+    {1: "DBF", 2: "ENF", 3: "MF", 4: "CRO", 5: "CRO", 6: "GRA", 7: "URB", 8: "WAT"}
+)
+
+
+@dataclass(frozen=True)
+class WorldSize:
+    """How big a world to generate."""
+
+    name: str
+    region_pixels: int
+    """Side of the application region in 30 m pixels."""
+    domain_pixels: int
+    """Side of the domain (what the items cover) in 30 m pixels."""
+    n_sites: int
+    site_pixels: int
+    """Side of each tower patch in 30 m pixels."""
+    start: dt.date
+    end: dt.date
+    """First and last day simulated (inclusive)."""
+
+    @property
+    def days(self) -> list[dt.date]:
+        n = (self.end - self.start).days + 1
+        return [self.start + dt.timedelta(days=i) for i in range(n)]
+
+
+SIZES: Mapping[str, WorldSize] = MappingProxyType(
+    {
+        # 24 km region, 42 towers over 72 km, four years: train 2020-2022, test 2023.
+        "default": WorldSize(
+            "default", 800, 2400, 42, 100, dt.date(2020, 1, 1), dt.date(2023, 12, 31)
+        ),
+        # For tests: a 4.8 km region, 8 towers, one year.
+        "small": WorldSize("small", 160, 960, 8, 60, dt.date(2023, 1, 1), dt.date(2023, 12, 31)),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Area:
+    """A window of the domain where the world is simulated (the region or a tower patch)."""
+
+    name: str
+    row: int
+    col: int
+    """Offset of the window in domain pixels."""
+    terrain: Terrain
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.terrain.elevation.shape
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.row, self.row + self.shape[0]), slice(self.col, self.col + self.shape[1])
+
+
+@dataclass(frozen=True)
+class Site:
+    """A flux tower: at the centre of its area."""
+
+    id: str
+    pft: int
+    x: float
+    y: float
+    """Tower position in EPSG:32652 metres."""
+    lat: float
+    lon: float
+    elevation: float
+    area: int
+    """Index of the tower's patch in :attr:`World.areas`."""
+
+    @property
+    def igbp(self) -> str:
+        return IGBP[self.pft]
+
+
+@dataclass(frozen=True)
+class World:
+    """The layout and static layers of a generated world."""
+
+    size: WorldSize
+    seed: int
+    areas: tuple[Area, ...]
+    """The region first, then one patch per site."""
+    sites: tuple[Site, ...]
+    domain_origin: tuple[float, float]
+    """Upper-left corner of the domain (x, y) in EPSG:32652."""
+
+    @property
+    def region(self) -> Area:
+        return self.areas[0]
+
+    @property
+    def domain_shape(self) -> tuple[int, int]:
+        return (self.size.domain_pixels, self.size.domain_pixels)
+
+    @property
+    def domain_transform(self):
+        from affine import Affine
+
+        x0, y0 = self.domain_origin
+        return Affine(PIXEL, 0.0, x0, 0.0, -PIXEL, y0)
+
+    def area_transform(self, area: Area):
+        from affine import Affine
+
+        x0, y0 = self.domain_origin
+        return Affine(PIXEL, 0.0, x0 + area.col * PIXEL, 0.0, -PIXEL, y0 - area.row * PIXEL)
+
+    def area_xy(self, area: Area, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel-centre coordinates (x, y) of an area, every ``step`` pixels (2-D arrays)."""
+        x0, y0 = self.domain_origin
+        ny, nx = area.shape
+        cols = np.arange(0, nx, step) + (step / 2.0)
+        rows = np.arange(0, ny, step) + (step / 2.0)
+        xs = x0 + (area.col + cols) * PIXEL
+        ys = y0 - (area.row + rows) * PIXEL
+        return np.meshgrid(xs, ys)
+
+    def domain_bounds(self) -> tuple[float, float, float, float]:
+        x0, y0 = self.domain_origin
+        n = self.size.domain_pixels * PIXEL
+        return (x0, y0 - n, x0 + n, y0)
+
+    def mosaic(self, layer: str, fill: float, dtype: str = "float32", factor: int = 1):
+        """A domain-sized array of one static layer (``elevation`` or ``pft_10m``), ``fill``
+        outside the areas; ``factor`` is the layer's pixels per 30 m pixel."""
+        n = self.size.domain_pixels * factor
+        out = np.full((n, n), fill, dtype=dtype)
+        for area in self.areas:
+            rows, cols = area.slices
+            fine = (
+                slice(rows.start * factor, rows.stop * factor),
+                slice(cols.start * factor, cols.stop * factor),
+            )
+            out[fine] = getattr(area.terrain, layer)
+        return out
+
+
+# Vegetation types of the towers and the elevation band (m) each is found in.
+_SITE_MIX = (
+    (1, 9, (150, 950)),
+    (2, 7, (550, 1350)),
+    (3, 8, (300, 1100)),
+    (4, 7, (15, 250)),
+    (5, 7, (5, 120)),
+    (6, 4, (40, 900)),
+)
+# Another type that shares a patch with the tower's, away from the tower.
+_NEIGHBOUR = {1: 3, 2: 3, 3: 1, 4: 7, 5: 4, 6: 4}
+
+
+def make_world(size: WorldSize | str = "default", seed: int = 0) -> World:
+    """Lay out the domain, the region and the tower patches, with their static layers."""
+    from pyproj import Transformer
+
+    if isinstance(size, str):
+        size = SIZES[size]
+    rng = np.random.default_rng(seed)
+    n = size.domain_pixels
+    # The domain is centred on the region; both on the tile's 30 m grid.
+    centre_col, centre_row = 1614, 857  # around 37.70 N 127.28 E in T52SCG
+    col0 = centre_col - n // 2
+    row0 = max(centre_row - n // 2, 0)
+    if col0 < 0 or col0 + n > TILE_PIXELS or row0 + n > TILE_PIXELS:
+        raise ValueError(f"a domain of {n} pixels does not fit in tile {TILE}")
+    domain_origin = (TILE_ORIGIN[0] + col0 * PIXEL, TILE_ORIGIN[1] - row0 * PIXEL)
+
+    r = size.region_pixels
+    region_row = centre_row - row0 - r // 2
+    region_col = n // 2 - r // 2
+    region = Area("region", region_row, region_col, make_terrain((r, r), rng))
+
+    to_lonlat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    placements = _place_sites(size, (region_row, region_col), rng)
+    pfts = _site_types(size.n_sites, rng)
+    areas: list[Area] = [region]
+    sites: list[Site] = []
+    for i, ((row, col), (pft, z_range)) in enumerate(zip(placements, pfts, strict=True)):
+        base = rng.uniform(*z_range)
+        terrain = _site_terrain(size.site_pixels, pft, base, rng)
+        area = Area(f"site-{i + 1:02d}", row, col, terrain)
+        areas.append(area)
+        half = size.site_pixels / 2.0
+        x = domain_origin[0] + (col + half) * PIXEL
+        y = domain_origin[1] - (row + half) * PIXEL
+        lon, lat = to_lonlat.transform(x, y)
+        centre = terrain.elevation.shape[0] // 2
+        sites.append(
+            Site(
+                id=f"DW-{pft}{i + 1:02d}",
+                pft=pft,
+                x=x,
+                y=y,
+                lat=round(float(lat), 5),
+                lon=round(float(lon), 5),
+                elevation=round(float(terrain.elevation[centre, centre]), 1),
+                area=i + 1,
+            )
+        )
+    return World(size, seed, tuple(areas), tuple(sites), domain_origin)
+
+
+def _site_types(n_sites: int, rng: np.random.Generator) -> list[tuple[int, tuple[int, int]]]:
+    total = sum(count for _, count, _ in _SITE_MIX)
+    types = []
+    for pft, count, z_range in _SITE_MIX:
+        types += [(pft, z_range)] * max(1, round(count * n_sites / total))
+    order = rng.permutation(len(types))
+    chosen = [types[i] for i in order][:n_sites]
+    while len(chosen) < n_sites:
+        chosen.append(types[len(chosen) % len(types)])
+    return chosen
+
+
+def _place_sites(
+    size: WorldSize, region_at: tuple[int, int], rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """Jittered-grid positions (upper-left pixel) of the tower patches, off the region."""
+    n, s, r = size.domain_pixels, size.site_pixels, size.region_pixels
+    per_side = int(np.ceil(np.sqrt(size.n_sites * 1.6))) + 1
+    cell = n // per_side
+    if cell < s + 4:
+        raise ValueError(f"{size.n_sites} sites of {s} pixels do not fit in {n} pixels")
+    margin = s // 2 + 2
+    candidates = []
+    for i in range(per_side):
+        for j in range(per_side):
+            row = i * cell + int(rng.integers(2, cell - s - 1))
+            col = j * cell + int(rng.integers(2, cell - s - 1))
+            off_region = (
+                row + s + margin < region_at[0]
+                or row > region_at[0] + r + margin
+                or col + s + margin < region_at[1]
+                or col > region_at[1] + r + margin
+            )
+            if off_region and row + s <= n and col + s <= n:
+                candidates.append((row, col))
+    if len(candidates) < size.n_sites:
+        raise ValueError(f"only {len(candidates)} site positions for {size.n_sites} sites")
+    picked = rng.choice(len(candidates), size=size.n_sites, replace=False)
+    return [candidates[i] for i in sorted(picked)]
+
+
+def _site_terrain(pixels: int, pft: int, base: float, rng: np.random.Generator) -> Terrain:
+    """A tower patch: gentle relief around ``base`` m, the tower's type around the tower
+    (a fetch of ~300 m), other types in patches further out."""
+    steep = pft in (1, 2, 3, 6)
+    relief = fractal_field((pixels, pixels), PIXEL, rng, beta=4.0, scale_max=3_000)
+    elevation = (base + (60.0 if steep else 4.0) * relief).astype("float32")
+    elevation = np.maximum(elevation, 1.0)
+    fine = pixels * 3
+    patches = fractal_field((fine, fine), 10.0, rng, beta=2.4, scale_max=600)
+    yy, xx = np.mgrid[0:fine, 0:fine] - (fine - 1) / 2.0
+    distance = np.hypot(yy, xx) * 10.0
+    pft_10m = np.full((fine, fine), pft, dtype="uint8")
+    away = distance > 300.0
+    pft_10m[away & (patches > 0.9)] = _NEIGHBOUR[pft]
+    if pft in (4, 5):
+        pft_10m[away & (patches < -1.6)] = 7  # farmsteads and villages
+        pft_10m[ndimage.binary_erosion(away & (patches < -2.2))] = 8  # ponds
+    return Terrain(elevation=elevation, pft_10m=pft_10m)
