@@ -116,6 +116,17 @@ def _cmd_serve_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_gpp(args: argparse.Namespace) -> int:
+    from .pipeline import load_pipeline
+    from .training import train_gpp
+
+    pipeline = load_pipeline(args.pipeline)
+    report = train_gpp(pipeline, say=_progress)
+    summary = {k: {"learner": v["learner"], **v["cv"]["overall"]} for k, v in report.items()}
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.build import build_world
     from .demo.check import search_and_load_day
@@ -185,6 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("world", help="folder written by `unique-cube demo-world`")
     p.add_argument("--port", type=int, default=7822, help="port on 127.0.0.1 (default 7822)")
     p.set_defaults(func=_cmd_serve_catalog)
+
+    p = sub.add_parser(
+        "train-gpp", help="train the MODIS and Landsat GPP models of a pipeline (spatial CV)"
+    )
+    p.add_argument("pipeline", help="pipeline YAML (e.g. pipelines/demo.yaml)")
+    p.set_defaults(func=_cmd_train_gpp)
 
     p = sub.add_parser("demo", help="run the main job on the embedded demo world")
     p.add_argument("--world", default="demo-world", help="demo world folder (default demo-world)")

@@ -10,6 +10,7 @@ an unknown key, a missing key or a value of the wrong type is a :class:`ConfigEr
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import types
 import typing
 from collections.abc import Mapping
@@ -90,6 +91,8 @@ def _describe(tp: Any) -> str:
         return "an integer"
     if tp is float:
         return "a number"
+    if tp is dt.date:
+        return "a date (YYYY-MM-DD)"
     if dataclasses.is_dataclass(tp):
         return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
     if origin is tuple:
@@ -157,6 +160,13 @@ def _convert(tp: Any, value: Any, where: _Where) -> Any:
         if not isinstance(value, str):
             raise where.error(f"expected a string, got {_kind(value)}")
         return value
+    if tp is dt.date:
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value
+        try:
+            return dt.date.fromisoformat(str(value))
+        except ValueError:
+            raise where.error(f"expected a date (YYYY-MM-DD), got {_kind(value)}") from None
     if tp is Any:
         return value
     raise TypeError(f"unsupported field type {tp!r} at {where.key}")  # a programming error

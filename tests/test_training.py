@@ -1,0 +1,102 @@
+"""`unique-cube train-gpp` on the small demo world: tower tables, both models, report, plots;
+the reanalysis reader and the tower windows it uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from unique_cube.catalog import search
+from unique_cube.cli import main
+from unique_cube.config import load_catalog
+from unique_cube.errors import LoadError
+from unique_cube.flux import read_flux_dir, read_sites
+from unique_cube.met import at_points, daily_weather
+from unique_cube.sites import tower_features
+
+
+def _pipeline(tmp_path: Path, world: Path) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        f"""
+name: small-demo
+catalog: demo
+serve_world: {world}
+flux: {{directory: {world}/flux, sites: {world}/flux/sites.csv}}
+gpp:
+  train: {{start: 2023-01-01, end: 2023-12-31}}
+  modis: {{source: modis-sr, min_clear: 1, gap_fill_days: 16}}
+  landsat: {{source: hls-l30, min_clear: 5}}
+  folds: 4
+  learners: [lightgbm, linear]
+  output: {tmp_path}/models
+"""
+    )
+    return path
+
+
+def test_train_gpp_writes_models_cards_and_report(demo_world, tmp_path, capsys) -> None:
+    world, _ = demo_world
+    assert main(["train-gpp", str(_pipeline(tmp_path, world))]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    models = tmp_path / "models"
+    for key in ("modis", "landsat"):
+        card = json.loads((models / f"gpp_{key}.card.json").read_text())
+        assert (models / card["model_file"]).is_file()
+        assert (models / f"gpp_{key}_cv.png").stat().st_size > 10_000
+        table = pd.read_parquet(models / f"{key}_training.parquet")
+        assert {"site", "date", "gpp", "ndvi", "tair", "n_clear"} <= set(table.columns)
+        assert card["n_sites"] == 8 and summary[key]["r"] > 0.7
+    report = json.loads((models / "cv_report.json").read_text())
+    assert set(report["modis"]["cv"]["per_fold"]) == {"0", "1", "2", "3"}
+    # Landsat rows are clear dates only; MODIS rows are gap-filled to most days.
+    landsat = pd.read_parquet(models / "landsat_training.parquet")
+    modis = pd.read_parquet(models / "modis_training.parquet")
+    assert (landsat["n_clear"] >= 5).all()
+    assert len(modis) > 5 * len(landsat)
+
+
+@pytest.fixture(scope="module")
+def demo_catalog(demo_server):
+    return load_catalog("demo").with_url(demo_server.url)
+
+
+def test_daily_weather_matches_the_towers(demo_world, demo_catalog) -> None:
+    world, _ = demo_world
+    sites = read_sites(world / "flux" / "sites.csv")
+    items = search("era5", (127.0, 37.4, 127.6, 37.9), "2022-12-31/2023-12-31",
+                   catalog=demo_catalog)  # fmt: skip
+    daily = daily_weather(items, demo_catalog.source("era5"))
+    assert daily.sizes["time"] == 365 and str(daily.time.values[0])[:10] == "2023-01-01"
+    assert daily.tair.attrs["units"] == "degC"
+    at_sites = at_points(daily, sites["lat"], sites["lon"]).compute()
+    flux = read_flux_dir(world / "flux", min_qc=0.0)
+    one = flux[flux["site"] == sites["site"][0]].set_index("date")
+    joined = one.join(at_sites.isel(site=0).to_dataframe(), how="inner")
+    joined = joined.dropna(subset=["TA_F", "SW_IN_F"])  # the towers' own met gaps
+    assert len(joined) > 200
+    assert np.corrcoef(joined["TA_F"], joined["tair"])[0, 1] > 0.97
+    assert np.corrcoef(joined["SW_IN_F"], joined["shortwave"])[0, 1] > 0.95
+    assert float(at_sites.precipitation.min()) >= 0 and float(at_sites.vpd.min()) >= 0
+    with pytest.raises(LoadError, match="outside the reanalysis grid"):
+        at_points(daily, [10.0], [127.0])
+
+
+def test_tower_windows_count_clear_pixels(demo_world, demo_catalog) -> None:
+    world, _ = demo_world
+    sites = read_sites(world / "flux" / "sites.csv")
+    items = search("hls-l30", (127.0, 37.4, 127.6, 37.9), "2023-06-01/2023-08-31",
+                   catalog=demo_catalog)  # fmt: skip
+    features = tower_features(items, demo_catalog.source("hls-l30"), sites).compute()
+    assert features.sizes["site"] == 8
+    assert int(features.n_clear.min()) >= 0 and int(features.n_clear.max()) == 9
+    clear = features.ndvi.where(features.n_clear == 9)
+    assert 0.2 < float(clear.mean()) < 0.95
+    assert features.ndvi.where(features.n_clear == 0).isnull().all()
+    far = pd.DataFrame({"site": ["XX-Far"], "lat": [35.0], "lon": [129.5], "igbp": ["DBF"]})
+    with pytest.raises(LoadError, match=r"site XX-Far .* outside every hls2-l30 item"):
+        tower_features(items, demo_catalog.source("hls-l30"), far)
