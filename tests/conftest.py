@@ -330,3 +330,30 @@ def demo_server(demo_world: tuple[Path, dict]) -> Iterator[LocalStacServer]:
 
     with serve_world(demo_world[0]) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def trained_models(demo_world: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both GPP models trained on the small demo world (4 spatial folds): their folder."""
+    from unique_cube.cli import main
+
+    world = demo_world[0]
+    folder = tmp_path_factory.mktemp("models")
+    spec = folder / "pipeline.yaml"
+    spec.write_text(
+        f"""
+name: small-demo
+catalog: demo
+serve_world: {world}
+flux: {{directory: {world}/flux, sites: {world}/flux/sites.csv}}
+gpp:
+  train: {{start: 2023-01-01, end: 2023-12-31}}
+  modis: {{source: modis-sr, min_clear: 1, gap_fill_days: 16}}
+  landsat: {{source: hls-l30, min_clear: 5}}
+  folds: 4
+  learners: [lightgbm, linear]
+  output: {folder}
+"""
+    )
+    assert main(["train-gpp", str(spec)]) == 0
+    return folder

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 
 from unique_cube.catalog import search
-from unique_cube.cli import main
 from unique_cube.config import load_catalog
 from unique_cube.errors import LoadError
 from unique_cube.flux import read_flux_dir, read_sites
@@ -19,39 +18,18 @@ from unique_cube.met import at_points, daily_weather
 from unique_cube.sites import tower_features
 
 
-def _pipeline(tmp_path: Path, world: Path) -> Path:
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(
-        f"""
-name: small-demo
-catalog: demo
-serve_world: {world}
-flux: {{directory: {world}/flux, sites: {world}/flux/sites.csv}}
-gpp:
-  train: {{start: 2023-01-01, end: 2023-12-31}}
-  modis: {{source: modis-sr, min_clear: 1, gap_fill_days: 16}}
-  landsat: {{source: hls-l30, min_clear: 5}}
-  folds: 4
-  learners: [lightgbm, linear]
-  output: {tmp_path}/models
-"""
-    )
-    return path
-
-
-def test_train_gpp_writes_models_cards_and_report(demo_world, tmp_path, capsys) -> None:
-    world, _ = demo_world
-    assert main(["train-gpp", str(_pipeline(tmp_path, world))]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    models = tmp_path / "models"
+def test_train_gpp_writes_models_cards_and_report(trained_models: Path) -> None:
+    """`unique-cube train-gpp` (run by the ``trained_models`` fixture) on the small world."""
+    models = trained_models
+    report = json.loads((models / "cv_report.json").read_text())
     for key in ("modis", "landsat"):
         card = json.loads((models / f"gpp_{key}.card.json").read_text())
         assert (models / card["model_file"]).is_file()
         assert (models / f"gpp_{key}_cv.png").stat().st_size > 10_000
         table = pd.read_parquet(models / f"{key}_training.parquet")
         assert {"site", "date", "gpp", "ndvi", "tair", "n_clear"} <= set(table.columns)
-        assert card["n_sites"] == 8 and summary[key]["r"] > 0.7
-    report = json.loads((models / "cv_report.json").read_text())
+        assert card["n_sites"] == 8 and report[key]["cv"]["overall"]["r"] > 0.7
+        assert card["source"] in ("modis-sr", "hls-l30") and "gap_fill_days" in card
     assert set(report["modis"]["cv"]["per_fold"]) == {"0", "1", "2", "3"}
     # Landsat rows are clear dates only; MODIS rows are gap-filled to most days.
     landsat = pd.read_parquet(models / "landsat_training.parquet")

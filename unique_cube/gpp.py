@@ -219,9 +219,11 @@ def train(
     features: Sequence[str] = FEATURES,
     threads: int = 2,
     seed: int = 0,
+    metadata: dict | None = None,
 ) -> dict:
     """Cross-validate the learners, fit the best on all data, write ``<name>.model`` (LightGBM
-    text, or the ridge coefficients as JSON) and ``<name>.card.json``; return the card."""
+    text, or the ridge coefficients as JSON) and ``<name>.card.json``; return the card.
+    ``metadata`` (the source, how windows were accepted …) is copied into the card."""
     import lightgbm
 
     from . import __version__
@@ -253,6 +255,7 @@ def train(
         pd.util.hash_pandas_object(table[["site", "date", "gpp", *features]], index=False).values
     ).hexdigest()
     card = {
+        **(metadata or {}),
         "name": name,
         "learner": best,
         "model_file": model_path.name,

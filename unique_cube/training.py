@@ -114,9 +114,13 @@ def train_gpp(pipeline: Pipeline, say: Callable[[str], None] = log.info) -> dict
     report = {}
     for key in MODELS:
         tables[key].to_parquet(output / f"{key}_training.parquet")
+        model_spec = getattr(spec, key)
         card = train(
             tables[key], sites, output, f"gpp_{key}",
             learners=spec.learners, n_folds=spec.folds, threads=spec.threads,
+            metadata={"source": model_spec.source, "min_clear": model_spec.min_clear,
+                      "gap_fill_days": model_spec.gap_fill_days,
+                      "train_period": [str(spec.train.start), str(spec.train.end)]},
         )  # fmt: skip
         report[key] = {
             "learner": card["learner"],
