@@ -127,6 +127,24 @@ def _cmd_train_gpp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_downscaler(args: argparse.Namespace) -> int:
+    from .downscaling import train_downscaler
+    from .pipeline import load_pipeline
+
+    path = train_downscaler(load_pipeline(args.pipeline), args.scheme, say=_progress)
+    print(path)
+    return 0
+
+
+def _cmd_evaluate_downscaler(args: argparse.Namespace) -> int:
+    from .downscaling import evaluate_downscaler
+    from .pipeline import load_pipeline
+
+    report = evaluate_downscaler(load_pipeline(args.pipeline), say=_progress)
+    print(json.dumps({"table": report["table"], "ensemble": report["ensemble"]}, indent=1))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.build import build_world
     from .demo.check import search_and_load_day
@@ -202,6 +220,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("pipeline", help="pipeline YAML (e.g. pipelines/demo.yaml)")
     p.set_defaults(func=_cmd_train_gpp)
+
+    p = sub.add_parser("train-downscaler", help="train the diffusion downscaler (S1 or S2)")
+    p.add_argument("pipeline", help="pipeline YAML with grid and downscale sections")
+    p.add_argument("--scheme", choices=["s1", "s2"], required=True)
+    p.set_defaults(func=_cmd_train_downscaler)
+
+    p = sub.add_parser(
+        "evaluate-downscaler", help="bilinear vs S1 vs S2 on the test period (JSON + PNG)"
+    )
+    p.add_argument("pipeline", help="pipeline YAML with grid and downscale sections")
+    p.set_defaults(func=_cmd_evaluate_downscaler)
 
     p = sub.add_parser("demo", help="run the main job on the embedded demo world")
     p.add_argument("--world", default="demo-world", help="demo world folder (default demo-world)")

@@ -72,23 +72,33 @@ def ddpm_sample(
     shape: tuple[int, ...],
     condition: torch.Tensor | None = None,
     *,
+    clip: float | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Ancestral sampling through all T steps (posterior variance β̃_t)."""
+    """Ancestral sampling through all T steps (posterior variance β̃_t). ``clip`` bounds the
+    predicted x_0 at every step (what keeps an imperfect network's early steps finite)."""
     betas = schedule.betas.to(device, torch.float32)
     abar = schedule.alphas_cumprod.to(device, torch.float32)
     x = torch.randn(shape, generator=generator, device=device)
     for t in reversed(range(schedule.steps)):
         eps = model(x, _step_tensor(t, shape[0], device), condition)
-        alpha = 1 - betas[t]
-        mean = (x - betas[t] / (1 - abar[t]).sqrt() * eps) / alpha.sqrt()
+        x0 = _predict_x0(x, eps, abar[t], clip)
         if t == 0:
-            return mean
+            return x0
         abar_prev = abar[t - 1]
+        # Mean of q(x_{t-1} | x_t, x_0) (Ho et al. 2020, eq. 7).
+        mean = (abar_prev.sqrt() * betas[t] * x0 + (1 - betas[t]).sqrt() * (1 - abar_prev) * x) / (
+            1 - abar[t]
+        )
         variance = betas[t] * (1 - abar_prev) / (1 - abar[t])
         x = mean + variance.sqrt() * torch.randn(shape, generator=generator, device=device)
     return x
+
+
+def _predict_x0(x: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor, clip: float | None):
+    x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
+    return x0 if clip is None else x0.clamp(-clip, clip)
 
 
 @torch.no_grad()
@@ -100,18 +110,22 @@ def ddim_sample(
     *,
     steps: int = 25,
     eta: float = 0.0,
+    clip: float | None = None,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """DDIM on ``steps`` evenly spaced steps of the schedule (``eta`` 0: deterministic)."""
+    """DDIM on ``steps`` evenly spaced steps of the schedule (``eta`` 0: deterministic);
+    ``clip`` bounds the predicted x_0 and the noise is re-derived from it."""
     abar = schedule.alphas_cumprod.to(device, torch.float32)
     times = torch.linspace(schedule.steps - 1, 0, steps).round().long().tolist()
     x = torch.randn(shape, generator=generator, device=device)
     for i, t in enumerate(times):
         eps = model(x, _step_tensor(t, shape[0], device), condition)
-        x0 = (x - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
+        x0 = _predict_x0(x, eps, abar[t], clip)
         if i == len(times) - 1:
             return x0
+        if clip is not None:
+            eps = (x - abar[t].sqrt() * x0) / (1 - abar[t]).sqrt()
         prev = abar[times[i + 1]]
         sigma = eta * ((1 - prev) / (1 - abar[t]) * (1 - abar[t] / prev)).sqrt()
         direction = (1 - prev - sigma**2).clamp(min=0).sqrt() * eps

@@ -13,7 +13,16 @@ from pathlib import Path
 
 from .yamlconf import build, read_yaml
 
-__all__ = ["FluxSpec", "GppSpec", "ModelSpec", "Period", "Pipeline", "load_pipeline"]
+__all__ = [
+    "DownscaleSpec",
+    "FluxSpec",
+    "GppSpec",
+    "GridSpec",
+    "ModelSpec",
+    "Period",
+    "Pipeline",
+    "load_pipeline",
+]
 
 LEARNERS = ("lightgbm", "lightgbm_rf", "linear")
 
@@ -85,6 +94,57 @@ class GppSpec:
 
 
 @dataclass(frozen=True)
+class GridSpec:
+    """The output grid: a CRS, bounds (left, bottom, right, top) and a pixel size."""
+
+    crs: str
+    bounds: tuple[float, ...]
+    resolution: float = 30.0
+
+    def _check(self) -> str | None:
+        if len(self.bounds) != 4:
+            return f"bounds must be [left, bottom, right, top], got {list(self.bounds)}"
+        left, bottom, right, top = self.bounds
+        if right <= left or top <= bottom:
+            return f"bounds {list(self.bounds)} are empty (right <= left or top <= bottom)"
+        for size in (right - left, top - bottom):
+            if abs(size / self.resolution - round(size / self.resolution)) > 1e-6:
+                return f"bounds are not a whole number of {self.resolution} m pixels"
+        return None
+
+    @property
+    def geobox(self):
+        from affine import Affine
+        from odc.geo.geobox import GeoBox
+
+        left, bottom, right, top = self.bounds
+        shape = (round((top - bottom) / self.resolution), round((right - left) / self.resolution))
+        transform = Affine(self.resolution, 0, left, 0, -self.resolution, top)
+        return GeoBox(shape, transform, self.crs)
+
+
+@dataclass(frozen=True)
+class DownscaleSpec:
+    """Step 2: the diffusion downscaler (a small configuration trains on 2 CPU cores)."""
+
+    test: Period
+    output: str = "demo-output/downscaler"
+    truth: str | None = None
+    """A demo world's truth store (evaluation only)."""
+    min_clear_fraction: float = 0.3
+    """HLS dates used as pairs need this much of the region clear."""
+    steps: int = 1500
+    batch: int = 8
+    patch: int = 64
+    base: int = 24
+    samples: int = 4
+    ddim_steps: int = 25
+    tile: int = 128
+    overlap: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A run of unique_cube."""
 
@@ -93,6 +153,8 @@ class Pipeline:
     """Catalog name (``catalogs/<name>.yaml``) or path."""
     flux: FluxSpec
     gpp: GppSpec
+    grid: GridSpec | None = None
+    downscale: DownscaleSpec | None = None
     serve_world: str | None = None
     """A demo world folder to serve on 127.0.0.1 for the run (its URL replaces the catalog's)."""
     stac_url: str | None = None

@@ -1,0 +1,321 @@
+"""Step 2 of UNIQUE: conditional diffusion downscaling of GPP_M (480 m) to GPP_L-like 30 m maps.
+
+The diffusion model learns the **residual** of GPP_L over bilinearly upsampled GPP_M (in units
+of :data:`GPP_SCALE`): the coarse field is given, the network only generates the 30 m detail
+(the predicted x_0 is clipped to ±:data:`RESIDUAL_CLIP` while sampling). Conditions per 30 m
+pixel: bilinear GPP_M (S1), plus elevation, slope, aspect (sine, cosine) and land-cover
+fractions (S2). The loss is masked where GPP_L is missing (clouds). Normalisation and the
+network's shape travel with the checkpoint, which is plain tensors and numbers: it loads with
+``torch.load(weights_only=True)``.
+
+Inference tiles the region with overlaps and blends the seams with a raised-cosine window;
+every tile has its own seeded generator, so the same seed gives the same map; K samples give
+the ensemble mean and the per-pixel spread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .diffusion import NoiseSchedule, ddim_sample
+from .errors import UniqueCubeError
+from .unet import ConditionalUNet
+
+__all__ = [
+    "Checkpoint",
+    "DownscaleError",
+    "condition_stack",
+    "downscale",
+    "load_checkpoint",
+    "save_checkpoint",
+    "train",
+    "upsample_bilinear",
+]
+
+GPP_SCALE = 5.0  # gC m-2 d-1 per unit of the network's target
+RESIDUAL_CLIP = 4.0  # |GPP_L - bilinear GPP_M| never exceeds 20 gC m-2 d-1
+SCHEMES = ("s1", "s2")
+
+
+class DownscaleError(UniqueCubeError):
+    """A checkpoint or input the downscaler cannot use."""
+
+    exit_code = 3
+
+
+def upsample_bilinear(coarse: np.ndarray, factor: int) -> np.ndarray:
+    """Bilinear upsampling of (..., cy, cx) by an integer factor (pixel-area aligned grids).
+
+    NaN pixels (no coarse data) are filled from their neighbours before upsampling, so the
+    holes do not spread; a map with no data at all stays NaN."""
+    array = np.asarray(coarse, dtype="float32")
+    lead = array.shape[:-2]
+    flat = array.reshape(-1, 1, *array.shape[-2:])
+    out = np.full((flat.shape[0], 1, array.shape[-2] * factor, array.shape[-1] * factor),
+                  np.nan, dtype="float32")  # fmt: skip
+    for i, grid in enumerate(flat[:, 0]):
+        if not np.isfinite(grid).any():
+            continue
+        filled = _fill_nearest(grid)
+        tensor = torch.from_numpy(filled)[None, None]
+        out[i, 0] = F.interpolate(tensor, scale_factor=factor, mode="bilinear",
+                                  align_corners=False)[0, 0].numpy()  # fmt: skip
+    return out.reshape(*lead, *out.shape[-2:])
+
+
+def _fill_nearest(grid: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    missing = ~np.isfinite(grid)
+    if not missing.any():
+        return grid
+    index = ndimage.distance_transform_edt(missing, return_distances=False, return_indices=True)
+    return grid[tuple(index)]
+
+
+def condition_stack(gpp_m_30m: np.ndarray, static: np.ndarray | None, scheme: str) -> np.ndarray:
+    """Conditions (C, H, W): bilinear GPP_M scaled, plus the normalised static layers for S2."""
+    if scheme not in SCHEMES:
+        raise DownscaleError(f"unknown scheme {scheme!r}; expected one of {SCHEMES}")
+    layers = [np.nan_to_num(gpp_m_30m / GPP_SCALE)[None]]
+    if scheme == "s2":
+        if static is None:
+            raise DownscaleError("scheme s2 needs the static layers (DEM, land cover)")
+        layers.append(np.nan_to_num(static))
+    return np.concatenate(layers).astype("float32")
+
+
+def normalise_static(static: np.ndarray, names: list[str]) -> tuple[np.ndarray, dict]:
+    """Zero-mean unit-variance static layers and the statistics used (kept in checkpoints)."""
+    mean = np.nanmean(static, axis=(1, 2))
+    std = np.nanstd(static, axis=(1, 2))
+    std[std == 0] = 1.0
+    out = (static - mean[:, None, None]) / std[:, None, None]
+    return out.astype("float32"), {"names": names, "mean": mean.tolist(), "std": std.tolist()}
+
+
+@dataclass
+class Checkpoint:
+    model: ConditionalUNet
+    schedule: NoiseSchedule
+    scheme: str
+    static: dict
+    """Names, means and standard deviations of the static layers (S2)."""
+    meta: dict
+
+
+def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
+    """Tensors, numbers, strings and lists only: loadable with ``weights_only=True``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "format": "unique-cube-downscaler-1",
+            "state_dict": ckpt.model.state_dict(),
+            "unet": ckpt.model.config,
+            "betas": ckpt.schedule.betas,
+            "scheme": ckpt.scheme,
+            "gpp_scale": GPP_SCALE,
+            "static": ckpt.static,
+            "meta": ckpt.meta,
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: str | Path, scheme: str | None = None) -> Checkpoint:
+    """Load a checkpoint without executing any code from it (``weights_only=True``)."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise DownscaleError(f"{path}: no such checkpoint") from err
+    except Exception as err:
+        raise DownscaleError(
+            f"{path}: not a weights-only checkpoint (refused to unpickle it: {err})"
+        ) from err
+    if not isinstance(data, dict) or data.get("format") != "unique-cube-downscaler-1":
+        raise DownscaleError(f"{path}: not a unique-cube downscaler checkpoint")
+    if scheme is not None and data["scheme"] != scheme:
+        raise DownscaleError(f"{path}: a checkpoint of scheme {data['scheme']}, not {scheme}")
+    config = dict(data["unet"])
+    model = ConditionalUNet(
+        config["cond_channels"], base=config["base"], mults=tuple(config["mults"]),
+        time_dim=config["time_dim"],
+    )  # fmt: skip
+    try:
+        model.load_state_dict(data["state_dict"])
+    except RuntimeError as err:
+        raise DownscaleError(
+            f"{path}: weights do not fit the network it describes ({err})"
+        ) from err
+    model.eval()
+    return Checkpoint(model, NoiseSchedule(data["betas"]), data["scheme"], data["static"],
+                      data["meta"])  # fmt: skip
+
+
+def train(
+    conditions: np.ndarray,
+    targets: np.ndarray,
+    *,
+    scheme: str,
+    static_info: dict,
+    steps: int = 1500,
+    batch: int = 8,
+    patch: int = 64,
+    base: int = 24,
+    mults: tuple[int, ...] = (1, 2, 2),
+    schedule_steps: int = 1000,
+    lr: float = 2e-3,
+    seed: int = 0,
+    min_valid: float = 0.5,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Checkpoint, list[float]]:
+    """Train on random patches of (condition, target) pairs.
+
+    ``conditions`` (N, C, H, W) from :func:`condition_stack`; ``targets`` (N, H, W) GPP_L in
+    gC m-2 d-1, NaN where missing. Patches with less than ``min_valid`` of their target
+    present are redrawn. Returns the checkpoint and the loss history.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    n, channels, height, width = conditions.shape
+    if targets.shape != (n, height, width):
+        raise DownscaleError(f"targets {targets.shape} do not match conditions {conditions.shape}")
+    if patch > min(height, width):
+        patch = min(height, width)
+    residual = (targets / GPP_SCALE - conditions[:, 0]).astype("float32")
+    valid = np.isfinite(residual)
+    residual = np.where(valid, residual, 0.0).astype("float32")
+    schedule = NoiseSchedule.make("cosine", schedule_steps)
+    model = ConditionalUNet(channels, base=base, mults=mults)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
+    losses: list[float] = []
+    started = time.perf_counter()
+    for step in range(steps):
+        xs, cs, ms = [], [], []
+        while len(xs) < batch:
+            i = int(rng.integers(n))
+            y0 = int(rng.integers(height - patch + 1))
+            x0 = int(rng.integers(width - patch + 1))
+            window = (slice(y0, y0 + patch), slice(x0, x0 + patch))
+            mask = valid[i][window]
+            if mask.mean() < min_valid:
+                continue
+            flip = rng.random() < 0.5
+            sample = residual[i][window], conditions[i][(slice(None), *window)], mask
+            if flip:  # mirror east-west (aspect's sine flips with it in S2; a small bias)
+                sample = tuple(np.ascontiguousarray(a[..., ::-1]) for a in sample)
+            xs.append(sample[0])
+            cs.append(sample[1])
+            ms.append(sample[2])
+        x0_t = torch.from_numpy(np.stack(xs))[:, None]
+        cond = torch.from_numpy(np.stack(cs))
+        mask_t = torch.from_numpy(np.stack(ms).astype("float32"))[:, None]
+        t = torch.randint(0, schedule.steps, (batch,))
+        noise = torch.randn_like(x0_t)
+        eps = model(schedule.q_sample(x0_t, t, noise), t, cond)
+        loss = (((eps - noise) ** 2) * mask_t).sum() / mask_t.sum().clamp(min=1)
+        optimiser.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        scheduler.step()
+        losses.append(float(loss))
+        if progress and (step + 1) % max(1, steps // 10) == 0:
+            progress(f"step {step + 1}/{steps}: loss {np.mean(losses[-50:]):.4f} "
+                     f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+    model.eval()
+    meta = {"steps": steps, "batch": batch, "patch": patch, "lr": lr, "seed": seed,
+            "train_pairs": int(n), "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    return Checkpoint(model, schedule, scheme, static_info, meta), losses
+
+
+def _blend_window(size: int, overlap: int) -> np.ndarray:
+    ramp = np.ones(size, dtype="float64")
+    if overlap > 0:
+        edge = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
+        ramp[:overlap] = edge
+        ramp[-overlap:] = edge[::-1]
+    return np.outer(ramp, ramp)
+
+
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return sorted(set(starts))
+
+
+@torch.no_grad()
+def downscale(
+    ckpt: Checkpoint,
+    condition: np.ndarray,
+    *,
+    samples: int = 4,
+    ddim_steps: int = 25,
+    tile: int = 128,
+    overlap: int = 32,
+    seed: int = 0,
+    device: str = "cpu",
+) -> np.ndarray:
+    """``samples`` ensemble members (K, H, W) of 30 m GPP (gC m-2 d-1) for one condition
+    stack (C, H, W): overlapping tiles blended with a raised-cosine window."""
+    channels, height, width = condition.shape
+    expected = ckpt.model.config["cond_channels"]
+    if channels != expected:
+        raise DownscaleError(
+            f"the checkpoint ({ckpt.scheme}) takes {expected} condition layers, got {channels}"
+        )
+    if not np.isfinite(condition).all():
+        raise DownscaleError("the condition stack has NaN or infinite values")
+    tile_h, tile_w = min(tile, height), min(tile, width)
+    total = np.zeros((samples, height, width))
+    weight = np.zeros((height, width))
+    window_weight = _blend_window(max(tile_h, tile_w), min(overlap, min(tile_h, tile_w) // 2))
+    model = ckpt.model.to(device)
+    for ty, y0 in enumerate(_tile_starts(height, tile_h, overlap)):
+        for tx, x0 in enumerate(_tile_starts(width, tile_w, overlap)):
+            window = (slice(y0, y0 + tile_h), slice(x0, x0 + tile_w))
+            cond = torch.from_numpy(condition[(slice(None), *window)]).to(device)
+            cond = cond[None].expand(samples, -1, -1, -1)
+            # One generator per tile: the same seed gives the same map, tile by tile.
+            generator = torch.Generator(device=device).manual_seed(
+                seed * 1_000_003 + ty * 1009 + tx
+            )
+            residual = ddim_sample(
+                model, ckpt.schedule, (samples, 1, tile_h, tile_w), cond,
+                steps=ddim_steps, clip=RESIDUAL_CLIP, generator=generator, device=device,
+            )[:, 0].cpu().numpy()  # fmt: skip
+            w = window_weight[:tile_h, :tile_w]
+            total[(slice(None), *window)] += residual * w
+            weight[window] += w
+    residual = total / weight
+    return np.maximum((condition[0][None] + residual) * GPP_SCALE, 0.0).astype("float32")
+
+
+def coarse_consistency(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
+    """Shift each coarse block of ``fine`` so that its mean equals the coarse value."""
+    cy, cx = coarse.shape
+    blocks = fine[: cy * factor, : cx * factor].reshape(cy, factor, cx, factor)
+    offset = coarse - np.nanmean(blocks, axis=(1, 3))
+    offset = np.where(np.isfinite(offset), offset, 0.0)
+    corrected = blocks + offset[:, None, :, None]
+    return np.maximum(corrected.reshape(cy * factor, cx * factor), 0.0).astype("float32")
+
+
+def crps_ensemble(members: np.ndarray, observed: np.ndarray) -> float:
+    """Mean CRPS of an ensemble (K, …) against observations (…), the energy form."""
+    k = members.shape[0]
+    term1 = np.nanmean(np.abs(members - observed[None]), axis=0)
+    term2 = np.abs(members[:, None] - members[None]).sum(axis=(0, 1)) / (2 * k * k)
+    return float(np.nanmean(term1 - term2))

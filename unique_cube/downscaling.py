@@ -1,0 +1,244 @@
+"""``unique-cube train-downscaler`` and ``evaluate-downscaler``: pairs, training, the table.
+
+Pairs are the HLS dates of a period with enough of the region clear: the target is GPP_L at
+30 m (the Landsat model), the condition GPP_M of the same day (the MODIS model, 480 m,
+bilinearly upsampled) and, for S2, elevation, slope, aspect and land-cover fractions loaded
+from the catalog's DEM and WorldCover. Evaluation compares bilinear GPP_M, S1 and S2 with
+GPP_L on its clear pixels and, when the pipeline names one, with the demo world's truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Catalog
+from .pipeline import Period, Pipeline
+
+__all__ = ["Pairs", "evaluate_downscaler", "make_pairs", "static_layers", "train_downscaler"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pairs:
+    dates: list[pd.Timestamp]
+    target: np.ndarray
+    """GPP_L (N, H, W), NaN where not clear."""
+    gpp_m: np.ndarray
+    """GPP_M on the coarse grid (N, cy, cx)."""
+    gpp_m_30m: np.ndarray
+    """GPP_M bilinearly upsampled (N, H, W)."""
+    factor: int
+
+
+def static_layers(catalog: Catalog, geobox) -> tuple[np.ndarray, list[str]]:
+    """Elevation, slope, sin/cos aspect and land-cover fractions on the 30 m grid (C, H, W)."""
+    from .catalog import search
+    from .cube import load
+    from .static import class_fractions, slope_aspect
+
+    bbox = list(geobox.extent.to_crs("EPSG:4326").boundingbox)
+    dem_source, lc_source = catalog.source("dem"), catalog.source("worldcover")
+    dem_items = search("dem", bbox, "1900-01-01/2100-01-01", catalog=catalog)
+    elevation = load(dem_items, dem_source, geobox).elevation.max("time").compute()
+    terrain = slope_aspect(elevation)
+    lc_items = search("worldcover", bbox, "1900-01-01/2100-01-01", catalog=catalog)
+    fine = geobox.zoom_out(1 / 3)
+    landcover = load(lc_items, lc_source, fine).landcover.max("time").compute()
+    fractions = class_fractions(landcover, dict(lc_source.classes), 3)
+    present = [
+        str(c) for c in fractions["class"].values if float(fractions.sel({"class": c}).sum()) > 0
+    ]
+    aspect = np.radians(terrain.aspect.fillna(0).values)
+    layers = [elevation.values, terrain.slope.values, np.sin(aspect), np.cos(aspect)]
+    layers += [fractions.sel({"class": c}).fillna(0).values for c in present]
+    names = ["elevation", "slope", "aspect_sin", "aspect_cos", *[f"lc_{c}" for c in present]]
+    return np.stack(layers).astype("float32"), names
+
+
+def make_pairs(
+    pipeline: Pipeline,
+    catalog: Catalog,
+    period: Period,
+    say: Callable[[str], None] = log.info,
+) -> Pairs:
+    """GPP_L / GPP_M pairs over the pipeline's grid for the clear-enough HLS dates."""
+    import dask
+
+    from .downscale import upsample_bilinear
+    from .maps import COARSE_FACTOR, gpp_landsat, gpp_modis, weather_for
+
+    spec, gpp = pipeline.downscale, pipeline.gpp
+    geobox = pipeline.grid.geobox
+    models = Path(gpp.output)
+    daily = weather_for(catalog, gpp.weather, geobox, period.start, period.end,
+                        gpp.utc_offset_hours)  # fmt: skip
+    landsat = gpp_landsat(catalog, gpp.landsat.source, models / "gpp_landsat.card.json",
+                          geobox, period.stac_datetime, daily)  # fmt: skip
+    clear = landsat["clear"].mean(("y", "x")).compute()
+    keep = clear.values >= spec.min_clear_fraction
+    if not keep.any():
+        raise ValueError(f"no HLS date of {period.start}..{period.end} has "
+                         f"{spec.min_clear_fraction:.0%} of the region clear")  # fmt: skip
+    landsat = landsat.isel(time=np.flatnonzero(keep))
+    modis = gpp_modis(catalog, gpp.modis.source, models / "gpp_modis.card.json",
+                      geobox, period.stac_datetime, daily)  # fmt: skip
+    days = landsat["time"].dt.floor("D").values
+    say(f"{len(days)} HLS dates with >= {spec.min_clear_fraction:.0%} clear; computing GPP maps")
+    target, coarse = dask.compute(landsat["gpp"], modis["gpp"].sel(time=days))
+    return Pairs(
+        dates=[pd.Timestamp(d) for d in days],
+        target=target.values.astype("float32"),
+        gpp_m=coarse.values.astype("float32"),
+        gpp_m_30m=upsample_bilinear(coarse.values, COARSE_FACTOR),
+        factor=COARSE_FACTOR,
+    )
+
+
+def _conditions(pairs: Pairs, static: np.ndarray | None, scheme: str) -> np.ndarray:
+    from .downscale import condition_stack
+
+    return np.stack([condition_stack(m, static, scheme) for m in pairs.gpp_m_30m])
+
+
+def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None] = log.info):
+    """Train one scheme on the GPP model's training period; writes the checkpoint."""
+    from .downscale import normalise_static, save_checkpoint, train
+    from .training import open_catalog
+
+    spec = pipeline.downscale
+    if spec is None or pipeline.grid is None:
+        raise ValueError(f"{pipeline.path}: train-downscaler needs the grid and downscale sections")
+    output = Path(spec.output)
+    output.mkdir(parents=True, exist_ok=True)
+    with open_catalog(pipeline) as catalog:
+        pairs = make_pairs(pipeline, catalog, pipeline.gpp.train, say)
+        static, info = None, {}
+        if scheme == "s2":
+            raw, names = static_layers(catalog, pipeline.grid.geobox)
+            static, info = normalise_static(raw, names)
+    valid = ~np.isnan(pairs.gpp_m_30m).all(axis=(1, 2))
+    conditions = _conditions(pairs, static, scheme)[valid]
+    say(f"training {scheme} on {int(valid.sum())} pairs ({spec.steps} steps)")
+    ckpt, losses = train(
+        conditions, pairs.target[valid], scheme=scheme, static_info=info, steps=spec.steps,
+        batch=spec.batch, patch=spec.patch, base=spec.base, seed=spec.seed, progress=say,
+    )  # fmt: skip
+    path = output / f"downscaler_{scheme}.pt"
+    save_checkpoint(path, ckpt)
+    say(f"wrote {path} (final loss {np.mean(losses[-100:]):.4f})")
+    return path
+
+
+def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.info) -> dict:
+    """RMSE / r / bias of bilinear GPP_M, S1 and S2 against GPP_L (and the truth) on the test
+    period; CRPS and spread-skill of the ensembles; a quick-look PNG. Written as JSON."""
+    from .downscale import crps_ensemble, downscale, load_checkpoint
+    from .gpp import metrics
+    from .training import open_catalog
+
+    spec = pipeline.downscale
+    output = Path(spec.output)
+    checkpoints = {s: output / f"downscaler_{s}.pt" for s in ("s1", "s2")}
+    checkpoints = {s: load_checkpoint(p, s) for s, p in checkpoints.items() if p.exists()}
+    if not checkpoints:
+        raise ValueError(f"no downscaler checkpoint in {output}; run train-downscaler first")
+    with open_catalog(pipeline) as catalog:
+        pairs = make_pairs(pipeline, catalog, spec.test, say)
+        static = None
+        if "s2" in checkpoints:
+            raw, _ = static_layers(catalog, pipeline.grid.geobox)
+            info = checkpoints["s2"].static
+            static = (raw - np.array(info["mean"])[:, None, None]) / np.array(info["std"])[
+                :, None, None
+            ]
+            static = static.astype("float32")
+    truth = None
+    if spec.truth and Path(spec.truth).exists():
+        import xarray as xr
+
+        with xr.open_zarr(spec.truth, consolidated=False) as store:
+            truth = store.gpp.sel(time=[d.normalize() for d in pairs.dates]).values
+    predictions = {"bilinear": pairs.gpp_m_30m}
+    spreads, crps = {}, {}
+    started = time.perf_counter()
+    for scheme, ckpt in checkpoints.items():
+        conditions = _conditions(pairs, static, scheme)
+        members = np.stack(
+            [
+                downscale(
+                    ckpt,
+                    c,
+                    samples=spec.samples,
+                    ddim_steps=spec.ddim_steps,
+                    tile=spec.tile,
+                    overlap=spec.overlap,
+                    seed=spec.seed + i,
+                )
+                for i, c in enumerate(conditions)
+            ]
+        )  # fmt: skip  (N, K, H, W)
+        predictions[f"ddpm_{scheme}"] = members.mean(axis=1)
+        spreads[scheme] = members.std(axis=1)
+        crps[scheme] = crps_ensemble(np.moveaxis(members, 1, 0), pairs.target)
+        say(f"{scheme}: {len(conditions)} maps x {spec.samples} samples")
+    seconds = time.perf_counter() - started
+    table: dict = {"vs_gpp_l": {}, "vs_truth": {}}
+    clear = np.isfinite(pairs.target)
+    for name, values in predictions.items():
+        ok = clear & np.isfinite(values)
+        table["vs_gpp_l"][name] = metrics(pairs.target[ok], values[ok])
+        if truth is not None:
+            ok = np.isfinite(values) & np.isfinite(truth)
+            table["vs_truth"][name] = metrics(truth[ok], values[ok])
+    ensemble = {}
+    for scheme, spread in spreads.items():
+        error = np.abs(predictions[f"ddpm_{scheme}"] - pairs.target)
+        ok = clear & np.isfinite(error)
+        ensemble[scheme] = {
+            "crps": crps[scheme],
+            "mean_spread": float(spread[ok].mean()),
+            "rmse_of_mean": float(np.sqrt((error[ok] ** 2).mean())),
+            "spread_skill_correlation": float(np.corrcoef(spread[ok], error[ok])[0, 1]),
+        }
+    report = {
+        "dates": [d.strftime("%Y-%m-%d") for d in pairs.dates],
+        "table": table,
+        "ensemble": ensemble,
+        "inference_seconds": round(seconds, 1),
+    }
+    (output / "evaluation.json").write_text(json.dumps(report, indent=1))
+    _quicklook(pairs, predictions, truth, output / "quicklook.png")
+    return report
+
+
+def _quicklook(pairs: Pairs, predictions: dict, truth, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    i = int(np.argmax(np.isfinite(pairs.target).mean(axis=(1, 2))))
+    panels = [("GPP_M (480 m)", np.kron(pairs.gpp_m[i], np.ones((pairs.factor, pairs.factor))))]
+    panels += [(name, values[i]) for name, values in predictions.items() if name != "bilinear"]
+    panels.append(("GPP_L (30 m, clear)", pairs.target[i]))
+    if truth is not None:
+        panels.append(("truth", truth[i]))
+    top = float(np.nanpercentile(pairs.target[i], 99)) if np.isfinite(pairs.target[i]).any() else 15
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=100)
+    for ax, (title, image) in zip(np.atleast_1d(axes), panels, strict=True):
+        shown = ax.imshow(image, vmin=0, vmax=top, cmap="YlGn")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.colorbar(shown, ax=axes, shrink=0.8, label="GPP (gC m$^{-2}$ d$^{-1}$)")
+    fig.suptitle(f"{pairs.dates[i]:%Y-%m-%d}", fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
