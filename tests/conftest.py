@@ -332,16 +332,9 @@ def demo_server(demo_world: tuple[Path, dict]) -> Iterator[LocalStacServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def trained_models(demo_world: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Both GPP models trained on the small demo world (4 spatial folds): their folder."""
-    from unique_cube.cli import main
-
-    world = demo_world[0]
-    folder = tmp_path_factory.mktemp("models")
-    spec = folder / "pipeline.yaml"
-    spec.write_text(
-        f"""
+def small_pipeline(world: Path, models: Path, extra: str = "") -> str:
+    """Pipeline YAML for the small demo world (2023; 4 spatial folds), plus ``extra`` text."""
+    return f"""
 name: small-demo
 catalog: demo
 serve_world: {world}
@@ -352,8 +345,18 @@ gpp:
   landsat: {{source: hls-l30, min_clear: 5}}
   folds: 4
   learners: [lightgbm, linear]
-  output: {folder}
-"""
-    )
+  output: {models}
+{extra}"""
+
+
+@pytest.fixture(scope="session")
+def trained_models(demo_world: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both GPP models trained on the small demo world (4 spatial folds): their folder."""
+    from unique_cube.cli import main
+
+    world = demo_world[0]
+    folder = tmp_path_factory.mktemp("models")
+    spec = folder / "pipeline.yaml"
+    spec.write_text(small_pipeline(world, folder))
     assert main(["train-gpp", str(spec)]) == 0
     return folder

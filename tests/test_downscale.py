@@ -119,7 +119,7 @@ class _Oracle(torch.nn.Module):
 
 def test_tiles_blend_without_seams() -> None:
     schedule = NoiseSchedule.make("cosine", 100)
-    ckpt = Checkpoint(_Oracle(schedule), schedule, "s1", {}, {})
+    ckpt = Checkpoint(_Oracle(schedule), schedule, "s1", {}, {}, prediction="epsilon")
     yy, xx = np.mgrid[0:70, 0:90] / 30.0
     residual = (0.5 * np.sin(yy) * np.cos(xx)).astype("float32")
     base = np.full((70, 90), 1.0, dtype="float32")
@@ -141,3 +141,53 @@ def test_coarse_consistency_and_crps() -> None:
     assert crps_ensemble(same, observed) == pytest.approx(np.abs(observed).mean())
     spread = rng.normal(size=(50, 10, 10))
     assert crps_ensemble(spread, observed) < crps_ensemble(same + 3.0, observed)
+
+
+def test_train_and_evaluate_downscaler_on_the_small_world(
+    demo_world, trained_models: Path, tmp_path: Path, capsys
+) -> None:
+    """The CLI end to end on the small world, with a few training steps (mechanics only)."""
+    import json
+
+    from conftest import small_pipeline
+
+    from unique_cube.cli import main
+
+    world, manifest = demo_world
+    left, bottom, right, top = manifest["region"]["bbox"]
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text(
+        small_pipeline(
+            world,
+            trained_models,
+            f"""
+grid: {{crs: "EPSG:32652", bounds: [{left}, {bottom}, {right}, {top}]}}
+downscale:
+  test: {{start: 2023-06-01, end: 2023-10-31}}
+  output: {tmp_path}/ds
+  truth: {world}/truth/gpp.zarr
+  steps: 5
+  batch: 2
+  base: 8
+  samples: 2
+  ddim_steps: 3
+  tile: 64
+  overlap: 16
+  max_eval_dates: 2
+""",
+        )
+    )
+    assert main(["train-downscaler", str(spec), "--scheme", "s1"]) == 0
+    assert main(["train-downscaler", str(spec), "--scheme", "s2"]) == 0
+    assert "reusing GPP map pairs" in capsys.readouterr().err  # S2 reused S1's pairs
+    assert main(["evaluate-downscaler", str(spec)]) == 0
+    report = json.loads((tmp_path / "ds" / "evaluation.json").read_text())
+    assert len(report["dates"]) == 2
+    for against in ("vs_gpp_l", "vs_truth"):
+        assert set(report["table"][against]) == {"bilinear", "ddpm_s1", "ddpm_s2"}
+        assert report["table"][against]["bilinear"]["rmse"] > 0
+    assert set(report["ensemble"]) == {"s1", "s2"}
+    assert (tmp_path / "ds" / "quicklook.png").stat().st_size > 10_000
+    s2 = load_checkpoint(tmp_path / "ds" / "downscaler_s2.pt", "s2")
+    assert s2.static["names"][:4] == ["elevation", "slope", "aspect_sin", "aspect_cos"]
+    assert any(name.startswith("lc_") for name in s2.static["names"])

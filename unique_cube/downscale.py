@@ -1,8 +1,10 @@
 """Step 2 of UNIQUE: conditional diffusion downscaling of GPP_M (480 m) to GPP_L-like 30 m maps.
 
 The diffusion model learns the **residual** of GPP_L over bilinearly upsampled GPP_M (in units
-of :data:`GPP_SCALE`): the coarse field is given, the network only generates the 30 m detail
-(the predicted x_0 is clipped to ±:data:`RESIDUAL_CLIP` while sampling). Conditions per 30 m
+of :data:`GPP_SCALE`): the coarse field is given, the network only generates the 30 m detail.
+The network predicts the clean residual x_0 (clipped to ±:data:`RESIDUAL_CLIP`), which the
+samplers turn into a noise prediction; an untrained network (zero output layer) returns the
+bilinear map. Conditions per 30 m
 pixel: bilinear GPP_M (S1), plus elevation, slope, aspect (sine, cosine) and land-cover
 fractions (S2). The loss is masked where GPP_L is missing (clouds). Normalisation and the
 network's shape travel with the checkpoint, which is plain tensors and numbers: it loads with
@@ -109,6 +111,8 @@ class Checkpoint:
     static: dict
     """Names, means and standard deviations of the static layers (S2)."""
     meta: dict
+    prediction: str = "x0"
+    """What the network predicts: the clean residual ("x0") or the noise ("epsilon")."""
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
@@ -121,6 +125,7 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
             "unet": ckpt.model.config,
             "betas": ckpt.schedule.betas,
             "scheme": ckpt.scheme,
+            "prediction": ckpt.prediction,
             "gpp_scale": GPP_SCALE,
             "static": ckpt.static,
             "meta": ckpt.meta,
@@ -157,7 +162,7 @@ def load_checkpoint(path: str | Path, scheme: str | None = None) -> Checkpoint:
         ) from err
     model.eval()
     return Checkpoint(model, NoiseSchedule(data["betas"]), data["scheme"], data["static"],
-                      data["meta"])  # fmt: skip
+                      data["meta"], data.get("prediction", "x0"))  # fmt: skip
 
 
 def train(
@@ -221,8 +226,10 @@ def train(
         mask_t = torch.from_numpy(np.stack(ms).astype("float32"))[:, None]
         t = torch.randint(0, schedule.steps, (batch,))
         noise = torch.randn_like(x0_t)
-        eps = model(schedule.q_sample(x0_t, t, noise), t, cond)
-        loss = (((eps - noise) ** 2) * mask_t).sum() / mask_t.sum().clamp(min=1)
+        # The network predicts the clean residual (x_0), not the noise: at high noise levels
+        # an ε-error is amplified by 1/√ᾱ into x_0, an x_0-error is not.
+        predicted = model(schedule.q_sample(x0_t, t, noise), t, cond)
+        loss = (((predicted - x0_t) ** 2) * mask_t).sum() / mask_t.sum().clamp(min=1)
         optimiser.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -236,6 +243,20 @@ def train(
     meta = {"steps": steps, "batch": batch, "patch": patch, "lr": lr, "seed": seed,
             "train_pairs": int(n), "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
     return Checkpoint(model, schedule, scheme, static_info, meta), losses
+
+
+def as_noise_predictor(model, schedule: NoiseSchedule, prediction: str):
+    """The samplers take ε-predictors; an x_0-predicting network is converted on the fly."""
+    if prediction == "epsilon":
+        return model
+    abar = schedule.alphas_cumprod.float()
+
+    def predict_noise(x, t, condition):
+        a = abar.to(x.device)[t].view(-1, *([1] * (x.ndim - 1)))
+        x0 = model(x, t, condition).clamp(-RESIDUAL_CLIP, RESIDUAL_CLIP)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    return predict_noise
 
 
 def _blend_window(size: int, overlap: int) -> np.ndarray:
@@ -282,7 +303,7 @@ def downscale(
     total = np.zeros((samples, height, width))
     weight = np.zeros((height, width))
     window_weight = _blend_window(max(tile_h, tile_w), min(overlap, min(tile_h, tile_w) // 2))
-    model = ckpt.model.to(device)
+    denoiser = as_noise_predictor(ckpt.model.to(device), ckpt.schedule, ckpt.prediction)
     for ty, y0 in enumerate(_tile_starts(height, tile_h, overlap)):
         for tx, x0 in enumerate(_tile_starts(width, tile_w, overlap)):
             window = (slice(y0, y0 + tile_h), slice(x0, x0 + tile_w))
@@ -293,7 +314,7 @@ def downscale(
                 seed * 1_000_003 + ty * 1009 + tx
             )
             residual = ddim_sample(
-                model, ckpt.schedule, (samples, 1, tile_h, tile_w), cond,
+                denoiser, ckpt.schedule, (samples, 1, tile_h, tile_w), cond,
                 steps=ddim_steps, clip=RESIDUAL_CLIP, generator=generator, device=device,
             )[:, 0].cpu().numpy()  # fmt: skip
             w = window_weight[:tile_h, :tile_w]

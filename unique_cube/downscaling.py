@@ -22,7 +22,14 @@ import pandas as pd
 from .config import Catalog
 from .pipeline import Period, Pipeline
 
-__all__ = ["Pairs", "evaluate_downscaler", "make_pairs", "static_layers", "train_downscaler"]
+__all__ = [
+    "Pairs",
+    "cached_pairs",
+    "evaluate_downscaler",
+    "make_pairs",
+    "static_layers",
+    "train_downscaler",
+]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,50 @@ def make_pairs(
     )
 
 
+def cached_pairs(
+    pipeline: Pipeline, catalog: Catalog, period: Period, say: Callable[[str], None] = log.info
+) -> Pairs:
+    """:func:`make_pairs`, kept in the output folder: S1 and S2 train on the same pairs, and
+    the GPP maps behind them are the slow part. The cache is keyed by the period, the grid,
+    the clear-fraction threshold and the GPP model cards' training-data hashes."""
+    import hashlib
+
+    spec = pipeline.downscale
+    cards = [Path(pipeline.gpp.output) / f"gpp_{k}.card.json" for k in ("modis", "landsat")]
+    key = json.dumps(
+        [str(period.start), str(period.end), list(pipeline.grid.bounds),
+         pipeline.grid.resolution, spec.min_clear_fraction,
+         [json.loads(c.read_text()).get("training_data_sha256") for c in cards]]
+    )  # fmt: skip
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = Path(spec.output) / f"pairs-{period.start}-{period.end}-{digest}.npz"
+    if path.exists():
+        data = np.load(path)
+        say(f"reusing GPP map pairs from {path}")
+        return Pairs([pd.Timestamp(d) for d in data["dates"]], data["target"], data["gpp_m"],
+                     data["gpp_m_30m"], int(data["factor"]))  # fmt: skip
+    pairs = make_pairs(pipeline, catalog, period, say)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, dates=np.array([d.strftime("%Y-%m-%d") for d in pairs.dates]),
+             target=pairs.target, gpp_m=pairs.gpp_m, gpp_m_30m=pairs.gpp_m_30m,
+             factor=pairs.factor)  # fmt: skip
+    partial.replace(path)  # complete or absent, never half-written
+    return pairs
+
+
+def _clearest(pairs: Pairs, count: int) -> Pairs:
+    clear = np.isfinite(pairs.target).mean(axis=(1, 2))
+    keep = np.sort(np.argsort(-clear, kind="stable")[:count])
+    return Pairs(
+        dates=[pairs.dates[i] for i in keep],
+        target=pairs.target[keep],
+        gpp_m=pairs.gpp_m[keep],
+        gpp_m_30m=pairs.gpp_m_30m[keep],
+        factor=pairs.factor,
+    )
+
+
 def _conditions(pairs: Pairs, static: np.ndarray | None, scheme: str) -> np.ndarray:
     from .downscale import condition_stack
 
@@ -120,7 +171,7 @@ def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None]
     output = Path(spec.output)
     output.mkdir(parents=True, exist_ok=True)
     with open_catalog(pipeline) as catalog:
-        pairs = make_pairs(pipeline, catalog, pipeline.gpp.train, say)
+        pairs = cached_pairs(pipeline, catalog, pipeline.gpp.train, say)
         static, info = None, {}
         if scheme == "s2":
             raw, names = static_layers(catalog, pipeline.grid.geobox)
@@ -152,7 +203,8 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
     if not checkpoints:
         raise ValueError(f"no downscaler checkpoint in {output}; run train-downscaler first")
     with open_catalog(pipeline) as catalog:
-        pairs = make_pairs(pipeline, catalog, spec.test, say)
+        pairs = cached_pairs(pipeline, catalog, spec.test, say)
+        pairs = _clearest(pairs, spec.max_eval_dates)
         static = None
         if "s2" in checkpoints:
             raw, _ = static_layers(catalog, pipeline.grid.geobox)

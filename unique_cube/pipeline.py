@@ -142,6 +142,8 @@ class DownscaleSpec:
     tile: int = 128
     overlap: int = 32
     seed: int = 0
+    max_eval_dates: int = 6
+    """Evaluate on at most this many test dates (the clearest)."""
 
 
 @dataclass(frozen=True)
