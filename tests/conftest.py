@@ -22,7 +22,7 @@ from odc.geo.geobox import GeoBox
 from rasterio.transform import Affine
 
 from unique_cube.config import Catalog, load_catalog
-from unique_cube.demo.publish import write_cog
+from unique_cube.demo.publish import stac_item, write_cog
 from unique_cube.demo.sensors import SINUSOIDAL_WKT
 from unique_cube.stac_server import LocalStacServer
 
@@ -67,12 +67,6 @@ def raise_if_dask_computes(max_computes: int = 0) -> Iterator[None]:
         yield
 
 
-def _footprint(crs: str, transform: Affine, shape: tuple[int, int]) -> tuple[dict, list[float]]:
-    geobox = GeoBox(shape, transform, crs)
-    extent = geobox.extent.to_crs("EPSG:4326")
-    return extent.json, list(extent.boundingbox)
-
-
 def _item(
     item_id: str,
     collection: str,
@@ -83,30 +77,8 @@ def _item(
     assets: dict[str, dict],
     properties: dict,
 ) -> dict:
-    geometry, bbox = _footprint(crs, transform, shape)
-    proj = {"proj:epsg": int(crs.split(":")[1])} if crs.startswith("EPSG:") else {"proj:wkt2": crs}
-    return {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "stac_extensions": [
-            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
-            "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
-            "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
-        ],
-        "id": item_id,
-        "collection": collection,
-        "geometry": geometry,
-        "bbox": bbox,
-        "links": [],
-        "properties": {
-            "datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            **proj,
-            "proj:shape": list(shape),
-            "proj:transform": list(transform)[:6],
-            **properties,
-        },
-        "assets": assets,
-    }
+    props = {"datetime": when.strftime("%Y-%m-%dT%H:%M:%SZ"), **properties}
+    return stac_item(item_id, collection, crs, transform, shape, props, assets)
 
 
 def _cog_asset(href: Path, raster_band: dict | None = None) -> dict:

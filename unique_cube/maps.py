@@ -10,6 +10,9 @@ to each pixel, day-of-year terms) and call :func:`unique_cube.gpp.predict`; noth
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -17,7 +20,7 @@ import xarray as xr
 from .catalog import search
 from .config import Catalog
 from .cube import load
-from .gpp import GppModel, predict
+from .gpp import predict
 from .indices import add_indices
 from .met import daily_weather, on_geobox
 from .sites import FEATURE_INDICES
@@ -117,7 +120,7 @@ def gpp_modis(
     cube = load(items, catalog.source(source), coarse, chunks={"time": -1, "y": -1, "x": -1},
                 resampling="average")  # fmt: skip
     features = feature_cube(cube, daily, coarse)
-    card = GppModel(card_path).card
+    card = json.loads(Path(card_path).read_text())
     days = gap_fill_days if gap_fill_days is not None else card.get("gap_fill_days", 16)
     if days:
         when = ((features["time"] - features["time"][0]) / np.timedelta64(1, "D")).values

@@ -85,9 +85,10 @@ def daily_weather(items: Sequence, source: Source, *, utc_offset_hours: float = 
             "precipitation": by_day(hourly["precipitation"]).sum() * 1000.0,
         }
     )
-    counts = by_day(hourly["tair"]).count()
-    complete = counts.min(("lat", "lon")) >= 24
-    out = out.sel(time=complete.compute().values)  # partial days at the ends are dropped
+    # Partial days at the ends are dropped; told from the time axis alone (no data read).
+    local_days = (pd.DatetimeIndex(hourly["tair"]["time"].values) + shift).floor("D")
+    hours = pd.Series(1, index=local_days).groupby(level=0).sum()
+    out = out.sel(time=out["time"].isin(hours.index[hours >= 24].values))
     for name, units in DAILY_UNITS.items():
         out[name].attrs = {"units": units}
     out.attrs = {"source_collection": source.collection, "utc_offset_hours": utc_offset_hours}

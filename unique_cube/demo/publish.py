@@ -23,6 +23,7 @@ __all__ = [
     "era5_item",
     "hls_item",
     "modis_item",
+    "stac_item",
     "static_item",
     "write_cog",
     "write_cogs",
@@ -110,7 +111,7 @@ def _timestamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _item(
+def stac_item(
     item_id: str,
     collection_id: str,
     crs: str,
@@ -119,6 +120,7 @@ def _item(
     properties: dict,
     assets: dict,
 ) -> dict:
+    """A STAC item whose geometry, bbox and ``proj:*`` fields come from its grid."""
     geometry, bbox = _footprint(crs, transform, shape)
     proj = {"proj:epsg": int(crs.split(":")[1])} if crs.startswith("EPSG:") else {"proj:wkt2": crs}
     return {
@@ -171,7 +173,7 @@ def hls_item(
         "eo:cloud_cover": cloud_cover,
         "gsd": 30,
     }
-    return _item(item_id, "hls2-l30", crs, transform, shape, properties, assets)
+    return stac_item(item_id, "hls2-l30", crs, transform, shape, properties, assets)
 
 
 def modis_item(
@@ -225,7 +227,7 @@ def modis_item(
         "modis:vertical-tile": v,
         "modis:tile-id": f"510{h:02d}0{v:02d}",
     }
-    return _item(item_id, "modis-09GA-061", crs, transform, shape, properties, assets)
+    return stac_item(item_id, "modis-09GA-061", crs, transform, shape, properties, assets)
 
 
 def static_item(
@@ -250,7 +252,7 @@ def static_item(
         }
     }
     props = {"datetime": _timestamp(when), **(properties or {})}
-    return _item(item_id, collection_id, crs, transform, shape, props, assets)
+    return stac_item(item_id, collection_id, crs, transform, shape, props, assets)
 
 
 def era5_item(month: dt.date, hrefs: Mapping[str, str], bbox: list[float], grid: dict) -> dict:

@@ -201,7 +201,7 @@ class Canopy:
 
         shape = self.shape
         self.gdd = np.zeros(shape, "float32")
-        self.green = np.where(self.pft == 2, 0.0, 0.0).astype("float32")
+        self.green = np.zeros(shape, "float32")
         self.senescing = np.zeros(shape, bool)
         self.t_ema = np.full(shape, 5.0, "float32")
         self.swe = np.zeros(shape, "float32")
