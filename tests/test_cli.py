@@ -70,7 +70,7 @@ def test_demo_serves_the_world_and_loads_one_day(demo_world, capsys) -> None:
     assert report["hls-l30"]["clear_fraction"] > 0.5  # the clearest summer scene
     assert 0.3 < report["hls-l30"]["mean_ndvi"] < 1.0
     assert "reusing the demo world" in captured.err
-    assert "Not in this version yet" in captured.err
+    assert "Not wired into `unique-cube demo` yet" in captured.err
 
 
 def test_serve_catalog_refuses_a_folder_that_is_not_a_world(tmp_path, capsys) -> None:

@@ -157,8 +157,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(json.dumps(report, indent=1))
     print(
         "\nThe demo world is served and read through the STAC API as the Planetary Computer "
-        "would be.\nNot in this version yet: the GPP models, the downscaler and the daily "
-        "product job (the rest of `unique-cube demo`).",
+        "would be.\nNot wired into `unique-cube demo` yet: the GPP models (run `unique-cube "
+        "train-gpp pipelines/demo.yaml`), the downscaler (`train-downscaler`, "
+        "`evaluate-downscaler`) and the daily product job.",
         file=sys.stderr,
     )
     return 0
