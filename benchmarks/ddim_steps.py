@@ -21,6 +21,7 @@ from unique_cube.diffusion import ddpm_sample
 from unique_cube.downscale import (
     GPP_SCALE,
     RESIDUAL_CLIP,
+    apply_static_normalisation,
     as_noise_predictor,
     condition_stack,
     downscale,
@@ -48,9 +49,7 @@ def main() -> None:
         static = None
         if args.scheme == "s2":
             raw, _ = static_layers(catalog, pipeline.grid.geobox)
-            mean = np.array(ckpt.static["mean"])[:, None, None]
-            std = np.array(ckpt.static["std"])[:, None, None]
-            static = ((raw - mean) / std).astype("float32")
+            static = apply_static_normalisation(raw, ckpt.static)
     best = int(np.argmax(np.isfinite(pairs.target).mean(axis=(1, 2))))
     c = args.crop
     window = (slice(0, c), slice(0, c))

@@ -33,6 +33,7 @@ from .unet import ConditionalUNet
 __all__ = [
     "Checkpoint",
     "DownscaleError",
+    "apply_static_normalisation",
     "condition_stack",
     "downscale",
     "load_checkpoint",
@@ -99,8 +100,16 @@ def normalise_static(static: np.ndarray, names: list[str]) -> tuple[np.ndarray, 
     mean = np.nanmean(static, axis=(1, 2))
     std = np.nanstd(static, axis=(1, 2))
     std[std == 0] = 1.0
-    out = (static - mean[:, None, None]) / std[:, None, None]
-    return out.astype("float32"), {"names": names, "mean": mean.tolist(), "std": std.tolist()}
+    info = {"names": names, "mean": mean.tolist(), "std": std.tolist()}
+    return apply_static_normalisation(static, info), info
+
+
+def apply_static_normalisation(static: np.ndarray, info: dict) -> np.ndarray:
+    """Static layers normalised with the statistics of :func:`normalise_static` (a checkpoint's
+    ``static``), so inference sees them as training did."""
+    mean = np.asarray(info["mean"])[:, None, None]
+    std = np.asarray(info["std"])[:, None, None]
+    return ((static - mean) / std).astype("float32")
 
 
 @dataclass

@@ -50,9 +50,10 @@ def static_layers(catalog: Catalog, geobox) -> tuple[np.ndarray, list[str]]:
     """Elevation, slope, sin/cos aspect and land-cover fractions on the 30 m grid (C, H, W)."""
     from .catalog import search
     from .cube import load
+    from .maps import lonlat_bbox
     from .static import class_fractions, slope_aspect
 
-    bbox = list(geobox.extent.to_crs("EPSG:4326").boundingbox)
+    bbox = lonlat_bbox(geobox)
     dem_source, lc_source = catalog.source("dem"), catalog.source("worldcover")
     dem_items = search("dem", bbox, "1900-01-01/2100-01-01", catalog=catalog)
     elevation = load(dem_items, dem_source, geobox).elevation.max("time").compute()
@@ -192,7 +193,12 @@ def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None]
 def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.info) -> dict:
     """RMSE / r / bias of bilinear GPP_M, S1 and S2 against GPP_L (and the truth) on the test
     period; CRPS and spread-skill of the ensembles; a quick-look PNG. Written as JSON."""
-    from .downscale import crps_ensemble, downscale, load_checkpoint
+    from .downscale import (
+        apply_static_normalisation,
+        crps_ensemble,
+        downscale,
+        load_checkpoint,
+    )
     from .gpp import metrics
     from .training import open_catalog
 
@@ -208,11 +214,7 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
         static = None
         if "s2" in checkpoints:
             raw, _ = static_layers(catalog, pipeline.grid.geobox)
-            info = checkpoints["s2"].static
-            static = (raw - np.array(info["mean"])[:, None, None]) / np.array(info["std"])[
-                :, None, None
-            ]
-            static = static.astype("float32")
+            static = apply_static_normalisation(raw, checkpoints["s2"].static)
     truth = None
     if spec.truth and Path(spec.truth).exists():
         import xarray as xr

@@ -25,7 +25,15 @@ from .indices import add_indices
 from .met import daily_weather, on_geobox
 from .sites import FEATURE_INDICES
 
-__all__ = ["coarse_geobox", "feature_cube", "fill_gaps", "gpp_landsat", "gpp_modis", "weather_for"]
+__all__ = [
+    "coarse_geobox",
+    "feature_cube",
+    "fill_gaps",
+    "gpp_landsat",
+    "gpp_modis",
+    "lonlat_bbox",
+    "weather_for",
+]
 
 COARSE_FACTOR = 16  # 30 m x 16 = 480 m, the MODIS-like grid aligned with the 30 m one
 
@@ -49,6 +57,11 @@ def fill_gaps(values: np.ndarray, days: np.ndarray, max_gap: float) -> np.ndarra
     return out
 
 
+def lonlat_bbox(geobox) -> list[float]:
+    """A GeoBox's extent as a STAC search bbox (west, south, east, north in degrees)."""
+    return list(geobox.extent.to_crs("EPSG:4326").boundingbox)
+
+
 def coarse_geobox(geobox, factor: int = COARSE_FACTOR):
     """The region's grid coarsened by ``factor`` (same origin and CRS)."""
     return geobox.zoom_out(factor)
@@ -56,7 +69,7 @@ def coarse_geobox(geobox, factor: int = COARSE_FACTOR):
 
 def weather_for(catalog: Catalog, source: str, geobox, start, end, utc_offset_hours: float):
     """Daily weather of [start, end] (lazy, time × lat × lon) over a GeoBox."""
-    bbox = list(geobox.extent.to_crs("EPSG:4326").boundingbox)
+    bbox = lonlat_bbox(geobox)
     pad = [bbox[0] - 0.3, bbox[1] - 0.3, bbox[2] + 0.3, bbox[3] + 0.3]
     first = pd.Timestamp(start) - pd.Timedelta(days=1)
     last = pd.Timestamp(end) + pd.Timedelta(days=1)
@@ -93,7 +106,7 @@ def gpp_landsat(
     chunks: int = 512,
 ) -> xr.Dataset:
     """GPP_L (and its ``out_of_range`` flag) at 30 m on each HLS date of ``period``."""
-    bbox = list(geobox.extent.to_crs("EPSG:4326").boundingbox)
+    bbox = lonlat_bbox(geobox)
     items = search(source, bbox, period, catalog=catalog)
     cube = load(items, catalog.source(source), geobox,
                 chunks={"time": 1, "y": chunks, "x": chunks})  # fmt: skip
@@ -115,7 +128,7 @@ def gpp_modis(
     """GPP_M daily on the coarse grid of ``geobox`` (480 m), index gaps filled in time up to
     ``gap_fill_days`` (default: what the model card says it was trained with)."""
     coarse = coarse_geobox(geobox)
-    bbox = list(geobox.extent.to_crs("EPSG:4326").boundingbox)
+    bbox = lonlat_bbox(geobox)
     items = search(source, bbox, period, catalog=catalog)
     cube = load(items, catalog.source(source), coarse, chunks={"time": -1, "y": -1, "x": -1},
                 resampling="average")  # fmt: skip

@@ -70,7 +70,7 @@ def tower_features(
                 f"{source.collection} item found"
             )
     cube = load(items, source, geobox, chunks={"time": 1, "y": chunks, "x": chunks})
-    cube = add_indices(cube, [i for i in FEATURE_INDICES if _has_bands(cube, i)])
+    cube = add_indices(cube, list(FEATURE_INDICES))  # names the band a source lacks
     half = window // 2
     offsets = np.arange(-half, half + 1)
     win_rows = (rows[:, None, None] + offsets[None, :, None]).repeat(window, axis=2)
@@ -79,7 +79,7 @@ def tower_features(
         "y": xr.DataArray(win_rows.reshape(len(sites), -1), dims=("site", "pixel")),
         "x": xr.DataArray(win_cols.reshape(len(sites), -1), dims=("site", "pixel")),
     }
-    names = [i for i in FEATURE_INDICES if i in cube]
+    names = list(FEATURE_INDICES)
     windows = cube[[*names, "clear"]].isel(index)
     out = xr.Dataset({name: windows[name].mean("pixel", skipna=True) for name in names})
     out["n_clear"] = windows["clear"].sum("pixel").astype("int16")
@@ -87,12 +87,6 @@ def tower_features(
     out = out.assign_coords(site=sites["site"].to_numpy())
     out.attrs = {"source_collection": source.collection, "window_pixels": window}
     return out
-
-
-def _has_bands(cube: xr.Dataset, index: str) -> bool:
-    need = {"ndvi": ("nir", "red"), "evi": ("nir", "red", "blue"), "nirv": ("nir", "red"),
-            "kndvi": ("nir", "red"), "lswi": ("nir", "swir16")}  # fmt: skip
-    return all(b in cube for b in need[index])
 
 
 def _union_footprint(items: Sequence):

@@ -145,7 +145,7 @@ def build_world(
         "crs": CRS,
         "mgrs_tile": TILE,
         "region": {
-            "bbox": list(_area_bounds(world, 0)),
+            "bbox": list(world.area_geobox(world.region).boundingbox),
             "shape": list(world.region.shape),
         },
         "domain_bbox": list(world.domain_bounds()),
@@ -177,13 +177,6 @@ def _prepare(out: Path) -> None:
             elif path.exists():
                 path.unlink()
     out.mkdir(parents=True, exist_ok=True)
-
-
-def _area_bounds(world: World, index: int) -> tuple[float, float, float, float]:
-    area = world.areas[index]
-    x0, y0 = world.domain_origin
-    left, top = x0 + area.col * PIXEL, y0 - area.row * PIXEL
-    return (left, top - area.shape[0] * PIXEL, left + area.shape[1] * PIXEL, top)
 
 
 def _sizes(out: Path) -> dict[str, int]:
@@ -355,13 +348,12 @@ def _publish_era5(reanalysis: Reanalysis, out: Path) -> list[dict]:
 def _truth_store(world: World, out: Path, days: list[dt.date], canopy: Canopy) -> Path:
     import dask.array as da
     import xarray as xr
-    from odc.geo.geobox import GeoBox
     from odc.geo.xr import xr_coords
 
     region = world.region
     ny, nx = region.shape
     path = out / "truth" / "gpp.zarr"
-    geobox = GeoBox(region.shape, world.area_transform(region), CRS)
+    geobox = world.area_geobox(region)
     coords = xr_coords(geobox, crs_coord_name="spatial_ref")
     chunk_xy = min(ny, 400)
     gpp = xr.DataArray(

@@ -39,11 +39,12 @@ def search_and_load_day(
     from ..config import load_catalog
     from ..cube import load
     from ..indices import ndvi
+    from ..maps import lonlat_bbox
     from .serve import serve_world
 
     say = progress or (lambda _text: None)
     geobox = region_geobox(manifest)
-    bbox = list(geobox.extent.to_crs("EPSG:4326").boundingbox)
+    bbox = lonlat_bbox(geobox)
     report: dict = {"region_shape": list(geobox.shape), "bbox": [round(v, 5) for v in bbox]}
     with serve_world(world_dir, port=port) as server:
         catalog = load_catalog("demo").with_url(server.url)

@@ -154,6 +154,12 @@ class World:
         x0, y0 = self.domain_origin
         return Affine(PIXEL, 0.0, x0 + area.col * PIXEL, 0.0, -PIXEL, y0 - area.row * PIXEL)
 
+    def area_geobox(self, area: Area):
+        """The area's 30 m grid (odc-geo GeoBox)."""
+        from odc.geo.geobox import GeoBox
+
+        return GeoBox(area.shape, self.area_transform(area), CRS)
+
     def area_xy(self, area: Area, step: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Pixel-centre coordinates (x, y) of an area, every ``step`` pixels (2-D arrays)."""
         x0, y0 = self.domain_origin
