@@ -1,0 +1,308 @@
+{{/* Names and labels. */}}
+
+{{- define "unique-cube.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "unique-cube.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The DaskCluster's name. The operator derives "<name>-scheduler", "<name>-default" and
+"<name>-gpu-worker-<10 hex>" from it, and label values stay under 63 characters.
+*/}}
+{{- define "unique-cube.daskClusterName" -}}
+{{- printf "%s-dask" (include "unique-cube.fullname" . | trunc 30 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The scheduler Service the operator creates for the DaskCluster, as a Dask address. */}}
+{{- define "unique-cube.schedulerAddress" -}}
+{{- printf "tcp://%s-scheduler.%s.svc:8786" (include "unique-cube.daskClusterName" .) .Release.Namespace }}
+{{- end }}
+
+{{- define "unique-cube.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "unique-cube.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "unique-cube.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "unique-cube.labels" -}}
+helm.sh/chart: {{ include "unique-cube.chart" . }}
+{{ include "unique-cube.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "unique-cube.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "unique-cube.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Image of a variant: (dict "root" $ "cuda" true|false). */}}
+{{- define "unique-cube.image" -}}
+{{- $image := .root.Values.image }}
+{{- $tag := default .root.Chart.AppVersion $image.tag }}
+{{- $suffix := ternary $image.cudaSuffix $image.cpuSuffix .cuda }}
+{{- printf "%s:%s%s" $image.repository $tag $suffix }}
+{{- end }}
+
+{{/*
+Requests and limits with every quantity quoted: the Dask CRDs type quantities as strings.
+(dict "resources" .resources "gpus" N) adds an nvidia.com/gpu limit when N > 0.
+*/}}
+{{- define "unique-cube.resources" -}}
+{{- $out := dict }}
+{{- range $kind, $quantities := default dict .resources }}
+{{- $quoted := dict }}
+{{- range $name, $quantity := $quantities }}
+{{- $_ := set $quoted $name (toString $quantity) }}
+{{- end }}
+{{- $_ := set $out $kind $quoted }}
+{{- end }}
+{{- if gt (int (default 0 .gpus)) 0 }}
+{{- $limits := default dict $out.limits }}
+{{- $_ := set $limits "nvidia.com/gpu" (toString (int .gpus)) }}
+{{- $_ := set $out "limits" $limits }}
+{{- end }}
+{{- toYaml $out }}
+{{- end }}
+
+{{/* Pod-level security: non-root, the runtime's seccomp profile. */}}
+{{- define "unique-cube.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.podSecurityContext.runAsUser }}
+runAsGroup: {{ .Values.podSecurityContext.runAsGroup }}
+fsGroup: {{ .Values.podSecurityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container-level security: read-only root filesystem; scratch and /tmp are emptyDirs. */}}
+{{- define "unique-cube.securityContext" -}}
+runAsNonRoot: true
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end }}
+
+{{/*
+Environment of every unique-cube container. Secrets only by reference. (dict "root" $
+"scheduler" true) adds DASK_SCHEDULER_ADDRESS (the runner in operator mode).
+*/}}
+{{- define "unique-cube.env" -}}
+{{- $values := .root.Values }}
+{{- if .scheduler }}
+- name: DASK_SCHEDULER_ADDRESS
+  value: {{ include "unique-cube.schedulerAddress" .root | quote }}
+{{- end }}
+{{- with $values.secrets.planetaryComputer.secretName }}
+- name: PC_SDK_SUBSCRIPTION_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $values.secrets.planetaryComputer.key }}
+{{- end }}
+{{- with $values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "unique-cube.envFrom" -}}
+- configMapRef:
+    name: {{ include "unique-cube.fullname" . }}-env
+{{- with .Values.secrets.objectStore.secretName }}
+- secretRef:
+    name: {{ . }}
+{{- end }}
+{{- with .Values.extraEnvFrom }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes of every unique-cube pod; (dict "root" $ "pipeline" true) adds the pipeline. */}}
+{{- define "unique-cube.volumes" -}}
+{{- $values := .root.Values -}}
+- name: scratch
+  emptyDir:
+    sizeLimit: {{ $values.scratch.sizeLimit }}
+- name: tmp
+  emptyDir:
+    sizeLimit: {{ $values.scratch.tmpSizeLimit }}
+- name: dask-config
+  configMap:
+    name: {{ include "unique-cube.fullname" .root }}-dask
+{{- if .pipeline }}
+- name: pipeline
+  configMap:
+    name: {{ include "unique-cube.fullname" .root }}-pipeline
+{{- end }}
+{{- with $values.persistence.existingClaim }}
+- name: data
+  persistentVolumeClaim:
+    claimName: {{ . }}
+{{- end }}
+{{- with $values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "unique-cube.volumeMounts" -}}
+{{- $values := .root.Values -}}
+- name: scratch
+  mountPath: /scratch
+- name: tmp
+  mountPath: /tmp
+- name: dask-config
+  mountPath: /etc/dask
+  readOnly: true
+{{- if .pipeline }}
+- name: pipeline
+  mountPath: /etc/unique-cube
+  readOnly: true
+{{- end }}
+{{- if $values.persistence.existingClaim }}
+- name: data
+  mountPath: {{ $values.persistence.mountPath }}
+  {{- with $values.persistence.subPath }}
+  subPath: {{ . }}
+  {{- end }}
+{{- end }}
+{{- with $values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Scheduling keys shared by every component: (dict "component" .Values.runner). */}}
+{{- define "unique-cube.scheduling" -}}
+{{- with .component.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .component.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .component.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{- define "unique-cube.imagePullSecrets" -}}
+{{- with .Values.image.pullSecrets }}
+imagePullSecrets:
+{{- range . }}
+  - name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The runner pod (CronJob and backfill Job): (dict "root" $ "args" LIST "component" NAME).
+In operator mode it is the Dask client of the DaskCluster; in local mode it starts a
+LocalCluster and serves its dashboard on 8787.
+*/}}
+{{- define "unique-cube.runnerPodTemplate" -}}
+{{- $root := .root }}
+{{- $values := $root.Values }}
+{{- $operator := eq $values.dask.mode "operator" }}
+{{- $gpus := ternary 0 (int $values.dask.local.gpus) $operator -}}
+metadata:
+  labels:
+    {{- include "unique-cube.selectorLabels" $root | nindent 4 }}
+    app.kubernetes.io/component: runner
+    unique-cube/run: {{ .component }}
+  {{- with $values.runner.podAnnotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  restartPolicy: Never
+  serviceAccountName: {{ include "unique-cube.serviceAccountName" $root }}
+  automountServiceAccountToken: {{ and $operator $values.rbac.create }}
+  {{- with include "unique-cube.imagePullSecrets" $root }}
+  {{- . | nindent 2 }}
+  {{- end }}
+  securityContext:
+    {{- include "unique-cube.podSecurityContext" $root | nindent 4 }}
+  {{- with include "unique-cube.scheduling" (dict "component" $values.runner) | trim }}
+  {{- . | nindent 2 }}
+  {{- end }}
+  containers:
+    - name: unique-cube
+      image: {{ include "unique-cube.image" (dict "root" $root "cuda" (gt $gpus 0)) }}
+      imagePullPolicy: {{ $values.image.pullPolicy }}
+      args:
+        {{- toYaml .args | nindent 8 }}
+      {{- if $values.persistence.existingClaim }}
+      workingDir: {{ $values.persistence.mountPath }}
+      {{- end }}
+      {{- if not $operator }}
+      ports:
+        - name: http-dashboard
+          containerPort: 8787
+          protocol: TCP
+      {{- end }}
+      {{- with include "unique-cube.env" (dict "root" $root "scheduler" $operator) | trim }}
+      env:
+        {{- . | nindent 8 }}
+      {{- end }}
+      envFrom:
+        {{- include "unique-cube.envFrom" $root | nindent 8 }}
+      resources:
+        {{- include "unique-cube.resources" (dict "resources" $values.runner.resources "gpus" $gpus) | nindent 8 }}
+      securityContext:
+        {{- include "unique-cube.securityContext" $root | nindent 8 }}
+      volumeMounts:
+        {{- include "unique-cube.volumeMounts" (dict "root" $root "pipeline" true) | nindent 8 }}
+  volumes:
+    {{- include "unique-cube.volumes" (dict "root" $root "pipeline" true) | nindent 4 }}
+{{- end }}
+
+{{/* Pod-level keys of a Dask pod (operator mode): (dict "root" $ "component" VALUES). */}}
+{{- define "unique-cube.daskPodSpec" -}}
+serviceAccountName: {{ include "unique-cube.serviceAccountName" .root }}
+automountServiceAccountToken: false
+{{- include "unique-cube.imagePullSecrets" .root }}
+securityContext:
+  {{- include "unique-cube.podSecurityContext" .root | nindent 2 }}
+{{- include "unique-cube.scheduling" (dict "component" .component) }}
+volumes:
+  {{- include "unique-cube.volumes" (dict "root" .root "pipeline" false) | nindent 2 }}
+{{- end }}
+
+{{/* Container keys shared by the scheduler and the workers: (dict "root" $ "resources" R "gpus" N). */}}
+{{- define "unique-cube.daskContainer" -}}
+{{- with include "unique-cube.env" (dict "root" .root "scheduler" false) | trim }}
+env:
+  {{- . | nindent 2 }}
+{{- end }}
+envFrom:
+  {{- include "unique-cube.envFrom" .root | nindent 2 }}
+resources:
+  {{- include "unique-cube.resources" (dict "resources" .resources "gpus" .gpus) | nindent 2 }}
+securityContext:
+  {{- include "unique-cube.securityContext" .root | nindent 2 }}
+volumeMounts:
+  {{- include "unique-cube.volumeMounts" (dict "root" .root "pipeline" false) | nindent 2 }}
+{{- if .root.Values.persistence.existingClaim }}
+workingDir: {{ .root.Values.persistence.mountPath }}
+{{- end }}
+{{- end }}
