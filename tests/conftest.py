@@ -332,3 +332,46 @@ def trained_models(demo_world: tuple[Path, dict], tmp_path_factory: pytest.TempP
     spec.write_text(small_pipeline(world, folder))
     assert main(["train-gpp", str(spec)]) == 0
     return folder
+
+
+def downscale_sections(world: Path, manifest: dict, out: Path, product: str = "") -> str:
+    """Grid and downscale sections for the small world (a few training steps: mechanics only),
+    and ``product`` as the body of a product section when given."""
+    left, bottom, right, top = manifest["region"]["bbox"]
+    text = f"""
+grid: {{crs: "EPSG:32652", bounds: [{left}, {bottom}, {right}, {top}]}}
+downscale:
+  test: {{start: 2023-06-01, end: 2023-10-31}}
+  output: {out}/ds
+  truth: {world}/truth/gpp.zarr
+  steps: 5
+  batch: 2
+  base: 8
+  samples: 2
+  ddim_steps: 3
+  tile: 64
+  overlap: 16
+  max_eval_dates: 2
+"""
+    if product:
+        text += "product:\n" + "".join(f"  {line}\n" for line in product.strip().splitlines())
+    return text
+
+
+@pytest.fixture(scope="session")
+def trained_downscalers(
+    demo_world: tuple[Path, dict], trained_models: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """S1, S2 and the pure-pixel baseline trained on the small world (a few steps): the folder
+    whose ``ds/`` holds them; ``pipeline.yaml`` there is the pipeline that trained them."""
+    from unique_cube.cli import main
+
+    world, manifest = demo_world
+    folder = tmp_path_factory.mktemp("downscalers")
+    spec = folder / "pipeline.yaml"
+    spec.write_text(
+        small_pipeline(world, trained_models, downscale_sections(world, manifest, folder))
+    )
+    for scheme in ("s1", "s2", "pure_pixel"):
+        assert main(["train-downscaler", str(spec), "--scheme", scheme]) == 0
+    return folder

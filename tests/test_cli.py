@@ -56,23 +56,55 @@ def test_search_exit_codes(stac_world, capsys: pytest.CaptureFixture[str]) -> No
     assert "no items for collection 'hls2-l30'" in capsys.readouterr().err
 
 
-def test_demo_serves_the_world_and_loads_one_day(demo_world, capsys) -> None:
-    """`unique-cube demo` on the (reused) small world: serve → search → load MODIS and HLS."""
+@pytest.mark.integration
+def test_demo_runs_the_main_job_end_to_end_and_reuses_it(
+    demo_world, tmp_path: Path, capsys
+) -> None:
+    """`unique-cube demo` on the small world with a pipeline made for it (a few training
+    steps): every stage, the product, the report and metrics.json; a second run reuses all."""
+    from conftest import downscale_sections, small_pipeline
+
     path, manifest = demo_world
-    code = main(["demo", "--world", str(path), "--size", "small", "--seed", str(manifest["seed"])])
-    assert code == 0
-    captured = capsys.readouterr()
-    report = json.loads(captured.out[: captured.out.rindex("}") + 1])
-    assert report["hls-l30"]["collection"] == "hls2-l30"
-    assert report["modis-sr"]["collection"] == "modis-09GA-061"
-    assert len(report["hls-l30"]["items"]) == 1 and len(report["modis-sr"]["items"]) == 1
-    assert report["hls-l30"]["dims"] == {"time": 1, "y": 160, "x": 160}
-    assert report["hls-l30"]["clear_fraction"] > 0.5  # the clearest summer scene
-    assert 0.3 < report["hls-l30"]["mean_ndvi"] < 1.0
-    assert "reusing the demo world" in captured.err
-    assert "Not wired into `unique-cube demo` yet" in captured.err
+    product = """
+output: demo-output/product
+samples: 2
+ddim_steps: 3
+tile: 96
+overlap: 16
+period: {start: 2023-08-01, end: 2023-08-03}
+"""
+    text = small_pipeline(Path("demo-world"), Path("demo-output/models"),
+                          downscale_sections(Path("demo-world"), manifest, Path("demo-output"),
+                                             product))  # fmt: skip
+    spec = tmp_path / "small.yaml"
+    spec.write_text(text)
+    out = tmp_path / "out"
+    args = ["demo", "--world", str(path), "--size", "small", "--seed", str(manifest["seed"]),
+            "--pipeline", str(spec), "--output", str(out)]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    for stage in range(1, 7):
+        assert f"[{stage}/6]" in err
+    assert "dashboard http" in err
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    for model in ("modis", "landsat"):
+        assert set(metrics["gpp_models"][model]) == {"r", "rmse", "bias", "n_sites", "folds"}
+    for against in ("vs_gpp_l", "vs_truth"):
+        assert set(metrics["downscaling"][against]) == {
+            "bilinear", "pure_pixel", "ddpm_s1", "ddpm_s2"
+        }  # fmt: skip
+        assert all(
+            set(v) == {"r", "rmse", "bias"} for v in metrics["downscaling"][against].values()
+        )
+    product = metrics["product"]
+    assert product["days"] == 3 and product["pixels_per_day"] == 160 * 160
+    assert product["seconds_per_day"] > 0 and product["peak_rss_mb"] > 0
+    html = (out / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4
+    assert len(list((out / "product/stac/unique-cube-gpp/items").glob("*.json"))) == 3
 
-
-def test_serve_catalog_refuses_a_folder_that_is_not_a_world(tmp_path, capsys) -> None:
-    assert main(["serve-catalog", str(tmp_path)]) == 3
-    assert "not a complete demo world" in capsys.readouterr().err
+    assert main(args) == 0  # everything reused: no training, no day made again
+    err = capsys.readouterr().err
+    assert "GPP models: reusing" in err and "downscaler s2: reusing" in err
+    assert "evaluation: reusing" in err and "3 of 3 days already done" in err
+    assert "training" not in err

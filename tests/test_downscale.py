@@ -144,50 +144,26 @@ def test_coarse_consistency_and_crps() -> None:
 
 
 def test_train_and_evaluate_downscaler_on_the_small_world(
-    demo_world, trained_models: Path, tmp_path: Path, capsys
+    trained_downscalers: Path, capsys
 ) -> None:
     """The CLI end to end on the small world, with a few training steps (mechanics only)."""
     import json
 
-    from conftest import small_pipeline
-
     from unique_cube.cli import main
 
-    world, manifest = demo_world
-    left, bottom, right, top = manifest["region"]["bbox"]
-    spec = tmp_path / "pipeline.yaml"
-    spec.write_text(
-        small_pipeline(
-            world,
-            trained_models,
-            f"""
-grid: {{crs: "EPSG:32652", bounds: [{left}, {bottom}, {right}, {top}]}}
-downscale:
-  test: {{start: 2023-06-01, end: 2023-10-31}}
-  output: {tmp_path}/ds
-  truth: {world}/truth/gpp.zarr
-  steps: 5
-  batch: 2
-  base: 8
-  samples: 2
-  ddim_steps: 3
-  tile: 64
-  overlap: 16
-  max_eval_dates: 2
-""",
-        )
-    )
-    assert main(["train-downscaler", str(spec), "--scheme", "s1"]) == 0
-    assert main(["train-downscaler", str(spec), "--scheme", "s2"]) == 0
-    assert "reusing GPP map pairs" in capsys.readouterr().err  # S2 reused S1's pairs
+    spec, out = trained_downscalers / "pipeline.yaml", trained_downscalers / "ds"
     assert main(["evaluate-downscaler", str(spec)]) == 0
-    report = json.loads((tmp_path / "ds" / "evaluation.json").read_text())
+    assert "s2: 2 maps x 2 samples" in capsys.readouterr().err
+    report = json.loads((out / "evaluation.json").read_text())
     assert len(report["dates"]) == 2
     for against in ("vs_gpp_l", "vs_truth"):
-        assert set(report["table"][against]) == {"bilinear", "ddpm_s1", "ddpm_s2"}
+        assert set(report["table"][against]) == {"bilinear", "pure_pixel", "ddpm_s1", "ddpm_s2"}
         assert report["table"][against]["bilinear"]["rmse"] > 0
     assert set(report["ensemble"]) == {"s1", "s2"}
-    assert (tmp_path / "ds" / "quicklook.png").stat().st_size > 10_000
-    s2 = load_checkpoint(tmp_path / "ds" / "downscaler_s2.pt", "s2")
+    for scheme in ("s1", "s2"):
+        mismatch = report["coarse_consistency"][scheme]
+        assert mismatch["after"] < 0.05 * max(mismatch["before"], 1e-3) + 1e-3
+    assert (out / "quicklook.png").stat().st_size > 10_000
+    s2 = load_checkpoint(out / "downscaler_s2.pt", "s2")
     assert s2.static["names"][:4] == ["elevation", "slope", "aspect_sin", "aspect_cos"]
     assert any(name.startswith("lc_") for name in s2.static["names"])

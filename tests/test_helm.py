@@ -383,7 +383,10 @@ def test_local_mode_has_no_dask_cluster_and_no_scheduler_address(
         release = rendered[name]
         assert not release.of_kind("DaskCluster") and not release.of_kind("Role")
         for where, container in release.containers():
-            assert "DASK_SCHEDULER_ADDRESS" not in env_of(container), where
+            env = env_of(container)
+            assert "DASK_SCHEDULER_ADDRESS" not in env, where
+            # the runner's LocalCluster must serve its dashboard beyond the pod's loopback
+            assert env["UNIQUE_CUBE_DASHBOARD_ADDRESS"]["value"] == "0.0.0.0:8787", where
         for pod in release.runner_pods():
             assert pod["spec"]["automountServiceAccountToken"] is False
 

@@ -13,10 +13,12 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import __version__
-from .errors import UniqueCubeError
+from .errors import ConfigError, UniqueCubeError
 
 __all__ = ["main"]
 
@@ -145,23 +147,64 @@ def _cmd_evaluate_downscaler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .daily import parse_day, product_days, run
+    from .pipeline import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline)
+    if pipeline.product is None:
+        raise ConfigError(f"{args.pipeline}: no product section; `run` has nothing to make")
+    zone = pipeline.product.time_zone
+    if args.date:
+        days = [parse_day(args.date, zone)]
+    elif args.start and args.end:
+        days = product_days(parse_day(args.start, zone), parse_day(args.end, zone))
+    else:
+        raise ConfigError("give --date D, or --start S and --end E")
+    report = run(pipeline, days, force=args.force, say=_progress)
+    workers = report["worker_peak_rss_mb"]
+    print(json.dumps({"counts": report["counts"], "seconds_per_day": report["seconds_per_day"],
+                      "peak_rss_mb": report["peak_rss_mb"],
+                      "workers_peak_rss_mb": round(sum(workers.values()), 1)}))  # fmt: skip
+    return 6 if report["counts"].get("failed") else 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from .pipeline import validate_pipeline
+
+    for line in validate_pipeline(args.pipeline):
+        print(line)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo.build import build_world
-    from .demo.check import search_and_load_day
+    from .demo.job import demo_pipeline, run_demo
 
-    _progress(f"[1/2] demo world ({args.size}, seed {args.seed}) in {args.world}")
+    began = time.perf_counter()
+    _progress(f"[1/6] demo world ({args.size}, seed {args.seed}) in {args.world}")
     manifest = build_world(args.world, args.size, args.seed, workers=args.workers,
                            progress=_progress)  # fmt: skip
-    _progress("[2/2] serving it on 127.0.0.1; STAC search → lazy cube → load, one day")
-    report = search_and_load_day(args.world, manifest, day=args.date, progress=_progress)
-    print(json.dumps(report, indent=1))
-    print(
-        "\nThe demo world is served and read through the STAC API as the Planetary Computer "
-        "would be.\nNot wired into `unique-cube demo` yet: the GPP models (run `unique-cube "
-        "train-gpp pipelines/demo.yaml`), the downscaler (`train-downscaler`, "
-        "`evaluate-downscaler`) and the daily product job.",
-        file=sys.stderr,
-    )
+    pipeline = demo_pipeline(args.pipeline, args.world, args.output)
+    left, bottom, right, top = manifest["region"]["bbox"]
+    g_left, g_bottom, g_right, g_top = pipeline.grid.bounds
+    if g_left < left or g_bottom < bottom or g_right > right or g_top > top:
+        raise ConfigError(
+            f"{args.pipeline}: grid.bounds {list(pipeline.grid.bounds)} are not inside the "
+            f"{args.size} world's region {manifest['region']['bbox']}; give a pipeline made for "
+            "it with --pipeline"
+        )
+    result = run_demo(pipeline, manifest, _progress)
+    summary = {
+        "gpp_models": result["gpp_models"],
+        "downscaling_vs_truth_rmse": {
+            k: round(v["rmse"], 3) for k, v in result["downscaling"].get("vs_truth", {}).items()
+        },
+        "product": result["product"],
+    }
+    print(json.dumps(summary, indent=1))
+    _progress(f"demo done in {time.perf_counter() - began:.0f} s: open "
+              f"{Path(pipeline.product.output).parent / 'report' / 'report.html'}")  # fmt: skip
     return 0
 
 
@@ -222,23 +265,45 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", help="pipeline YAML (e.g. pipelines/demo.yaml)")
     p.set_defaults(func=_cmd_train_gpp)
 
-    p = sub.add_parser("train-downscaler", help="train the diffusion downscaler (S1 or S2)")
+    p = sub.add_parser(
+        "train-downscaler", help="train the diffusion downscaler (S1, S2) or the pure-pixel DNN"
+    )
     p.add_argument("pipeline", help="pipeline YAML with grid and downscale sections")
-    p.add_argument("--scheme", choices=["s1", "s2"], required=True)
+    p.add_argument("--scheme", choices=["s1", "s2", "pure_pixel"], required=True)
     p.set_defaults(func=_cmd_train_downscaler)
 
     p = sub.add_parser(
-        "evaluate-downscaler", help="bilinear vs S1 vs S2 on the test period (JSON + PNG)"
+        "evaluate-downscaler",
+        help="bilinear vs pure-pixel vs S1 vs S2 on the test period (JSON + PNG)",
     )
     p.add_argument("pipeline", help="pipeline YAML with grid and downscale sections")
     p.set_defaults(func=_cmd_evaluate_downscaler)
+
+    p = sub.add_parser("run", help="produce the daily 30 m GPP product for a day or a backfill")
+    p.add_argument("pipeline", help="pipeline YAML with grid, downscale and product sections")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--date", help="YYYY-MM-DD, 'yesterday' or 'today' (product.time_zone)")
+    when.add_argument("--start", help="first day of a backfill (YYYY-MM-DD)")
+    p.add_argument("--end", help="last day of a backfill (inclusive)")
+    p.add_argument("--force", action="store_true", help="redo days that are already done")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("validate", help="check a pipeline file: keys, catalog, models, output")
+    p.add_argument("pipeline", help="pipeline YAML")
+    p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("demo", help="run the main job on the embedded demo world")
     p.add_argument("--world", default="demo-world", help="demo world folder (default demo-world)")
     p.add_argument("--size", choices=["small", "default"], default="default")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--date", help="day to load (default: the clearest HLS day of the last year)")
+    p.add_argument(
+        "--pipeline",
+        default="pipelines/demo.yaml",
+        help="pipeline YAML whose "
+        "demo-world/ and demo-output/ paths are moved to --world and --output",
+    )
+    p.add_argument("--output", default="demo-output", help="output folder (default demo-output)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

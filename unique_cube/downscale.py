@@ -33,13 +33,18 @@ from .unet import ConditionalUNet
 __all__ = [
     "Checkpoint",
     "DownscaleError",
+    "Tile",
     "apply_static_normalisation",
+    "blend_tiles",
     "condition_stack",
     "downscale",
     "load_checkpoint",
+    "sample_tile",
     "save_checkpoint",
+    "tile_plan",
     "train",
     "upsample_bilinear",
+    "validate_condition",
 ]
 
 GPP_SCALE = 5.0  # gC m-2 d-1 per unit of the network's target
@@ -286,7 +291,98 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return sorted(set(starts))
 
 
+@dataclass(frozen=True)
+class Tile:
+    """One inference tile of a (H, W) grid."""
+
+    ty: int
+    """Row of the tile in the tile grid (part of its generator seed)."""
+    tx: int
+    """Column of the tile in the tile grid (part of its generator seed)."""
+    y0: int
+    """First row of the tile, in pixels."""
+    x0: int
+    """First column of the tile, in pixels."""
+    h: int
+    """Height in pixels (the same for every tile of a plan)."""
+    w: int
+    """Width in pixels (the same for every tile of a plan)."""
+
+    @property
+    def window(self) -> tuple[slice, slice]:
+        """The tile's (rows, columns) in the full grid."""
+        return slice(self.y0, self.y0 + self.h), slice(self.x0, self.x0 + self.w)
+
+
+def tile_plan(height: int, width: int, *, tile: int = 128, overlap: int = 32) -> list[Tile]:
+    """Overlapping tiles covering a (height, width) grid, row by row; the last row and column
+    of tiles end at the grid's edge."""
+    tile_h, tile_w = min(tile, height), min(tile, width)
+    return [
+        Tile(ty, tx, y0, x0, tile_h, tile_w)
+        for ty, y0 in enumerate(_tile_starts(height, tile_h, overlap))
+        for tx, x0 in enumerate(_tile_starts(width, tile_w, overlap))
+    ]
+
+
+def validate_condition(condition: np.ndarray, channels: int, scheme: str) -> None:
+    """Raise :class:`DownscaleError` unless ``condition`` (C, H, W) has the ``channels`` a
+    checkpoint of ``scheme`` takes and only finite values."""
+    if condition.ndim != 3 or condition.shape[0] != channels:
+        got = condition.shape[0] if condition.ndim == 3 else f"an array of shape {condition.shape}"
+        raise DownscaleError(
+            f"the checkpoint ({scheme}) takes {channels} condition layers, got {got}"
+        )
+    if not np.isfinite(condition).all():
+        raise DownscaleError("the condition stack has NaN or infinite values")
+
+
 @torch.no_grad()
+def sample_tile(
+    ckpt: Checkpoint,
+    condition_tile: np.ndarray,
+    *,
+    samples: int,
+    ddim_steps: int,
+    seed: int,
+    ty: int,
+    tx: int,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Residual members (K, h, w) for one tile's conditions (C, h, w), in network units.
+
+    The generator is seeded from ``seed`` and the tile's grid position only, so a tile gives
+    the same residual wherever and whenever it is sampled."""
+    _, tile_h, tile_w = condition_tile.shape
+    denoiser = as_noise_predictor(ckpt.model.to(device), ckpt.schedule, ckpt.prediction)
+    cond = torch.from_numpy(condition_tile).to(device)[None].expand(samples, -1, -1, -1)
+    generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + ty * 1009 + tx)
+    return ddim_sample(
+        denoiser, ckpt.schedule, (samples, 1, tile_h, tile_w), cond,
+        steps=ddim_steps, clip=RESIDUAL_CLIP, generator=generator, device=device,
+    )[:, 0].cpu().numpy()  # fmt: skip
+
+
+def blend_tiles(
+    condition: np.ndarray, plan: list[Tile], residuals: list[np.ndarray], *, overlap: int
+) -> np.ndarray:
+    """Members (K, H, W) of 30 m GPP (gC m-2 d-1): the tiles' residuals (aligned with
+    ``plan``) blended with a raised-cosine window and added to the bilinear GPP_M of
+    ``condition`` (C, H, W). Accumulates in plan order, so the result does not depend on the
+    order the tiles were sampled in."""
+    _, height, width = condition.shape
+    tile_h, tile_w = plan[0].h, plan[0].w
+    total = np.zeros((residuals[0].shape[0], height, width))
+    weight = np.zeros((height, width))
+    window_weight = _blend_window(max(tile_h, tile_w), min(overlap, min(tile_h, tile_w) // 2))
+    w = window_weight[:tile_h, :tile_w]
+    for tile, residual in zip(plan, residuals, strict=True):
+        total[(slice(None), *tile.window)] += residual * w
+        weight[tile.window] += w
+    residual = total / weight
+    return np.maximum((condition[0][None] + residual) * GPP_SCALE, 0.0).astype("float32")
+
+
 def downscale(
     ckpt: Checkpoint,
     condition: np.ndarray,
@@ -300,47 +396,41 @@ def downscale(
 ) -> np.ndarray:
     """``samples`` ensemble members (K, H, W) of 30 m GPP (gC m-2 d-1) for one condition
     stack (C, H, W): overlapping tiles blended with a raised-cosine window."""
-    channels, height, width = condition.shape
-    expected = ckpt.model.config["cond_channels"]
-    if channels != expected:
-        raise DownscaleError(
-            f"the checkpoint ({ckpt.scheme}) takes {expected} condition layers, got {channels}"
-        )
-    if not np.isfinite(condition).all():
-        raise DownscaleError("the condition stack has NaN or infinite values")
-    tile_h, tile_w = min(tile, height), min(tile, width)
-    total = np.zeros((samples, height, width))
-    weight = np.zeros((height, width))
-    window_weight = _blend_window(max(tile_h, tile_w), min(overlap, min(tile_h, tile_w) // 2))
-    denoiser = as_noise_predictor(ckpt.model.to(device), ckpt.schedule, ckpt.prediction)
-    for ty, y0 in enumerate(_tile_starts(height, tile_h, overlap)):
-        for tx, x0 in enumerate(_tile_starts(width, tile_w, overlap)):
-            window = (slice(y0, y0 + tile_h), slice(x0, x0 + tile_w))
-            cond = torch.from_numpy(condition[(slice(None), *window)]).to(device)
-            cond = cond[None].expand(samples, -1, -1, -1)
-            # One generator per tile: the same seed gives the same map, tile by tile.
-            generator = torch.Generator(device=device).manual_seed(
-                seed * 1_000_003 + ty * 1009 + tx
-            )
-            residual = ddim_sample(
-                denoiser, ckpt.schedule, (samples, 1, tile_h, tile_w), cond,
-                steps=ddim_steps, clip=RESIDUAL_CLIP, generator=generator, device=device,
-            )[:, 0].cpu().numpy()  # fmt: skip
-            w = window_weight[:tile_h, :tile_w]
-            total[(slice(None), *window)] += residual * w
-            weight[window] += w
-    residual = total / weight
-    return np.maximum((condition[0][None] + residual) * GPP_SCALE, 0.0).astype("float32")
+    validate_condition(condition, ckpt.model.config["cond_channels"], ckpt.scheme)
+    plan = tile_plan(condition.shape[1], condition.shape[2], tile=tile, overlap=overlap)
+    residuals = [
+        sample_tile(ckpt, condition[(slice(None), *t.window)], samples=samples,
+                    ddim_steps=ddim_steps, seed=seed, ty=t.ty, tx=t.tx, device=device)
+        for t in plan
+    ]  # fmt: skip
+    return blend_tiles(condition, plan, residuals, overlap=overlap)
 
 
 def coarse_consistency(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
-    """Shift each coarse block of ``fine`` so that its mean equals the coarse value."""
+    """Shift each coarse block of ``fine`` so that its mean equals the coarse value, GPP kept
+    non-negative: the shift ``s`` solving mean(max(x + s, 0)) = coarse, found by bisection
+    (the left side grows monotonically with ``s``), exact for any coarse value >= 0."""
     cy, cx = coarse.shape
-    blocks = fine[: cy * factor, : cx * factor].reshape(cy, factor, cx, factor)
-    offset = coarse - np.nanmean(blocks, axis=(1, 3))
-    offset = np.where(np.isfinite(offset), offset, 0.0)
-    corrected = blocks + offset[:, None, :, None]
-    return np.maximum(corrected.reshape(cy * factor, cx * factor), 0.0).astype("float32")
+    blocks = fine[: cy * factor, : cx * factor].reshape(cy, factor, cx, factor).astype("float64")
+    known = np.isfinite(coarse)[:, None, :, None] & np.isfinite(blocks).any(
+        axis=(1, 3), keepdims=True
+    )
+    target = np.where(known, np.maximum(np.nan_to_num(coarse), 0.0)[:, None, :, None], 0.0)
+    blocks = np.where(known, blocks, np.where(np.isfinite(blocks), blocks, 0.0))
+    low = -np.nanmax(blocks, axis=(1, 3), keepdims=True)  # every pixel at 0: mean 0
+    high = target - np.nanmin(blocks, axis=(1, 3), keepdims=True)  # mean >= target
+    for _ in range(40):
+        middle = 0.5 * (low + high)
+        above = np.nanmean(np.maximum(blocks + middle, 0.0), axis=(1, 3), keepdims=True) > target
+        high = np.where(above, middle, high)
+        low = np.where(above, low, middle)
+    shift = np.where(known, 0.5 * (low + high), 0.0)
+    original = fine[: cy * factor, : cx * factor].reshape(cy, factor, cx, factor)
+    return (
+        np.where(known, np.maximum(blocks + shift, 0.0), original)
+        .reshape(cy * factor, cx * factor)
+        .astype("float32")
+    )
 
 
 def crps_ensemble(members: np.ndarray, observed: np.ndarray) -> float:

@@ -21,6 +21,7 @@ import pandas as pd
 
 from .config import Catalog
 from .pipeline import Period, Pipeline
+from .purepixel import Samples
 
 __all__ = [
     "Pairs",
@@ -34,6 +35,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+#: WorldCover classes the pure-pixel baseline treats as vegetation types.
+VEGETATED = ("tree_cover", "shrubland", "grassland", "cropland", "herbaceous_wetland",
+             "mangroves", "moss_lichen")  # fmt: skip
+
+
 @dataclass
 class Pairs:
     dates: list[pd.Timestamp]
@@ -44,10 +50,51 @@ class Pairs:
     gpp_m_30m: np.ndarray
     """GPP_M bilinearly upsampled (N, H, W)."""
     factor: int
+    rows: Samples | None = None
+    """Pure-pixel training rows of all dates (coarse-aggregated GPP_L inputs → GPP_M)."""
 
 
-def static_layers(catalog: Catalog, geobox) -> tuple[np.ndarray, list[str]]:
-    """Elevation, slope, sin/cos aspect and land-cover fractions on the 30 m grid (C, H, W)."""
+def coarse_mismatch(fine: np.ndarray, coarse: np.ndarray, factor: int) -> float:
+    """RMSE between the 30 m map averaged over each coarse pixel and the coarse map."""
+    cy, cx = coarse.shape
+    padded = np.full((cy * factor, cx * factor), np.nan, dtype="float64")
+    padded[: fine.shape[0], : fine.shape[1]] = fine[: cy * factor, : cx * factor]
+    means = np.nanmean(padded.reshape(cy, factor, cx, factor), axis=(1, 3))
+    ok = np.isfinite(means) & np.isfinite(coarse)
+    return float(np.sqrt(np.mean((means[ok] - coarse[ok]) ** 2))) if ok.any() else float("nan")
+
+
+def make_consistent(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
+    """:func:`~unique_cube.downscale.coarse_consistency` on a 30 m grid that the coarse one
+    may overhang: padded to whole blocks, shifted, cropped back."""
+    from .downscale import coarse_consistency
+
+    shape = fine.shape
+    padded = np.full((coarse.shape[0] * factor, coarse.shape[1] * factor), np.nan, "float32")
+    padded[: shape[0], : shape[1]] = fine
+    return coarse_consistency(padded, coarse, factor)[: shape[0], : shape[1]]
+
+
+def vegetation_types(static: np.ndarray, names: list[str], classes: dict) -> np.ndarray:
+    """Each 30 m pixel's dominant land-cover class code (0 where none) from the fractions."""
+    codes = {f"lc_{name}": int(code) for code, name in classes.items()}
+    layers = [i for i, n in enumerate(names) if n in codes]
+    if not layers:
+        raise ValueError(f"no land-cover fraction among the static layers {names}")
+    fractions = static[layers]
+    dominant = np.array([codes[names[i]] for i in layers])[np.argmax(fractions, axis=0)]
+    return np.where(fractions.sum(axis=0) > 0, dominant, 0).astype("int64")
+
+
+def vegetated_codes(classes: dict) -> list[int]:
+    return sorted(int(code) for code, name in classes.items() if name in VEGETATED)
+
+
+def static_layers(
+    catalog: Catalog, geobox, provenance: dict | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Elevation, slope, sin/cos aspect and land-cover fractions on the 30 m grid (C, H, W).
+    The ids of the items read go into ``provenance`` (by source) when given."""
     from .catalog import search
     from .cube import load
     from .maps import lonlat_bbox
@@ -61,6 +108,9 @@ def static_layers(catalog: Catalog, geobox) -> tuple[np.ndarray, list[str]]:
     lc_items = search("worldcover", bbox, "1900-01-01/2100-01-01", catalog=catalog)
     fine = geobox.zoom_out(1 / 3)
     landcover = load(lc_items, lc_source, fine).landcover.max("time").compute()
+    if provenance is not None:
+        provenance["dem"] = [item.id for item in dem_items]
+        provenance["worldcover"] = [item.id for item in lc_items]
     fractions = class_fractions(landcover, dict(lc_source.classes), 3)
     present = [
         str(c) for c in fractions["class"].values if float(fractions.sel({"class": c}).sum()) > 0
@@ -77,12 +127,19 @@ def make_pairs(
     catalog: Catalog,
     period: Period,
     say: Callable[[str], None] = log.info,
+    *,
+    types: np.ndarray | None = None,
+    dates_per_compute: int = 4,
 ) -> Pairs:
-    """GPP_L / GPP_M pairs over the pipeline's grid for the clear-enough HLS dates."""
+    """GPP_L / GPP_M pairs over the pipeline's grid for the clear-enough HLS dates; with
+    ``types`` (vegetation type per 30 m pixel) also the pure-pixel training rows, taken from
+    the same GPP_L inputs a few dates at a time (never all dates' 30 m inputs in memory)."""
     import dask
 
     from .downscale import upsample_bilinear
+    from .gpp import FEATURES
     from .maps import COARSE_FACTOR, gpp_landsat, gpp_modis, weather_for
+    from .purepixel import coarse_samples
 
     spec, gpp = pipeline.downscale, pipeline.gpp
     geobox = pipeline.grid.geobox
@@ -90,7 +147,7 @@ def make_pairs(
     daily = weather_for(catalog, gpp.weather, geobox, period.start, period.end,
                         gpp.utc_offset_hours)  # fmt: skip
     landsat = gpp_landsat(catalog, gpp.landsat.source, models / "gpp_landsat.card.json",
-                          geobox, period.stac_datetime, daily)  # fmt: skip
+                          geobox, period.stac_datetime, daily, keep_features=True)  # fmt: skip
     clear = landsat["clear"].mean(("y", "x")).compute()
     keep = clear.values >= spec.min_clear_fraction
     if not keep.any():
@@ -101,44 +158,75 @@ def make_pairs(
                       geobox, period.stac_datetime, daily)  # fmt: skip
     days = landsat["time"].dt.floor("D").values
     say(f"{len(days)} HLS dates with >= {spec.min_clear_fraction:.0%} clear; computing GPP maps")
-    target, coarse = dask.compute(landsat["gpp"], modis["gpp"].sel(time=days))
+    coarse = modis["gpp"].sel(time=days).compute().values.astype("float32")
+    targets, rows = [], []
+    vegetated = vegetated_codes(catalog.source("worldcover").classes) if types is not None else []
+    for first in range(0, len(days), dates_per_compute):
+        part = slice(first, first + dates_per_compute)
+        wanted = [landsat["gpp"].isel(time=part)]
+        if types is not None:
+            wanted.append(landsat["features"].isel(time=part).sel(feature=list(FEATURES)))
+        done = dask.compute(*wanted)
+        targets.append(done[0].values.astype("float32"))
+        if types is not None:
+            for features, gpp_m in zip(done[1].values, coarse[part], strict=True):
+                rows.append(coarse_samples(features, FEATURES, types, gpp_m, COARSE_FACTOR,
+                                           vegetated))  # fmt: skip
+    pure = Samples.concat(rows) if rows else None
+    if pure is not None:
+        say(f"pure-pixel rows: {len(pure.gpp)} ({pure.counts()} by type)")
     return Pairs(
         dates=[pd.Timestamp(d) for d in days],
-        target=target.values.astype("float32"),
-        gpp_m=coarse.values.astype("float32"),
-        gpp_m_30m=upsample_bilinear(coarse.values, COARSE_FACTOR),
+        target=np.concatenate(targets),
+        gpp_m=coarse,
+        gpp_m_30m=upsample_bilinear(coarse, COARSE_FACTOR),
         factor=COARSE_FACTOR,
+        rows=pure,
     )
 
 
 def cached_pairs(
-    pipeline: Pipeline, catalog: Catalog, period: Period, say: Callable[[str], None] = log.info
+    pipeline: Pipeline,
+    catalog: Catalog,
+    period: Period,
+    say: Callable[[str], None] = log.info,
+    *,
+    types: np.ndarray | None = None,
 ) -> Pairs:
-    """:func:`make_pairs`, kept in the output folder: S1 and S2 train on the same pairs, and
-    the GPP maps behind them are the slow part. The cache is keyed by the period, the grid,
-    the clear-fraction threshold and the GPP model cards' training-data hashes."""
+    """:func:`make_pairs`, kept in the output folder: S1, S2 and the pure-pixel baseline train
+    on the same pairs, and the GPP maps behind them are the slow part. The cache is keyed by
+    the period, the grid, the clear-fraction threshold, the GPP model cards' training-data
+    hashes and the vegetation types."""
     import hashlib
 
     spec = pipeline.downscale
     cards = [Path(pipeline.gpp.output) / f"gpp_{k}.card.json" for k in ("modis", "landsat")]
     key = json.dumps(
-        [str(period.start), str(period.end), list(pipeline.grid.bounds),
+        ["pairs-2", str(period.start), str(period.end), list(pipeline.grid.bounds),
          pipeline.grid.resolution, spec.min_clear_fraction,
-         [json.loads(c.read_text()).get("training_data_sha256") for c in cards]]
+         [json.loads(c.read_text()).get("training_data_sha256") for c in cards],
+         None if types is None else hashlib.sha256(types.tobytes()).hexdigest()]
     )  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(spec.output) / f"pairs-{period.start}-{period.end}-{digest}.npz"
     if path.exists():
         data = np.load(path)
         say(f"reusing GPP map pairs from {path}")
+        rows = None
+        if "rows_gpp" in data:
+            rows = Samples(data["rows_features"], data["rows_types"], data["rows_gpp"])
         return Pairs([pd.Timestamp(d) for d in data["dates"]], data["target"], data["gpp_m"],
-                     data["gpp_m_30m"], int(data["factor"]))  # fmt: skip
-    pairs = make_pairs(pipeline, catalog, period, say)
+                     data["gpp_m_30m"], int(data["factor"]), rows)  # fmt: skip
+    pairs = make_pairs(pipeline, catalog, period, say, types=types)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.npz")
+    extra = {}
+    if pairs.rows is not None:
+        extra = {"rows_features": pairs.rows.features, "rows_types": pairs.rows.types,
+                 "rows_gpp": pairs.rows.gpp}  # fmt: skip
     np.savez(partial, dates=np.array([d.strftime("%Y-%m-%d") for d in pairs.dates]),
              target=pairs.target, gpp_m=pairs.gpp_m, gpp_m_30m=pairs.gpp_m_30m,
-             factor=pairs.factor)  # fmt: skip
+             factor=pairs.factor, **extra)  # fmt: skip
     partial.replace(path)  # complete or absent, never half-written
     return pairs
 
@@ -161,8 +249,15 @@ def _conditions(pairs: Pairs, static: np.ndarray | None, scheme: str) -> np.ndar
     return np.stack([condition_stack(m, static, scheme) for m in pairs.gpp_m_30m])
 
 
+def _static_and_types(catalog: Catalog, geobox) -> tuple[np.ndarray, list[str], np.ndarray]:
+    raw, names = static_layers(catalog, geobox)
+    types = vegetation_types(raw, names, catalog.source("worldcover").classes)
+    return raw, names, types
+
+
 def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None] = log.info):
-    """Train one scheme on the GPP model's training period; writes the checkpoint."""
+    """Train one scheme (``s1``, ``s2`` or the ``pure_pixel`` baseline) on the GPP model's
+    training period; writes the checkpoint."""
     from .downscale import normalise_static, save_checkpoint, train
     from .training import open_catalog
 
@@ -172,11 +267,14 @@ def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None]
     output = Path(spec.output)
     output.mkdir(parents=True, exist_ok=True)
     with open_catalog(pipeline) as catalog:
-        pairs = cached_pairs(pipeline, catalog, pipeline.gpp.train, say)
-        static, info = None, {}
-        if scheme == "s2":
-            raw, names = static_layers(catalog, pipeline.grid.geobox)
-            static, info = normalise_static(raw, names)
+        raw, names, types = _static_and_types(catalog, pipeline.grid.geobox)
+        period = spec.train or pipeline.gpp.train
+        pairs = cached_pairs(pipeline, catalog, period, say, types=types)
+    if scheme == "pure_pixel":
+        return _train_pure_pixel(pairs, spec, output, say)
+    static, info = None, {}
+    if scheme == "s2":
+        static, info = normalise_static(raw, names)
     valid = ~np.isnan(pairs.gpp_m_30m).all(axis=(1, 2))
     conditions = _conditions(pairs, static, scheme)[valid]
     say(f"training {scheme} on {int(valid.sum())} pairs ({spec.steps} steps)")
@@ -190,6 +288,22 @@ def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None]
     return path
 
 
+def _train_pure_pixel(pairs: Pairs, spec, output: Path, say) -> Path:
+    from .gpp import FEATURES
+    from .purepixel import PurePixelModel
+
+    if pairs.rows is None or len(pairs.rows.gpp) == 0:
+        raise ValueError("no pure-pixel training rows (no vegetated pure coarse pixel)")
+    say(f"training the pure-pixel DNN on {len(pairs.rows.gpp)} pure coarse pixels "
+        f"{pairs.rows.counts()}")  # fmt: skip
+    model = PurePixelModel(FEATURES, np.unique(pairs.rows.types))
+    model.fit(pairs.rows, seed=spec.seed)
+    path = output / "pure_pixel.pt"
+    model.save(path)
+    say(f"wrote {path}")
+    return path
+
+
 def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.info) -> dict:
     """RMSE / r / bias of bilinear GPP_M, S1 and S2 against GPP_L (and the truth) on the test
     period; CRPS and spread-skill of the ensembles; a quick-look PNG. Written as JSON."""
@@ -200,6 +314,7 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
         load_checkpoint,
     )
     from .gpp import metrics
+    from .purepixel import PurePixelModel
     from .training import open_catalog
 
     spec = pipeline.downscale
@@ -208,13 +323,17 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
     checkpoints = {s: load_checkpoint(p, s) for s, p in checkpoints.items() if p.exists()}
     if not checkpoints:
         raise ValueError(f"no downscaler checkpoint in {output}; run train-downscaler first")
+    pure_path = output / "pure_pixel.pt"
+    pure_model = PurePixelModel.load(pure_path) if pure_path.exists() else None
     with open_catalog(pipeline) as catalog:
-        pairs = cached_pairs(pipeline, catalog, spec.test, say)
+        raw, _, types = _static_and_types(catalog, pipeline.grid.geobox)
+        pairs = cached_pairs(pipeline, catalog, spec.test, say, types=types)
         pairs = _clearest(pairs, spec.max_eval_dates)
         static = None
         if "s2" in checkpoints:
-            raw, _ = static_layers(catalog, pipeline.grid.geobox)
             static = apply_static_normalisation(raw, checkpoints["s2"].static)
+        if pure_model is not None:
+            pure = _pure_pixel_maps(pipeline, catalog, pairs, pure_model, types)
     truth = None
     if spec.truth and Path(spec.truth).exists():
         import xarray as xr
@@ -222,6 +341,8 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
         with xr.open_zarr(spec.truth, consolidated=False) as store:
             truth = store.gpp.sel(time=[d.normalize() for d in pairs.dates]).values
     predictions = {"bilinear": pairs.gpp_m_30m}
+    if pure_model is not None:
+        predictions["pure_pixel"] = pure
     spreads, crps = {}, {}
     started = time.perf_counter()
     for scheme, ckpt in checkpoints.items():
@@ -253,6 +374,18 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
         if truth is not None:
             ok = np.isfinite(values) & np.isfinite(truth)
             table["vs_truth"][name] = metrics(truth[ok], values[ok])
+    consistency = {}
+    for scheme in spreads:
+        mean = predictions[f"ddpm_{scheme}"]
+        pairs_mc = list(zip(mean, pairs.gpp_m, strict=True))
+        fixed = np.stack([make_consistent(m, c, pairs.factor) for m, c in pairs_mc])
+        ok = clear & np.isfinite(fixed)
+        consistency[scheme] = {
+            "before": float(np.mean([coarse_mismatch(m, c, pairs.factor) for m, c in pairs_mc])),
+            "after": float(np.mean([coarse_mismatch(m, c, pairs.factor)
+                                    for m, c in zip(fixed, pairs.gpp_m, strict=True)])),
+            "vs_gpp_l_after": metrics(pairs.target[ok], fixed[ok]),
+        }  # fmt: skip
     ensemble = {}
     for scheme, spread in spreads.items():
         error = np.abs(predictions[f"ddpm_{scheme}"] - pairs.target)
@@ -267,11 +400,32 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
         "dates": [d.strftime("%Y-%m-%d") for d in pairs.dates],
         "table": table,
         "ensemble": ensemble,
+        "coarse_consistency": consistency,
         "inference_seconds": round(seconds, 1),
     }
     (output / "evaluation.json").write_text(json.dumps(report, indent=1))
     _quicklook(pairs, predictions, truth, output / "quicklook.png")
     return report
+
+
+def _pure_pixel_maps(pipeline: Pipeline, catalog: Catalog, pairs: Pairs, model, types):
+    """The pure-pixel DNN applied at 30 m on the pairs' dates. It needs the dates' own
+    Landsat inputs: where a pixel is not clear or not vegetation, bilinear GPP_M stands in."""
+    from .gpp import FEATURES
+    from .maps import gpp_landsat, weather_for
+
+    gpp = pipeline.gpp
+    first, last = min(pairs.dates).date(), max(pairs.dates).date()
+    daily = weather_for(catalog, gpp.weather, pipeline.grid.geobox, first, last,
+                        gpp.utc_offset_hours)  # fmt: skip
+    landsat = gpp_landsat(catalog, gpp.landsat.source,
+                          Path(gpp.output) / "gpp_landsat.card.json", pipeline.grid.geobox,
+                          f"{first}/{last}", daily, keep_features=True)  # fmt: skip
+    days = landsat["time"].dt.floor("D").values
+    index = [int(np.flatnonzero(days == np.datetime64(d, "ns"))[0]) for d in pairs.dates]
+    features = landsat["features"].isel(time=index).sel(feature=list(FEATURES)).values
+    maps = np.stack([model.predict(f, FEATURES, types) for f in features])
+    return np.where(np.isfinite(maps), maps, pairs.gpp_m_30m).astype("float32")
 
 
 def _quicklook(pairs: Pairs, predictions: dict, truth, path: Path) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "gpp_modis",
     "lonlat_bbox",
     "weather_for",
+    "weather_items",
 ]
 
 COARSE_FACTOR = 16  # 30 m x 16 = 480 m, the MODIS-like grid aligned with the 30 m one
@@ -67,13 +68,23 @@ def coarse_geobox(geobox, factor: int = COARSE_FACTOR):
     return geobox.zoom_out(factor)
 
 
-def weather_for(catalog: Catalog, source: str, geobox, start, end, utc_offset_hours: float):
-    """Daily weather of [start, end] (lazy, time × lat × lon) over a GeoBox."""
+def weather_items(catalog: Catalog, source: str, geobox, start, end) -> list:
+    """The reanalysis items that cover [start, end] as local days over a GeoBox (padded by a
+    day and 0.3° so that every pixel's local day and interpolation stencil are inside)."""
     bbox = lonlat_bbox(geobox)
     pad = [bbox[0] - 0.3, bbox[1] - 0.3, bbox[2] + 0.3, bbox[3] + 0.3]
     first = pd.Timestamp(start) - pd.Timedelta(days=1)
     last = pd.Timestamp(end) + pd.Timedelta(days=1)
-    items = search(source, pad, f"{first:%Y-%m-%d}/{last:%Y-%m-%d}", catalog=catalog)
+    return search(source, pad, f"{first:%Y-%m-%d}/{last:%Y-%m-%d}", catalog=catalog)
+
+
+def weather_for(
+    catalog: Catalog, source: str, geobox, start, end, utc_offset_hours: float, *, items=None
+):
+    """Daily weather of [start, end] (lazy, time × lat × lon) over a GeoBox; ``items`` from
+    :func:`weather_items` when already searched."""
+    if items is None:
+        items = weather_items(catalog, source, geobox, start, end)
     daily = daily_weather(items, catalog.source(source), utc_offset_hours=utc_offset_hours)
     return daily.sel(time=slice(pd.Timestamp(start), pd.Timestamp(end)))
 
@@ -104,14 +115,21 @@ def gpp_landsat(
     daily: xr.Dataset,
     *,
     chunks: int = 512,
+    keep_features: bool = False,
 ) -> xr.Dataset:
-    """GPP_L (and its ``out_of_range`` flag) at 30 m on each HLS date of ``period``."""
+    """GPP_L (and its ``out_of_range`` flag) at 30 m on each HLS date of ``period``; with
+    ``keep_features`` also the model's inputs (``features``: time × feature × y × x, NaN
+    where the pixel is not clear)."""
     bbox = lonlat_bbox(geobox)
     items = search(source, bbox, period, catalog=catalog)
     cube = load(items, catalog.source(source), geobox,
                 chunks={"time": 1, "y": chunks, "x": chunks})  # fmt: skip
-    result = predict(feature_cube(cube, daily, geobox), card_path)
+    features = feature_cube(cube, daily, geobox)
+    result = predict(features, card_path)
     result["clear"] = cube["clear"]
+    if keep_features:
+        stacked = features.to_dataarray("feature").transpose("time", "feature", "y", "x")
+        result["features"] = stacked.where(cube["clear"])
     return result
 
 
@@ -124,14 +142,26 @@ def gpp_modis(
     daily: xr.Dataset,
     *,
     gap_fill_days: int | None = None,
+    items=None,
+    every_day: bool = False,
 ) -> xr.Dataset:
     """GPP_M daily on the coarse grid of ``geobox`` (480 m), index gaps filled in time up to
-    ``gap_fill_days`` (default: what the model card says it was trained with)."""
+    ``gap_fill_days`` (default: what the model card says it was trained with).
+
+    ``items`` are the source's items of ``period`` when already searched. With ``every_day``
+    the result has every day of ``daily`` in ``period``, also those without a MODIS granule
+    (filled in time like a cloudy day, ``clear`` False)."""
     coarse = coarse_geobox(geobox)
-    bbox = lonlat_bbox(geobox)
-    items = search(source, bbox, period, catalog=catalog)
+    if items is None:
+        items = search(source, lonlat_bbox(geobox), period, catalog=catalog)
     cube = load(items, catalog.source(source), coarse, chunks={"time": -1, "y": -1, "x": -1},
                 resampling="average")  # fmt: skip
+    if every_day:
+        first, last = (pd.Timestamp(t) for t in period.split("/"))
+        days = daily["time"].sel(time=slice(first, last)).values
+        cube = cube.assign_coords(time=cube["time"].dt.floor("D").values)
+        cube = cube.reindex(time=days).chunk({"time": -1})
+        cube["clear"] = cube["clear"].fillna(False).astype(bool)
     features = feature_cube(cube, daily, coarse)
     card = json.loads(Path(card_path).read_text())
     days = gap_fill_days if gap_fill_days is not None else card.get("gap_fill_days", 16)

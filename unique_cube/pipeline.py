@@ -8,6 +8,7 @@ file, the key and what was expected. Relative paths are relative to the working 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,9 @@ __all__ = [
     "ModelSpec",
     "Period",
     "Pipeline",
+    "ProductSpec",
     "load_pipeline",
+    "validate_pipeline",
 ]
 
 LEARNERS = ("lightgbm", "lightgbm_rf", "linear")
@@ -129,6 +132,8 @@ class DownscaleSpec:
 
     test: Period
     output: str = "demo-output/downscaler"
+    train: Period | None = None
+    """Pairs for training come from these days (default: the GPP models' training period)."""
     truth: str | None = None
     """A demo world's truth store (evaluation only)."""
     min_clear_fraction: float = 0.3
@@ -147,6 +152,53 @@ class DownscaleSpec:
 
 
 @dataclass(frozen=True)
+class ProductSpec:
+    """The daily product (``unique-cube run``): where it goes and how each day is made."""
+
+    output: str = "demo-output/product"
+    """Product folder: Zarr datacube, COGs, STAC catalog, run logs."""
+    scheme: str = "s2"
+    """Downscaler: ``s2``, ``s1`` (checkpoints in ``downscale.output``) or ``bilinear``."""
+    samples: int = 4
+    """Ensemble members per day: the mean is the product, their spread its uncertainty."""
+    ddim_steps: int = 10
+    tile: int = 256
+    overlap: int = 32
+    seed: int = 0
+    """Sampling seed; each day's seed is derived from it and the date (re-runs are identical)."""
+    coarse_consistency: bool = True
+    """Shift each 480 m block of the 30 m map so that its mean equals GPP_M."""
+    max_gap_days: int = 45
+    """When clear MODIS days are further apart than the GPP model's ``gap_fill_days`` (a
+    monsoon), indices are still interpolated across gaps up to this long (flagged)."""
+    max_missing_fraction: float = 0.5
+    """Skip a day when GPP_M is missing (no MODIS within the gap-fill window) on more of the
+    grid than this; below it, missing coarse pixels take their nearest neighbour's GPP_M."""
+    block_days: int = 31
+    """GPP_M is computed for this many consecutive days at once in a backfill."""
+    time_zone: str = "Asia/Seoul"
+    """Where "yesterday" is computed."""
+    period: Period | None = None
+    """Days ``unique-cube demo`` produces (a run names its own days)."""
+    lock_timeout_s: float = 600.0
+
+    def _check(self) -> str | None:
+        if self.scheme not in ("s1", "s2", "bilinear"):
+            return f"scheme must be s1, s2 or bilinear, got {self.scheme!r}"
+        if self.samples < 1 or self.ddim_steps < 1:
+            return "samples and ddim_steps must be at least 1"
+        if not 0 <= self.max_missing_fraction <= 1:
+            return f"max_missing_fraction must be within [0, 1], got {self.max_missing_fraction}"
+        try:
+            import zoneinfo
+
+            zoneinfo.ZoneInfo(self.time_zone)
+        except Exception:
+            return f"unknown time zone {self.time_zone!r} (an IANA name like Asia/Seoul)"
+        return None
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A run of unique_cube."""
 
@@ -157,6 +209,7 @@ class Pipeline:
     gpp: GppSpec
     grid: GridSpec | None = None
     downscale: DownscaleSpec | None = None
+    product: ProductSpec | None = None
     serve_world: str | None = None
     """A demo world folder to serve on 127.0.0.1 for the run (its URL replaces the catalog's)."""
     stac_url: str | None = None
@@ -169,3 +222,56 @@ def load_pipeline(path: str | Path) -> Pipeline:
     data = dict(read_yaml(path))
     data["path"] = str(path)
     return build(Pipeline, data, file=path)
+
+
+def validate_pipeline(path: str | Path) -> list[str]:
+    """Check a pipeline without running it: keys and types, the catalog and every source the
+    stages name, the grid's CRS, the time zone, the product folder. Returns a summary; raises
+    :class:`~unique_cube.errors.ConfigError` at the first problem."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    from .config import load_catalog
+    from .errors import ConfigError
+
+    pipeline = load_pipeline(path)
+    catalog = load_catalog(pipeline.catalog)
+    gpp = pipeline.gpp
+    names = {"gpp.modis.source": gpp.modis.source, "gpp.landsat.source": gpp.landsat.source,
+             "gpp.weather": gpp.weather}  # fmt: skip
+    if pipeline.downscale is not None:
+        names.update({"(S2) dem": "dem", "(S2) worldcover": "worldcover"})
+    for key, source in names.items():
+        try:
+            catalog.source(source)
+        except KeyError as err:
+            raise ConfigError(f"{path}: {key}: {err}") from None
+    lines = [f"pipeline {pipeline.name}: catalog {catalog.name} with "
+             f"{', '.join(sorted(set(names.values())))}"]  # fmt: skip
+    if pipeline.grid is not None:
+        try:
+            crs = CRS.from_user_input(pipeline.grid.crs)
+        except CRSError as err:
+            raise ConfigError(f"{path}: grid.crs: {err}") from None
+        ny, nx = pipeline.grid.geobox.shape
+        lines.append(f"grid: {crs.to_string()}, {nx} x {ny} pixels of {pipeline.grid.resolution} m "
+                     f"({nx * ny / 1e6:.1f} Mpx)")  # fmt: skip
+    product = pipeline.product
+    if product is not None:
+        if pipeline.grid is None:
+            raise ConfigError(f"{path}: product needs a grid section")
+        if product.scheme != "bilinear" and pipeline.downscale is None:
+            raise ConfigError(f"{path}: product.scheme {product.scheme} needs a downscale section")
+        out = Path(product.output)
+        parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise ConfigError(f"{path}: product.output {out}: {parent} is not a writable folder")
+        lines.append(f"product: {out} ({product.scheme}, {product.samples} members, "
+                     f"time zone {product.time_zone})")  # fmt: skip
+    models = Path(gpp.output)
+    trained = [p.name for p in [models / "gpp_modis.model", models / "gpp_landsat.model"]
+               if p.exists()]  # fmt: skip
+    if pipeline.downscale is not None:
+        trained += [p.name for p in Path(pipeline.downscale.output).glob("downscaler_s?.pt")]
+    lines.append(f"models present: {', '.join(trained) if trained else 'none yet (train first)'}")
+    return lines

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..cog import write_cog
 
 __all__ = [
     "CogJob",
@@ -58,36 +59,6 @@ MODIS_ASSETS = {
 
 #: A COG to write: (path, array, crs, transform as 6 numbers, nodata, overview resampling).
 CogJob = tuple[str, np.ndarray, str, tuple[float, ...], float | None, str]
-
-
-def write_cog(
-    path: str | Path,
-    array: np.ndarray,
-    crs: str,
-    transform: Iterable[float],
-    nodata: float | None,
-    resampling: str = "nearest",
-) -> None:
-    """Write one single-band COG (ZSTD, 512-pixel tiles, overviews when larger than a tile)."""
-    import rasterio
-    from affine import Affine
-
-    profile = {
-        "driver": "COG",
-        "width": array.shape[1],
-        "height": array.shape[0],
-        "count": 1,
-        "dtype": array.dtype.name,
-        "crs": crs,
-        "transform": Affine(*list(transform)[:6]),
-        "nodata": nodata,
-        "blocksize": 512,
-        "compress": "zstd",
-        "overview_resampling": resampling,
-    }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(array, 1)
 
 
 def write_cogs(jobs: list[CogJob]) -> int:

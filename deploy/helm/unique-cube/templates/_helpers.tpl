@@ -111,6 +111,10 @@ Environment of every unique-cube container. Secrets only by reference. (dict "ro
 {{- if .scheduler }}
 - name: DASK_SCHEDULER_ADDRESS
   value: {{ include "unique-cube.schedulerAddress" .root | quote }}
+{{- else }}
+# Local mode: the runner's own LocalCluster serves the dashboard to the dashboard Service.
+- name: UNIQUE_CUBE_DASHBOARD_ADDRESS
+  value: "0.0.0.0:8787"
 {{- end }}
 {{- with $values.secrets.planetaryComputer.secretName }}
 - name: PC_SDK_SUBSCRIPTION_KEY

@@ -1,0 +1,139 @@
+"""``unique-cube demo``: the main job end to end on the embedded demo world.
+
+World → GPP models → downscalers (S1, S2, pure-pixel) → evaluation → the daily product over
+the pipeline's ``product.period`` → report. Every stage is the product's own command, run
+on a pipeline whose catalog is the demo world served on 127.0.0.1; each stage is reused when
+its outputs are present and were made from the same inputs and settings (a stamp beside them),
+so a second run only checks and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..pipeline import Pipeline, load_pipeline
+
+__all__ = ["demo_pipeline", "run_demo"]
+
+
+def demo_pipeline(path: str | Path, world: str | Path, output: str | Path) -> Pipeline:
+    """The pipeline file with its world and output folders moved to ``world`` and ``output``
+    (the file names ``demo-world`` and ``demo-output``; both are arguments of the command)."""
+    pipeline = load_pipeline(path)
+    world, output = str(world), str(output)
+
+    def moved(value: str | None, old: str, new: str) -> str | None:
+        if value is None:
+            return None
+        return new + value[len(old) :] if value == old or value.startswith(old + "/") else value
+
+    old_world = pipeline.serve_world or "demo-world"
+    flux = dataclasses.replace(
+        pipeline.flux,
+        directory=moved(pipeline.flux.directory, old_world, world),
+        sites=moved(pipeline.flux.sites, old_world, world),
+    )
+    gpp = dataclasses.replace(
+        pipeline.gpp, output=moved(pipeline.gpp.output, "demo-output", output)
+    )
+    changes: dict = {"serve_world": world, "flux": flux, "gpp": gpp}
+    if pipeline.downscale is not None:
+        changes["downscale"] = dataclasses.replace(
+            pipeline.downscale,
+            output=moved(pipeline.downscale.output, "demo-output", output),
+            truth=moved(pipeline.downscale.truth, old_world, world),
+        )
+    if pipeline.product is not None:
+        changes["product"] = dataclasses.replace(
+            pipeline.product, output=moved(pipeline.product.output, "demo-output", output)
+        )
+    return dataclasses.replace(pipeline, **changes)
+
+
+def _stamp(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()
+
+
+def _fresh(stamp_path: Path, stamp: str, outputs: list[Path]) -> bool:
+    return (
+        stamp_path.exists()
+        and stamp_path.read_text().strip() == stamp
+        and all(p.exists() for p in outputs)
+    )
+
+
+def run_demo(
+    pipeline: Pipeline,
+    manifest: dict,
+    say: Callable[[str], None],
+    *,
+    dashboard: str | None = None,
+) -> dict:
+    """Stages 2–6 of the demo on a built world (``manifest``); returns the metrics."""
+    from ..daily import product_days, run
+    from ..downscaling import evaluate_downscaler, train_downscaler
+    from ..report import write_report
+    from ..training import train_gpp
+
+    world_id = [manifest.get(k) for k in ("size", "seed", "generator_version", "created")]
+    models = Path(pipeline.gpp.output)
+    stamp = _stamp(world_id, dataclasses.asdict(pipeline.gpp), dataclasses.asdict(pipeline.flux))
+    outputs = [
+        models / f"gpp_{m}.{e}" for m in ("modis", "landsat") for e in ("model", "card.json")
+    ]
+    outputs.append(models / "cv_report.json")
+    began = time.perf_counter()
+    if _fresh(models / ".stamp", stamp, outputs):
+        say(f"[2/6] GPP models: reusing {models}")
+    else:
+        say("[2/6] GPP models: training on the towers (20-fold spatial CV)")
+        train_gpp(pipeline, say=say)
+        (models / ".stamp").write_text(stamp)
+    say(f"      ({time.perf_counter() - began:.0f} s)")
+
+    spec = pipeline.downscale
+    folder = Path(spec.output)
+    model_hash = hashlib.sha256((models / "gpp_landsat.model").read_bytes()).hexdigest()
+    model_hash += hashlib.sha256((models / "gpp_modis.model").read_bytes()).hexdigest()
+    began = time.perf_counter()
+    for scheme, name in (("s1", "downscaler_s1.pt"), ("s2", "downscaler_s2.pt"),
+                         ("pure_pixel", "pure_pixel.pt")):  # fmt: skip
+        stamp = _stamp(model_hash, dataclasses.asdict(spec), dataclasses.asdict(pipeline.grid))
+        stamp_path = folder / f".{name}.stamp"
+        if _fresh(stamp_path, stamp, [folder / name]):
+            say(f"[3/6] downscaler {scheme}: reusing {folder / name}")
+            continue
+        say(f"[3/6] downscaler {scheme}: training")
+        train_downscaler(pipeline, scheme, say=say)
+        stamp_path.write_text(stamp)
+    say(f"      ({time.perf_counter() - began:.0f} s)")
+
+    evaluation = folder / "evaluation.json"
+    checkpoints = [folder / n for n in ("downscaler_s1.pt", "downscaler_s2.pt", "pure_pixel.pt")]
+    began = time.perf_counter()
+    if evaluation.exists() and all(
+        evaluation.stat().st_mtime >= p.stat().st_mtime for p in checkpoints
+    ):
+        say(f"[4/6] evaluation: reusing {evaluation}")
+    else:
+        say("[4/6] evaluation on the test year: bilinear, pure-pixel, S1, S2")
+        evaluate_downscaler(pipeline, say=say)
+    say(f"      ({time.perf_counter() - began:.0f} s)")
+
+    product = pipeline.product
+    days = product_days(product.period.start, product.period.end)
+    say(f"[5/6] daily product {days[0]}..{days[-1]} → {product.output}")
+    if dashboard:
+        say(f"      Dask dashboard: {dashboard}")
+    began = time.perf_counter()
+    run(pipeline, days, say=say)
+    say(f"      ({time.perf_counter() - began:.0f} s)")
+
+    report = Path(product.output).parent / "report"
+    say(f"[6/6] report → {report}")
+    return write_report(pipeline, days, report)

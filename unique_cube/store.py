@@ -1,0 +1,418 @@
+"""The daily product's outputs: a Zarr v3 datacube, one COG per day and variable, STAC items.
+
+Layout of a product folder::
+
+    gpp.zarr/                      Zarr v3 datacube (time, y, x) at 30 m, GPP_M on (time, y_m, x_m)
+    cogs/YYYY/MM/DD/<var>.tif      one COG per day and variable
+    stac/catalog.json              the STAC catalog → collection → one item per day
+    stac/unique-cube-gpp/collection.json
+    stac/unique-cube-gpp/items/<YYYY-MM-DD>.json
+    state/<YYYY-MM-DD>.json        completion marker of a day, written last
+    state/locks/                   advisory locks (a day; the shared store and catalog)
+    runs/<timestamp>.json          what each run did, day by day
+
+The datacube has whole calendar years on its time axis (extended by whole years when a later
+day comes); one region write per day replaces exactly that day. Inner chunks are one day of
+128 × 128 pixels, gathered in shards of 8 days × 512 × 512: a map read touches one day's chunks,
+a time-series read a few shards per year. Writers of the shared parts (the Zarr shards, the
+collection) hold one lock; zarr's local store replaces each shard file atomically, so a killed
+writer leaves every other day intact, and a day is done only once its marker exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UniqueCubeError
+
+__all__ = [
+    "COLLECTION_ID",
+    "QA_FLAGS",
+    "LockBusyError",
+    "ProductStore",
+    "StoreError",
+    "file_checksum",
+]
+
+COLLECTION_ID = "unique-cube-gpp"
+COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+GPP_STANDARD_NAME = "gross_primary_productivity_of_biomass_expressed_as_carbon"
+GPP_UNITS = "g m-2 day-1"
+CHUNK = (1, 128, 128)
+SHARD = (8, 512, 512)
+
+#: QA bits of each 30 m pixel. Bits 0-1 say which path produced the value (0: none).
+QA_FLAGS = {
+    "ddpm_s2": 1,
+    "ddpm_s1": 2,
+    "bilinear": 3,
+    "gpp_m_gap_filled": 4,
+    "gpp_m_long_gap_filled": 8,
+    "gpp_m_neighbour_filled": 16,
+    "gpp_m_out_of_range": 32,
+    "coarse_consistency_corrected": 64,
+}
+QA_PATH_MASK = 3
+
+#: The 30 m variables: dtype, fill value and CF attributes.
+VARIABLES = {
+    "gpp": ("float32", np.nan, {
+        "standard_name": GPP_STANDARD_NAME, "units": GPP_UNITS,
+        "long_name": "daily gross primary productivity at 30 m (ensemble mean)",
+    }),
+    "gpp_sd": ("float32", np.nan, {
+        "units": GPP_UNITS,
+        "long_name": "ensemble standard deviation of gpp (uncertainty)",
+    }),
+    # No _FillValue: 0 means "no value" through the flags, and readers keep the integers.
+    "qa": ("uint8", None, {
+        "long_name": "quality: which path produced the pixel and how complete its inputs were",
+        "flag_masks": [3, 3, 3, 4, 8, 16, 32, 64],
+        "flag_values": [1, 2, 3, 4, 8, 16, 32, 64],
+        "flag_meanings": " ".join(QA_FLAGS),
+    }),
+}  # fmt: skip
+COARSE_VARIABLES = {
+    "gpp_m": ("float32", np.nan, {
+        "standard_name": GPP_STANDARD_NAME, "units": GPP_UNITS,
+        "long_name": "daily GPP from MODIS (GPP_M) on the coarse grid",
+    }),
+}  # fmt: skip
+
+
+class StoreError(UniqueCubeError):
+    """The product folder cannot be written or does not hold this product."""
+
+    exit_code = 5
+
+
+class LockBusyError(StoreError):
+    """Another run holds the lock (of a day) for longer than we wait."""
+
+
+@contextlib.contextmanager
+def _locked(path: Path, timeout: float) -> Iterator[None]:
+    """An advisory ``flock`` on ``path``: released by the kernel when its holder dies, so a
+    crashed run never leaves a stale lock behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockBusyError(f"{path}: held by another run") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write beside, then rename: readers see the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(data, indent=1, default=str))
+    partial.replace(path)
+
+
+def file_checksum(path: Path) -> str:
+    """The STAC file extension's ``file:checksum``: a SHA2-256 multihash in hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "1220" + digest.hexdigest()
+
+
+@dataclass
+class DayArrays:
+    """One product day in memory."""
+
+    day: dt.date
+    gpp: np.ndarray
+    gpp_sd: np.ndarray
+    qa: np.ndarray
+    gpp_m: np.ndarray
+
+
+class ProductStore:
+    """A product folder on the pipeline's 30 m grid (and its coarse grid for GPP_M)."""
+
+    def __init__(self, root: str | Path, geobox, coarse, *, lock_timeout: float = 600.0):
+        self.root = Path(root)
+        self.geobox, self.coarse = geobox, coarse
+        self.lock_timeout = lock_timeout
+        self.zarr = self.root / "gpp.zarr"
+        self.stac = self.root / "stac"
+        self.state = self.root / "state"
+        self._check_writable()
+
+    # -- where things are --------------------------------------------------------------------
+
+    def marker(self, day: dt.date) -> Path:
+        return self.state / f"{day.isoformat()}.json"
+
+    def cog(self, day: dt.date, variable: str) -> Path:
+        return self.root / "cogs" / f"{day:%Y/%m/%d}" / f"{variable}.tif"
+
+    def item_path(self, day: dt.date) -> Path:
+        return self.stac / COLLECTION_ID / "items" / f"{day.isoformat()}.json"
+
+    def is_done(self, day: dt.date) -> bool:
+        return self.marker(day).exists()
+
+    def done_days(self) -> list[dt.date]:
+        if not self.state.exists():
+            return []
+        return sorted(dt.date.fromisoformat(p.stem) for p in self.state.glob("????-??-??.json"))
+
+    @contextlib.contextmanager
+    def day_lock(self, day: dt.date, timeout: float | None = None) -> Iterator[None]:
+        """Held while a day is produced: a second run of the same day waits, then finds it done."""
+        with _locked(self.state / "locks" / f"{day.isoformat()}.lock",
+                     self.lock_timeout if timeout is None else timeout):  # fmt: skip
+            yield
+
+    def _shared_lock(self):
+        return _locked(self.state / "locks" / "store.lock", self.lock_timeout)
+
+    def _check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise StoreError(f"{self.root}: the product folder is not writable ({err})") from err
+        if self.zarr.exists():
+            attrs = self._zarr_attrs()
+            grid = self._grid_attrs()
+            if attrs.get("unique_cube_grid") != grid:
+                raise StoreError(
+                    f"{self.zarr} holds a product on another grid ({attrs.get('unique_cube_grid')}"
+                    f"), not {grid}; give this pipeline its own product folder"
+                )
+
+    def _grid_attrs(self) -> dict:
+        return {"crs": str(self.geobox.crs), "shape": list(self.geobox.shape),
+                "transform": list(self.geobox.transform)[:6]}  # fmt: skip
+
+    def _zarr_attrs(self) -> dict:
+        import zarr
+
+        return dict(zarr.open_group(self.zarr, mode="r").attrs)
+
+    # -- the datacube ------------------------------------------------------------------------
+
+    def _template(self, years: list[int]):
+        import dask.array as da
+        import pandas as pd
+        import xarray as xr
+        from odc.geo.xr import xr_coords
+
+        days = pd.date_range(f"{years[0]}-01-01", f"{years[-1]}-12-31", freq="D")
+        ny, nx = self.geobox.shape
+        my, mx = self.coarse.shape
+        fine = xr_coords(self.geobox, crs_coord_name="spatial_ref")
+        coarse = xr_coords(self.coarse, crs_coord_name="spatial_ref")
+        coords = {"time": days.values, **fine,
+                  "y_m": coarse["y"].values, "x_m": coarse["x"].values}  # fmt: skip
+        data = {}
+        for name, (dtype, fill, attrs) in VARIABLES.items():
+            array = da.full((len(days), ny, nx), 0 if fill is None else fill, dtype=dtype,
+                            chunks=SHARD)  # fmt: skip
+            data[name] = (("time", "y", "x"), array, {**attrs, "grid_mapping": "spatial_ref"})
+        for name, (dtype, fill, attrs) in COARSE_VARIABLES.items():
+            array = da.full((len(days), my, mx), fill, dtype=dtype, chunks=(SHARD[0], my, mx))
+            data[name] = (("time", "y_m", "x_m"), array, {**attrs, "grid_mapping": "spatial_ref"})
+        ds = xr.Dataset(data, coords=coords)
+        ds["y_m"].attrs.update(units="m", long_name="y of the coarse (GPP_M) grid")
+        ds["x_m"].attrs.update(units="m", long_name="x of the coarse (GPP_M) grid")
+        return ds
+
+    def _encoding(self) -> dict:
+        from zarr.codecs import ZstdCodec
+
+        my, mx = self.coarse.shape
+        encoding = {"time": {"chunks": (366 * 16,), "units": "days since 1970-01-01"}}
+        for name, (_, fill, _) in VARIABLES.items():
+            encoding[name] = {"chunks": CHUNK, "shards": SHARD, "_FillValue": fill,
+                              "compressors": [ZstdCodec(level=3)]}  # fmt: skip
+        for name, (_, fill, _) in COARSE_VARIABLES.items():
+            encoding[name] = {"chunks": (1, my, mx), "shards": (SHARD[0], my, mx),
+                              "_FillValue": fill, "compressors": [ZstdCodec(level=3)]}  # fmt: skip
+        return encoding
+
+    def _ensure_years(self, day: dt.date) -> None:
+        """Create the datacube, or extend its time axis by whole years up to ``day``'s."""
+        import xarray as xr
+
+        if not self.zarr.exists():
+            template = self._template([day.year])
+            template.attrs.update(
+                title="unique_cube daily gross primary productivity (30 m)",
+                Conventions="CF-1.8",
+                unique_cube_grid=self._grid_attrs(),
+            )
+            template.to_zarr(self.zarr, mode="w-", compute=False, zarr_format=3,
+                             consolidated=False, encoding=self._encoding())  # fmt: skip
+            return
+        with xr.open_zarr(self.zarr, consolidated=False) as existing:
+            first = existing["time"].values[0].astype("datetime64[D]").item()
+            last = existing["time"].values[-1].astype("datetime64[D]").item()
+        if day < first:
+            raise StoreError(
+                f"{self.zarr} starts on {first}; {day} cannot be added in front of it "
+                "(write earlier days to another product folder)"
+            )
+        if day > last:
+            template = self._template(list(range(last.year + 1, day.year + 1)))
+            template = template.drop_vars(["x", "y", "x_m", "y_m", "spatial_ref"])
+            template.to_zarr(self.zarr, append_dim="time", compute=False,
+                             consolidated=False)  # fmt: skip
+
+    def _write_region(self, arrays: DayArrays) -> None:
+        import xarray as xr
+
+        when = np.array([np.datetime64(arrays.day, "ns")])
+        day = xr.Dataset(
+            {
+                "gpp": (("time", "y", "x"), arrays.gpp[None].astype("float32")),
+                "gpp_sd": (("time", "y", "x"), arrays.gpp_sd[None].astype("float32")),
+                "qa": (("time", "y", "x"), arrays.qa[None].astype("uint8")),
+                "gpp_m": (("time", "y_m", "x_m"), arrays.gpp_m[None].astype("float32")),
+            },
+            coords={"time": when},
+        )
+        with xr.open_zarr(self.zarr, consolidated=False) as existing:
+            index = int(np.searchsorted(existing["time"].values, when[0]))
+        day.to_zarr(self.zarr, region={"time": slice(index, index + 1)}, consolidated=False)
+
+    # -- one day -----------------------------------------------------------------------------
+
+    def write_cogs(self, arrays: DayArrays, tags: dict[str, str]) -> dict[str, Path]:
+        """One COG per variable; GPP_M on its coarse grid."""
+        from .cog import write_cog
+
+        paths = {}
+        fine = (str(self.geobox.crs), list(self.geobox.transform)[:6])
+        coarse = (str(self.coarse.crs), list(self.coarse.transform)[:6])
+        layers = {
+            "gpp": (arrays.gpp.astype("float32"), fine, float("nan"), "average"),
+            "gpp_sd": (arrays.gpp_sd.astype("float32"), fine, float("nan"), "average"),
+            "qa": (arrays.qa.astype("uint8"), fine, 0, "nearest"),
+            "gpp_m": (arrays.gpp_m.astype("float32"), coarse, float("nan"), "average"),
+        }
+        for name, (values, (crs, transform), nodata, resampling) in layers.items():
+            path = self.cog(arrays.day, name)
+            write_cog(path, values, crs, transform, nodata, resampling,
+                      tags={**tags, "variable": name})  # fmt: skip
+            paths[name] = path
+        return paths
+
+    def commit(self, arrays: DayArrays, item: dict, marker: dict) -> None:
+        """Zarr region, STAC item and collection, then the marker (the day is done)."""
+        with self._shared_lock():
+            self._ensure_years(arrays.day)
+            self._write_region(arrays)
+            _write_json(self.item_path(arrays.day), item)
+            self._update_catalog(done=arrays.day)
+        _write_json(self.marker(arrays.day), marker)
+
+    def forget(self, day: dt.date) -> None:
+        """Before a day is produced again: it is not done until its new marker is written."""
+        self.marker(day).unlink(missing_ok=True)
+
+    def record_skip(self, day: dt.date, reason: str) -> None:
+        """A day that could not be produced: its reason goes into the collection."""
+        with self._shared_lock():
+            self._update_catalog(skipped=(day, reason))
+
+    # -- the STAC catalog --------------------------------------------------------------------
+
+    def _update_catalog(self, done: dt.date | None = None, skipped=None) -> None:
+        from . import __version__
+
+        collection_path = self.stac / COLLECTION_ID / "collection.json"
+        if collection_path.exists():
+            collection = json.loads(collection_path.read_text())
+        else:
+            collection = _collection(self.geobox, __version__)
+        skips = collection.setdefault("unique_cube:skipped_days", {})
+        if done is not None:
+            skips.pop(done.isoformat(), None)
+        if skipped is not None:
+            day, reason = skipped
+            if not self.is_done(day):
+                skips[day.isoformat()] = reason
+        items = sorted((self.stac / COLLECTION_ID / "items").glob("????-??-??.json"))
+        collection["links"] = [
+            {"rel": "root", "href": "../catalog.json", "type": "application/json"},
+            {"rel": "parent", "href": "../catalog.json", "type": "application/json"},
+            {"rel": "self", "href": "./collection.json", "type": "application/json"},
+        ] + [
+            {"rel": "item", "href": f"./items/{p.name}", "type": "application/geo+json"}
+            for p in items
+        ]
+        if items:
+            collection["extent"]["temporal"]["interval"] = [
+                [f"{items[0].stem}T00:00:00Z", f"{items[-1].stem}T23:59:59Z"]
+            ]
+        _write_json(collection_path, collection)
+        _write_json(
+            self.stac / "catalog.json",
+            {
+                "type": "Catalog",
+                "stac_version": "1.0.0",
+                "id": "unique-cube",
+                "description": "unique_cube products",
+                "links": [
+                    {"rel": "root", "href": "./catalog.json", "type": "application/json"},
+                    {"rel": "self", "href": "./catalog.json", "type": "application/json"},
+                    {"rel": "child", "href": f"./{COLLECTION_ID}/collection.json",
+                     "type": "application/json"},
+                ],
+            },
+        )  # fmt: skip
+
+
+def _collection(geobox, version: str) -> dict:
+    bbox = [round(v, 6) for v in geobox.extent.to_crs("EPSG:4326").boundingbox]
+    return {
+        "type": "Collection",
+        "stac_version": "1.0.0",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
+            "https://stac-extensions.github.io/file/v2.1.0/schema.json",
+            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+        ],
+        "id": COLLECTION_ID,
+        "title": "Daily gross primary productivity at 30 m (unique_cube)",
+        "description": (
+            "Daily GPP at 30 m: GPP from MODIS (LightGBM, 480 m) downscaled by a conditional "
+            "diffusion model (ensemble mean, its spread and a QA layer)."
+        ),
+        "license": "proprietary",
+        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[None, None]]}},
+        "summaries": {"processing:software": [{"unique-cube": version}]},
+        "item_assets": {
+            name: {"type": COG_TYPE, "roles": ["data"], "title": attrs["long_name"]}
+            for name, (_, _, attrs) in {**VARIABLES, **COARSE_VARIABLES}.items()
+        },
+        "links": [],
+    }
