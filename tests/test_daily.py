@@ -23,6 +23,7 @@ ddim_steps: 3
 tile: 64
 overlap: 16
 time_zone: Asia/Seoul
+coarse_consistency: true
 {extra}
 """
 

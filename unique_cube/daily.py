@@ -363,7 +363,7 @@ def _day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashe
     """The day's STAC item: assets with checksums, processing and provenance; no asset URL
     of the inputs (they may be signed), only their item ids."""
     from . import __version__
-    from .store import COG_TYPE, COLLECTION_ID, VARIABLES, file_checksum
+    from .store import COARSE_VARIABLES, COG_TYPE, COLLECTION_ID, VARIABLES, file_checksum
 
     geobox, coarse = store.geobox, store.coarse
     extent = geobox.extent.to_crs("EPSG:4326")
@@ -377,7 +377,7 @@ def _day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashe
             "href": os.path.relpath(path, item_dir),
             "type": COG_TYPE,
             "roles": ["data"] if name != "qa" else ["metadata", "data-mask"],
-            "title": VARIABLES.get(name, (None, None, {"long_name": "GPP_M"}))[2]["long_name"],
+            "title": {**VARIABLES, **COARSE_VARIABLES}[name][2]["long_name"],
             "file:checksum": file_checksum(path),
             "file:size": path.stat().st_size,
             "proj:shape": list(grid.shape),
@@ -466,22 +466,27 @@ def run(
     if results:
         say(f"{len(results)} of {len(days)} days already done (kept; --force redoes them)")
     with contextlib.ExitStack() as stack:
-        if not todo:
-            stack.close()  # nothing to make: no catalog, no cluster
-        elif sampler is None and spec.scheme != "bilinear":
-            sampler = _actor_sampler(stack, models, say)
-        catalog = stack.enter_context(open_catalog(pipeline)) if todo else None
-        if todo:
-            _check_coverage(pipeline, catalog, todo)
         static = _Static(None, [], {})
-        if todo and spec.scheme == "s2":
-            static = _static_for(catalog, geobox)
+        if todo:  # else nothing to make: no catalog, no cluster
+            if sampler is None and spec.scheme != "bilinear":
+                sampler = _actor_sampler(stack, models, say)
+            catalog = stack.enter_context(open_catalog(pipeline))
+            _check_coverage(pipeline, catalog, todo)
+            if spec.scheme == "s2":
+                static = _static_for(catalog, geobox)
         if static.problem:
             say(f"warning: {static.problem}; days fall back to S1")
         for block_start in range(0, len(todo), spec.block_days):
             block = todo[block_start : block_start + spec.block_days]
             say(f"GPP_M for {block[0]}..{block[-1]}")
-            coarse = gpp_m_block(pipeline, catalog, models.card_path, block)
+            try:
+                coarse = gpp_m_block(pipeline, catalog, models.card_path, block)
+            except UniqueCubeError as err:  # the block's days fail; the backfill goes on
+                log.exception("GPP_M for %s..%s failed", block[0], block[-1])
+                say(f"{block[0]}..{block[-1]}: failed: {err}")
+                results += [DayResult(d, "failed", f"GPP_M: {err}") for d in block]
+                _write_run_log(log_path, pipeline, started, results)
+                continue
             for day in block:
                 result = _one_day(pipeline, store, models, static, coarse, day, force,
                                   sampler, say)  # fmt: skip

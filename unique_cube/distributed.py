@@ -87,6 +87,19 @@ def model_loads() -> int:
 # --- clusters ----------------------------------------------------------------------------
 
 
+def _cpu_model_nanny(*args, cores: int = 1, **kwargs):
+    """A GPU-group worker on a machine without CUDA, where the network runs on the CPU. A
+    Nanny starts its worker with one OpenMP thread (``distributed.nanny.pre-spawn-environ``),
+    fixed before torch is imported and not undone by ``torch.set_num_threads``; this one gets
+    ``cores``."""
+    from distributed import Nanny
+
+    nanny = Nanny(*args, **kwargs)
+    nanny.pre_spawn_env.update(OMP_NUM_THREADS=str(cores), MKL_NUM_THREADS=str(cores))
+    nanny.pre_spawn_env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    return nanny
+
+
 def local_cluster(
     *,
     cpu_workers: int = 1,
@@ -113,10 +126,14 @@ def local_cluster(
         for i in range(cpu_workers)
     }
     devices = torch.cuda.device_count()
+    cores = max(1, (os.cpu_count() or 1) // max(1, gpu_workers))
     for i in range(gpu_workers):
         env = {"CUDA_VISIBLE_DEVICES": str(i % devices)} if devices else {}
         options = {**common, "nthreads": 1, "resources": {GPU: 1}, "env": env}
-        workers[f"gpu-{i}"] = {"cls": Nanny, "options": options}
+        if devices:
+            workers[f"gpu-{i}"] = {"cls": Nanny, "options": options}
+        else:
+            workers[f"gpu-{i}"] = {"cls": _cpu_model_nanny, "options": {**options, "cores": cores}}
     scheduler = {
         "cls": Scheduler,
         "options": {"host": "127.0.0.1", "port": 0, "dashboard": dashboard_address is not None,

@@ -327,7 +327,7 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
     pure_model = PurePixelModel.load(pure_path) if pure_path.exists() else None
     with open_catalog(pipeline) as catalog:
         raw, _, types = _static_and_types(catalog, pipeline.grid.geobox)
-        pairs = cached_pairs(pipeline, catalog, spec.test, say, types=types)
+        pairs = cached_pairs(pipeline, catalog, spec.test, say)  # no pure-pixel rows needed
         pairs = _clearest(pairs, spec.max_eval_dates)
         static = None
         if "s2" in checkpoints:

@@ -166,8 +166,9 @@ class ProductSpec:
     overlap: int = 32
     seed: int = 0
     """Sampling seed; each day's seed is derived from it and the date (re-runs are identical)."""
-    coarse_consistency: bool = True
-    """Shift each 480 m block of the 30 m map so that its mean equals GPP_M."""
+    coarse_consistency: bool = False
+    """Shift each 480 m block of the 30 m map so that its mean equals GPP_M (the mismatch
+    before and after is recorded either way)."""
     max_gap_days: int = 45
     """When clear MODIS days are further apart than the GPP model's ``gap_fill_days`` (a
     monsoon), indices are still interpolated across gaps up to this long (flagged)."""

@@ -21,6 +21,10 @@ from ..pipeline import Pipeline, load_pipeline
 __all__ = ["demo_pipeline", "run_demo"]
 
 
+#: The downscale settings a trained checkpoint depends on (the others only affect inference).
+_TRAINING_FIELDS = ("train", "min_clear_fraction", "steps", "batch", "patch", "base", "seed")
+
+
 def demo_pipeline(path: str | Path, world: str | Path, output: str | Path) -> Pipeline:
     """The pipeline file with its world and output folders moved to ``world`` and ``output``
     (the file names ``demo-world`` and ``demo-output``; both are arguments of the command)."""
@@ -103,7 +107,8 @@ def run_demo(
     began = time.perf_counter()
     for scheme, name in (("s1", "downscaler_s1.pt"), ("s2", "downscaler_s2.pt"),
                          ("pure_pixel", "pure_pixel.pt")):  # fmt: skip
-        stamp = _stamp(model_hash, dataclasses.asdict(spec), dataclasses.asdict(pipeline.grid))
+        training = {k: getattr(spec, k) for k in _TRAINING_FIELDS}
+        stamp = _stamp(model_hash, training, dataclasses.asdict(pipeline.grid))
         stamp_path = folder / f".{name}.stamp"
         if _fresh(stamp_path, stamp, [folder / name]):
             say(f"[3/6] downscaler {scheme}: reusing {folder / name}")
@@ -115,14 +120,15 @@ def run_demo(
 
     evaluation = folder / "evaluation.json"
     checkpoints = [folder / n for n in ("downscaler_s1.pt", "downscaler_s2.pt", "pure_pixel.pt")]
+    stamp = _stamp([hashlib.sha256(p.read_bytes()).hexdigest() for p in checkpoints],
+                   dataclasses.asdict(spec))  # fmt: skip
     began = time.perf_counter()
-    if evaluation.exists() and all(
-        evaluation.stat().st_mtime >= p.stat().st_mtime for p in checkpoints
-    ):
+    if _fresh(folder / ".evaluation.stamp", stamp, [evaluation]):
         say(f"[4/6] evaluation: reusing {evaluation}")
     else:
         say("[4/6] evaluation on the test year: bilinear, pure-pixel, S1, S2")
         evaluate_downscaler(pipeline, say=say)
+        (folder / ".evaluation.stamp").write_text(stamp)
     say(f"      ({time.perf_counter() - began:.0f} s)")
 
     product = pipeline.product
