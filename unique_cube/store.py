@@ -176,11 +176,6 @@ class ProductStore:
     def is_done(self, day: dt.date) -> bool:
         return self.marker(day).exists()
 
-    def done_days(self) -> list[dt.date]:
-        if not self.state.exists():
-            return []
-        return sorted(dt.date.fromisoformat(p.stem) for p in self.state.glob("????-??-??.json"))
-
     @contextlib.contextmanager
     def day_lock(self, day: dt.date, timeout: float | None = None) -> Iterator[None]:
         """Held while a day is produced: a second run of the same day waits, then finds it done."""
@@ -283,8 +278,10 @@ class ProductStore:
         if day > last:
             template = self._template(list(range(last.year + 1, day.year + 1)))
             template = template.drop_vars(["x", "y", "x_m", "y_m", "spatial_ref"])
-            template.to_zarr(self.zarr, append_dim="time", compute=False,
-                             consolidated=False)  # fmt: skip
+            # Only the time coordinate and the arrays' new shape are written (compute=False):
+            # no chunk is touched, so the shard shared with the last days is safe.
+            template.to_zarr(self.zarr, append_dim="time", compute=False, consolidated=False,
+                             safe_chunks=False)  # fmt: skip
 
     def _write_region(self, arrays: DayArrays) -> None:
         import xarray as xr
