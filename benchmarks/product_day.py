@@ -59,7 +59,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, fraction in (("half side", 0.5), ("full", 1.0)):
-            variant = json.loads(json.dumps(spec))
+            variant = json.loads(json.dumps(spec, default=str))
             variant["grid"]["bounds"] = _sub_grid(
                 spec["grid"]["bounds"], spec["grid"].get("resolution", 30), fraction
             )
