@@ -73,8 +73,8 @@ def main() -> None:
             print(name, json.dumps(results[name]), flush=True)
     small, full = results["half side"], results["full"]
 
-    def memory(r: dict) -> float:  # the runner and its Dask workers (peaks added up)
-        return r["peak_rss_mb"] + r["workers_peak_rss_mb"]
+    def memory(r: dict) -> float:  # the runner's peak and its Dask workers' memory at the end
+        return r["peak_rss_mb"] + r["workers_rss_mb"]
 
     print(json.dumps({
         "area_ratio": full["pixels"] / small["pixels"],

@@ -162,10 +162,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         raise ConfigError("give --date D, or --start S and --end E")
     report = run(pipeline, days, force=args.force, say=_progress)
-    workers = report["worker_peak_rss_mb"]
+    workers = report["worker_rss_mb"]
     print(json.dumps({"counts": report["counts"], "seconds_per_day": report["seconds_per_day"],
                       "peak_rss_mb": report["peak_rss_mb"],
-                      "workers_peak_rss_mb": round(sum(workers.values()), 1)}))  # fmt: skip
+                      "workers_rss_mb": round(sum(workers.values()), 1)}))  # fmt: skip
     return 6 if report["counts"].get("failed") else 0
 
 

@@ -84,6 +84,14 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_mb() -> float:
+    """Resident memory now. For Dask workers: their ru_maxrss starts at the peak of the
+    process they were forked from, so it says nothing of their own peak."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 @dataclass
 class _Models:
     card: dict
@@ -493,7 +501,7 @@ def run(
                 results.append(result)
                 _write_run_log(log_path, pipeline, started, results)
         client = getattr(sampler, "client", None)
-        workers = client.run(_peak_rss_mb) if client is not None else {}
+        workers = client.run(_rss_mb) if client is not None else {}
     report = _write_run_log(log_path, pipeline, started, results, workers)
     counts = report["counts"]
     say(f"run log: {log_path} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
@@ -610,7 +618,7 @@ def _write_run_log(
         "counts": counts,
         "seconds_per_day": round(float(np.mean([r.seconds for r in done])), 2) if done else None,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "worker_peak_rss_mb": {k: round(v, 1) for k, v in (workers or {}).items()},
+        "worker_rss_mb": {k: round(v, 1) for k, v in (workers or {}).items()},
     }
     _write_json(path, report)
     return report

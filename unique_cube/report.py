@@ -38,12 +38,14 @@ def _score(observed: np.ndarray, predicted: np.ndarray) -> dict:
 
 
 def _product_runs(product: Path, days: list[dt.date]) -> dict:
-    """Seconds per produced day and peak memory, from the run logs of these days."""
+    """Seconds per produced day and memory (the runner's peak plus its Dask workers' resident
+    memory at the end of the run), from the run logs of these days."""
     wanted = {d.isoformat() for d in days}
     seconds, peak = {}, 0.0
     for path in sorted((product / "runs").glob("*.json")):
         log = json.loads(path.read_text())
-        peak = max(peak, log.get("peak_rss_mb") or 0.0)
+        workers = sum((log.get("worker_rss_mb") or {}).values())
+        peak = max(peak, (log.get("peak_rss_mb") or 0.0) + workers)  # runner and workers
         for day in log["days"]:
             if day["status"] == "done" and day["day"] in wanted:
                 seconds[day["day"]] = day["seconds"]
