@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -72,14 +71,6 @@ def product_days(start: dt.date, end: dt.date) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -104,6 +95,7 @@ class _Models:
 def check_models(pipeline: Pipeline) -> _Models:
     """The GPP_M model and the downscaler(s) the product needs, or a clear error."""
     from .downscale import DownscaleError, load_checkpoint
+    from .store import sha256_file
 
     spec = pipeline.product
     models = Path(pipeline.gpp.output)
@@ -114,7 +106,7 @@ def check_models(pipeline: Pipeline) -> _Models:
                 f"{pipeline.path}: gpp.output names {models}, which has no {path.name}; "
                 f"run `unique-cube train-gpp {pipeline.path}` first"
             )
-    hashes = {"gpp_modis": _sha256(model_path)}
+    hashes = {"gpp_modis": sha256_file(model_path)}
     checkpoints, paths = {}, {}
     if spec.scheme != "bilinear":
         if pipeline.downscale is None or pipeline.grid is None:
@@ -136,7 +128,7 @@ def check_models(pipeline: Pipeline) -> _Models:
                 checkpoints[scheme] = load_checkpoint(path, scheme)
             except DownscaleError as err:
                 raise MissingModelError(str(err)) from err
-            hashes[f"downscaler_{scheme}"] = _sha256(path)
+            hashes[f"downscaler_{scheme}"] = sha256_file(path)
             paths[scheme] = path
     return _Models(json.loads(card_path.read_text()), card_path, hashes, checkpoints, paths)
 
@@ -283,14 +275,6 @@ def _to_fine(coarse: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndar
 Sampler = Callable[..., np.ndarray]
 
 
-def local_sampler(ckpt, condition, *, samples, ddim_steps, tile, overlap, seed) -> np.ndarray:
-    """Ensemble members in this process (no Dask): tests and small grids."""
-    from .downscale import downscale
-
-    return downscale(ckpt, condition, samples=samples, ddim_steps=ddim_steps, tile=tile,
-                     overlap=overlap, seed=seed)  # fmt: skip
-
-
 def day_seed(seed: int, day: dt.date) -> int:
     """Each day's sampling seed: the same day always gets the same maps."""
     return seed * 1_000_000 + day.toordinal()
@@ -304,7 +288,7 @@ def make_day(
     gpp_m: np.ndarray,
     gap: np.ndarray,
     out_of_range: np.ndarray,
-    sampler: Sampler = local_sampler,
+    sampler: Sampler | None,
 ):
     """One day's 30 m arrays from its GPP_M; raises :class:`DaySkipped` when it cannot be."""
     from .downscale import _fill_nearest, condition_stack, upsample_bilinear

@@ -148,19 +148,28 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
     )
 
 
-def load_checkpoint(path: str | Path, scheme: str | None = None) -> Checkpoint:
-    """Load a checkpoint without executing any code from it (``weights_only=True``)."""
-    path = Path(path)
+def load_weights_only(
+    path: Path, format_tag: str, owner: str, noun: str, error: type[Exception]
+) -> dict:
+    """A saved dict of tensors, numbers and strings, read with ``torch.load(weights_only=True)``
+    so that no code in the file runs. ``error`` names the path when the file is missing,
+    carries anything else, or is not a ``format_tag`` file (an ``owner`` ``noun``)."""
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
-        raise DownscaleError(f"{path}: no such checkpoint") from err
+        raise error(f"{path}: no such {noun}") from err
     except Exception as err:
-        raise DownscaleError(
-            f"{path}: not a weights-only checkpoint (refused to unpickle it: {err})"
-        ) from err
-    if not isinstance(data, dict) or data.get("format") != "unique-cube-downscaler-1":
-        raise DownscaleError(f"{path}: not a unique-cube downscaler checkpoint")
+        raise error(f"{path}: not a weights-only {noun} (refused to unpickle it: {err})") from err
+    if not isinstance(data, dict) or data.get("format") != format_tag:
+        raise error(f"{path}: not a unique-cube {owner} {noun} ({format_tag})")
+    return data
+
+
+def load_checkpoint(path: str | Path, scheme: str | None = None) -> Checkpoint:
+    """Load a checkpoint without executing any code from it (``weights_only=True``)."""
+    path = Path(path)
+    data = load_weights_only(path, "unique-cube-downscaler-1", "downscaler", "checkpoint",
+                             DownscaleError)  # fmt: skip
     if scheme is not None and data["scheme"] != scheme:
         raise DownscaleError(f"{path}: a checkpoint of scheme {data['scheme']}, not {scheme}")
     config = dict(data["unet"])

@@ -375,17 +375,10 @@ class PurePixelModel:
     @classmethod
     def load(cls, path: str | Path) -> PurePixelModel:
         """Load a saved model without executing any code from the file."""
+        from .downscale import load_weights_only
+
         path = Path(path)
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError as err:
-            raise PurePixelError(f"{path}: no such pure-pixel model") from err
-        except Exception as err:
-            raise PurePixelError(
-                f"{path}: not a weights-only file (refused to unpickle it: {err})"
-            ) from err
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise PurePixelError(f"{path}: not a unique-cube pure-pixel model ({FORMAT})")
+        data = load_weights_only(path, FORMAT, "pure-pixel", "model", PurePixelError)
         try:
             model = cls(data["names"], data["type_codes"], data["hidden"])
             model.network.load_state_dict(data["state_dict"])

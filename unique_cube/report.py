@@ -94,7 +94,9 @@ def metrics(pipeline: Pipeline, days: list[dt.date], truth=None) -> dict:
 
 
 def _is_done(product: Path, day: dt.date) -> bool:
-    return (product / "state" / f"{day.isoformat()}.json").exists()
+    from .store import marker_path
+
+    return marker_path(product, day).exists()
 
 
 def _png(fig) -> str:

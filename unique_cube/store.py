@@ -43,6 +43,8 @@ __all__ = [
     "ProductStore",
     "StoreError",
     "file_checksum",
+    "marker_path",
+    "sha256_file",
 ]
 
 COLLECTION_ID = "unique-cube-gpp"
@@ -130,13 +132,23 @@ def _write_json(path: Path, data: dict) -> None:
     partial.replace(path)
 
 
-def file_checksum(path: Path) -> str:
-    """The STAC file extension's ``file:checksum``: a SHA2-256 multihash in hex."""
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file in hex, read in blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return "1220" + digest.hexdigest()
+    return digest.hexdigest()
+
+
+def file_checksum(path: Path) -> str:
+    """The STAC file extension's ``file:checksum``: a SHA2-256 multihash in hex."""
+    return "1220" + sha256_file(path)
+
+
+def marker_path(root: str | Path, day: dt.date) -> Path:
+    """A day's completion marker in a product folder: the day is done once it exists."""
+    return Path(root) / "state" / f"{day.isoformat()}.json"
 
 
 @dataclass
@@ -165,7 +177,7 @@ class ProductStore:
     # -- where things are --------------------------------------------------------------------
 
     def marker(self, day: dt.date) -> Path:
-        return self.state / f"{day.isoformat()}.json"
+        return marker_path(self.root, day)
 
     def cog(self, day: dt.date, variable: str) -> Path:
         return self.root / "cogs" / f"{day:%Y/%m/%d}" / f"{variable}.tif"

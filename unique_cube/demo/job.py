@@ -63,12 +63,17 @@ def _stamp(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, default=str, sort_keys=True).encode()).hexdigest()
 
 
-def _fresh(stamp_path: Path, stamp: str, outputs: list[Path]) -> bool:
-    return (
-        stamp_path.exists()
-        and stamp_path.read_text().strip() == stamp
-        and all(p.exists() for p in outputs)
-    )
+def _stage(label: str, doing: str, stamp_path: Path, stamp: str, outputs: list[Path], make,
+           say) -> None:  # fmt: skip
+    """Run ``make()`` unless ``outputs`` exist and were made with the same ``stamp`` (the
+    stamp is written only once ``make`` has succeeded)."""
+    fresh = stamp_path.exists() and stamp_path.read_text().strip() == stamp
+    if fresh and all(p.exists() for p in outputs):
+        say(f"{label}: reusing {outputs[0] if len(outputs) == 1 else stamp_path.parent}")
+        return
+    say(f"{label}: {doing}")
+    make()
+    stamp_path.write_text(stamp)
 
 
 def run_demo(
@@ -82,6 +87,7 @@ def run_demo(
     from ..daily import product_days, run
     from ..downscaling import evaluate_downscaler, train_downscaler
     from ..report import write_report
+    from ..store import sha256_file
     from ..training import train_gpp
 
     world_id = [manifest.get(k) for k in ("size", "seed", "generator_version", "created")]
@@ -92,43 +98,29 @@ def run_demo(
     ]
     outputs.append(models / "cv_report.json")
     began = time.perf_counter()
-    if _fresh(models / ".stamp", stamp, outputs):
-        say(f"[2/6] GPP models: reusing {models}")
-    else:
-        say("[2/6] GPP models: training on the towers (20-fold spatial CV)")
-        train_gpp(pipeline, say=say)
-        (models / ".stamp").write_text(stamp)
+    _stage("[2/6] GPP models", "training on the towers (20-fold spatial CV)", models / ".stamp",
+           stamp, outputs, lambda: train_gpp(pipeline, say=say), say)  # fmt: skip
     say(f"      ({time.perf_counter() - began:.0f} s)")
 
     spec = pipeline.downscale
     folder = Path(spec.output)
-    model_hash = hashlib.sha256((models / "gpp_landsat.model").read_bytes()).hexdigest()
-    model_hash += hashlib.sha256((models / "gpp_modis.model").read_bytes()).hexdigest()
+    model_hash = "".join(sha256_file(models / f"gpp_{m}.model") for m in ("landsat", "modis"))
+    training = {k: getattr(spec, k) for k in _TRAINING_FIELDS}
+    stamp = _stamp(model_hash, training, dataclasses.asdict(pipeline.grid))
     began = time.perf_counter()
     for scheme, name in (("s1", "downscaler_s1.pt"), ("s2", "downscaler_s2.pt"),
                          ("pure_pixel", "pure_pixel.pt")):  # fmt: skip
-        training = {k: getattr(spec, k) for k in _TRAINING_FIELDS}
-        stamp = _stamp(model_hash, training, dataclasses.asdict(pipeline.grid))
-        stamp_path = folder / f".{name}.stamp"
-        if _fresh(stamp_path, stamp, [folder / name]):
-            say(f"[3/6] downscaler {scheme}: reusing {folder / name}")
-            continue
-        say(f"[3/6] downscaler {scheme}: training")
-        train_downscaler(pipeline, scheme, say=say)
-        stamp_path.write_text(stamp)
+        _stage(f"[3/6] downscaler {scheme}", "training", folder / f".{name}.stamp", stamp,
+               [folder / name], lambda s=scheme: train_downscaler(pipeline, s, say=say),
+               say)  # fmt: skip
     say(f"      ({time.perf_counter() - began:.0f} s)")
 
-    evaluation = folder / "evaluation.json"
     checkpoints = [folder / n for n in ("downscaler_s1.pt", "downscaler_s2.pt", "pure_pixel.pt")]
-    stamp = _stamp([hashlib.sha256(p.read_bytes()).hexdigest() for p in checkpoints],
-                   dataclasses.asdict(spec))  # fmt: skip
+    stamp = _stamp([sha256_file(p) for p in checkpoints], dataclasses.asdict(spec))
     began = time.perf_counter()
-    if _fresh(folder / ".evaluation.stamp", stamp, [evaluation]):
-        say(f"[4/6] evaluation: reusing {evaluation}")
-    else:
-        say("[4/6] evaluation on the test year: bilinear, pure-pixel, S1, S2")
-        evaluate_downscaler(pipeline, say=say)
-        (folder / ".evaluation.stamp").write_text(stamp)
+    _stage("[4/6] evaluation", "on the test year: bilinear, pure-pixel, S1, S2",
+           folder / ".evaluation.stamp", stamp, [folder / "evaluation.json"],
+           lambda: evaluate_downscaler(pipeline, say=say), say)  # fmt: skip
     say(f"      ({time.perf_counter() - began:.0f} s)")
 
     product = pipeline.product
