@@ -24,6 +24,7 @@ from unique_cube.downscale import (
     train,
     upsample_bilinear,
 )
+from unique_cube.errors import UnsafeCheckpointError
 
 
 def test_upsampling_keeps_constants_and_fills_holes() -> None:
@@ -94,7 +95,7 @@ def test_checkpoints_carrying_code_are_refused(tmp_path: Path) -> None:
     evil = tmp_path / "evil.pt"
     with evil.open("wb") as f:
         pickle.dump({"format": "unique-cube-downscaler-1", "payload": _Exploit()}, f)
-    with pytest.raises(DownscaleError, match="not a weights-only checkpoint"):
+    with pytest.raises(UnsafeCheckpointError, match="not a weights-only checkpoint"):
         load_checkpoint(evil)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)

@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage
 
 from unique_cube.downscale import upsample_bilinear
-from unique_cube.errors import UniqueCubeError
+from unique_cube.errors import UniqueCubeError, UnsafeCheckpointError
 from unique_cube.purepixel import (
     PurePixelError,
     PurePixelModel,
@@ -260,12 +260,12 @@ def test_load_refuses_a_pickle_carrying_code_and_foreign_files(tmp_path):
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "unique-cube-purepixel-1", "meta": _Payload(marker)}, evil)
-    with pytest.raises(PurePixelError, match=r"evil\.pt.*refused to unpickle") as caught:
+    with pytest.raises(UnsafeCheckpointError, match=r"evil\.pt.*refused to unpickle") as caught:
         PurePixelModel.load(evil)
     assert isinstance(caught.value, UniqueCubeError) and not marker.exists()
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps(_Payload(marker), protocol=2))
-    with pytest.raises(PurePixelError, match=r"plain\.pkl"):
+    with pytest.raises(UnsafeCheckpointError, match=r"plain\.pkl"):
         PurePixelModel.load(plain)
     assert not marker.exists()
     other = tmp_path / "other.pt"

@@ -6,18 +6,24 @@
 
 Every HTTP request (GET or POST, the landing page and every result page) is retried with
 exponential backoff on 429/500/502/503/504, connection errors and timeouts, honouring
-``Retry-After``. A search either returns every matching item or raises: a page that still
-fails after the retry budget is a :class:`SearchFailedError`, never a shorter list.
+``Retry-After``. An answer that breaks off mid-body or is not valid JSON (urllib3 has
+handed it over by then, so it cannot retry it) makes the whole search run again from the
+first page, as many times as the policy allows. A search either returns every matching item
+or raises: a page that still fails after the retry budget is a :class:`SearchFailedError`,
+never a shorter list.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import http.client
+import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import pystac
 import requests
@@ -25,6 +31,7 @@ from pystac_client import Client
 from pystac_client.errors import ClientTypeError
 from pystac_client.exceptions import APIError
 from pystac_client.stac_api_io import StacApiIO
+from urllib3.exceptions import MaxRetryError, ProtocolError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from .config import Catalog, Source, load_catalog
@@ -49,6 +56,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Signer = Callable[[Any], Any]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,8 @@ class RetryPolicy:
     """How hard to try a STAC API before giving up."""
 
     retries: int = 5
-    """Retries per request (so up to ``retries + 1`` attempts)."""
+    """Retries per request (so up to ``retries + 1`` attempts), and reruns of a whole search
+    whose answer broke off or was malformed."""
     backoff: float = 0.5
     """Backoff factor in seconds: waits of 0, 2·b, 4·b … between attempts."""
     backoff_max: float = 30.0
@@ -82,11 +91,60 @@ class RetryPolicy:
         )
 
 
-def planetary_computer_signer() -> Signer:
-    """The Planetary Computer's SAS-token signer (reads ``PC_SDK_SUBSCRIPTION_KEY`` itself)."""
-    import planetary_computer
+_BROKEN = (
+    json.JSONDecodeError,  # a body cut short with a matching Content-Length, or garbage
+    UnicodeDecodeError,  # a body cut inside a multi-byte character
+    requests.exceptions.ChunkedEncodingError,  # the body ended before its Content-Length
+    requests.exceptions.ContentDecodingError,
+    http.client.IncompleteRead,
+    ProtocolError,  # the connection was reset mid-body
+    ReadTimeoutError,  # the body stalled after the headers
+)
 
-    return planetary_computer.sign_inplace
+
+def _broken_answer(err: BaseException) -> bool:
+    """Whether ``err`` comes from an answer that broke off or was malformed mid-body.
+
+    urllib3 retries statuses, timeouts and failed connections itself until the headers of
+    an answer arrive; a body that then stops early, stalls or does not parse is handed up
+    as is (pystac-client wraps it in an ``APIError`` raised while handling it). Errors of
+    urllib3 giving up (``MaxRetryError``) have spent their budget already: not broken answers.
+    """
+    chain: list[BaseException] = []
+    pending = [err]
+    while pending:
+        current = pending.pop()
+        if any(current is seen for seen in chain):
+            continue
+        chain.append(current)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+        pending.extend(a for a in current.args if isinstance(a, BaseException))
+    if any(isinstance(e, MaxRetryError | requests.exceptions.RetryError) for e in chain):
+        return False
+    return any(isinstance(e, _BROKEN) for e in chain)
+
+
+def _rerun_on_broken_answer(call: Callable[[], T], retry: RetryPolicy, what: str) -> T:
+    """``call()``, run again after a backoff while it fails on a broken answer, at most
+    ``retry.retries`` times. Other errors pass through: urllib3 retried them per request."""
+    retries = 0
+    while True:
+        try:
+            return call()
+        except (APIError, requests.RequestException, ValueError) as err:
+            if retries == retry.retries or not _broken_answer(err):
+                raise
+            retries += 1
+            wait = min(retry.backoff_max, retry.backoff * 2**retries)
+            log.warning(
+                "%s: the answer broke off or was malformed (%s); retry %d of %d in %.2f s",
+                what,
+                _short(err, 120),
+                retries,
+                retry.retries,
+                wait,
+            )
+            time.sleep(wait)
 
 
 def open_client(
@@ -99,13 +157,19 @@ def open_client(
 
     ``signer`` replaces the catalog's own signing (tests inject a fake one).
     """
-    if signer is None and catalog.signing == "planetary-computer":
-        signer = planetary_computer_signer()
+    if signer is None:
+        from .reads import item_signer
+
+        signer = item_signer(catalog)
     stac_io = StacApiIO(max_retries=retry.urllib3_retry(), timeout=retry.timeout)
     try:
         # Client.open applies its own `timeout` to the StacApiIO: pass it there too.
-        return Client.open(
-            catalog.stac_url, modifier=signer, stac_io=stac_io, timeout=retry.timeout
+        return _rerun_on_broken_answer(
+            lambda: Client.open(
+                catalog.stac_url, modifier=signer, stac_io=stac_io, timeout=retry.timeout
+            ),
+            retry,
+            f"opening {catalog.stac_url}",
         )
     except (
         APIError,
@@ -209,7 +273,7 @@ def _run_search(
     where: str,
     retry: RetryPolicy,
 ) -> list[pystac.Item]:
-    try:
+    def every_page() -> list[pystac.Item]:
         result = client.search(
             collections=[src.collection],
             bbox=list(bbox),
@@ -217,21 +281,26 @@ def _run_search(
             method=method or "POST",
             limit=page_size,
         )
-        # Materialise every page here: a page that fails must fail the whole search.
+        # Materialise every page here: a page that fails must fail the whole search, and a
+        # rerun after a broken answer starts again from the first page.
         return list(result.items())
-    except APIError as err:
+
+    try:
+        return _rerun_on_broken_answer(every_page, retry, f"search of {where}")
+    except (APIError, requests.RequestException, ValueError) as err:
         status = getattr(err, "status_code", None)
         if status is not None and 400 <= status < 500 and status != 429:
             raise CatalogError(
                 f"the STAC API refused the search of {where}: {_short(err)}"
             ) from err
+        if _broken_answer(err):
+            raise SearchFailedError(
+                f"search of {where} failed after up to {retry.retries} retries of the whole "
+                f"search: the answer broke off or was malformed each time: {_short(err)}"
+            ) from err
         raise SearchFailedError(
             f"search of {where} failed after up to {retry.retries} retries per request: "
             f"{_short(err)}"
-        ) from err
-    except (requests.RequestException, ValueError) as err:
-        raise SearchFailedError(
-            f"search of {where} failed (malformed or incomplete response): {_short(err)}"
         ) from err
 
 

@@ -1,15 +1,26 @@
 """The ``unique-cube`` command line: thin wrappers over the library, one exit code per failure kind.
 
-Exit codes: 0 success, 1 other error, 2 usage, 3 configuration/argument error,
-4 STAC search error, 5 load error.
+Exit codes (one per kind of failure; the message on stderr names the file, key or item):
+
+- 0 success
+- 1 any other error of unique_cube
+- 2 usage (argparse: an unknown command or option)
+- 3 configuration or argument: malformed YAML, an unknown key, an impossible date, a wrong CRS,
+  a missing or damaged model, an unusable flux file
+- 4 STAC search: nothing found for the area or period, an API that keeps failing
+- 5 load or store: items that cannot make a cube, an output that cannot be written
+- 6 a product day (or the Dask cluster) failed
+- 7 a model file that would run code when unpickled (refused; nothing in it ran)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
 import json
 import logging
+import re
 import signal
 import sys
 import threading
@@ -129,36 +140,48 @@ def _cmd_train_gpp(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_downscaler(args: argparse.Namespace) -> int:
-    from .downscaling import train_downscaler
+def _downscale_pipeline(args: argparse.Namespace):
     from .pipeline import load_pipeline
 
-    path = train_downscaler(load_pipeline(args.pipeline), args.scheme, say=_progress)
+    pipeline = load_pipeline(args.pipeline)
+    missing = [name for name in ("grid", "downscale") if getattr(pipeline, name) is None]
+    if missing:
+        raise ConfigError(f"{args.pipeline}: `unique-cube {args.command}` needs the grid and "
+                          f"downscale sections; {' and '.join(missing)} missing")  # fmt: skip
+    return pipeline
+
+
+def _cmd_train_downscaler(args: argparse.Namespace) -> int:
+    from .downscaling import train_downscaler
+
+    path = train_downscaler(_downscale_pipeline(args), args.scheme, say=_progress)
     print(path)
     return 0
 
 
 def _cmd_evaluate_downscaler(args: argparse.Namespace) -> int:
     from .downscaling import evaluate_downscaler
-    from .pipeline import load_pipeline
 
-    report = evaluate_downscaler(load_pipeline(args.pipeline), say=_progress)
+    report = evaluate_downscaler(_downscale_pipeline(args), say=_progress)
     print(json.dumps({"table": report["table"], "ensemble": report["ensemble"]}, indent=1))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .daily import parse_day, product_days, run
+    from .daily import product_days, run
     from .pipeline import load_pipeline
 
+    if args.end and not args.start:  # --date with --end would silently make one day
+        raise ConfigError("--end needs --start (a backfill); give --date D, or --start S and "
+                          "--end E")  # fmt: skip
     pipeline = load_pipeline(args.pipeline)
     if pipeline.product is None:
         raise ConfigError(f"{args.pipeline}: no product section; `run` has nothing to make")
     zone = pipeline.product.time_zone
     if args.date:
-        days = [parse_day(args.date, zone)]
+        days = [_day("--date", args.date, zone)]
     elif args.start and args.end:
-        days = product_days(parse_day(args.start, zone), parse_day(args.end, zone))
+        days = product_days(_day("--start", args.start, zone), _day("--end", args.end, zone))
     else:
         raise ConfigError("give --date D, or --start S and --end E")
     report = run(pipeline, days, force=args.force, say=_progress)
@@ -167,6 +190,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       "peak_rss_mb": report["peak_rss_mb"],
                       "workers_rss_mb": round(sum(workers.values()), 1)}))  # fmt: skip
     return 6 if report["counts"].get("failed") else 0
+
+
+def _day(option: str, text: str, zone: str) -> dt.date:
+    """A day given on the command line; an error names the option."""
+    from .daily import parse_day
+
+    try:
+        return parse_day(text, zone)
+    except ConfigError as err:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):  # the form is right, the day is not
+            try:
+                dt.date.fromisoformat(text)
+            except ValueError as why:
+                raise ConfigError(f"{option} {text}: no such day ({why})") from None
+        raise ConfigError(f"{option}: {err}") from None
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

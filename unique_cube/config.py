@@ -192,13 +192,23 @@ class Catalog:
     """Root URL of the STAC API."""
     sources: Mapping[str, Source]
     """Source name → description."""
-    signing: Literal["none", "planetary-computer"] = "none"
-    """How asset URLs are signed: ``planetary-computer`` uses the Planetary Computer SAS
-    tokens (subscription key from ``PC_SDK_SUBSCRIPTION_KEY``, never logged)."""
+    signing: str = "none"
+    """How asset URLs are signed: ``none``; ``planetary-computer`` uses the Planetary Computer
+    SAS tokens (subscription key from ``PC_SDK_SUBSCRIPTION_KEY``, never logged); or
+    ``module:function``, a signer of one's own that takes an asset URL without query string
+    and returns it signed. URLs are signed at search time and signed afresh before a retry."""
     description: str = ""
     """One line on the catalog."""
     path: str = ""
     """File the catalog was read from (set by :func:`load_catalog`)."""
+
+    def _check(self) -> str | None:
+        if self.signing in ("none", "planetary-computer"):
+            return None
+        if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", self.signing):
+            return (f"signing: expected none, planetary-computer or module:function, "
+                    f"got {self.signing!r}")  # fmt: skip
+        return None
 
     def source(self, name: str) -> Source:
         """Return the source called ``name`` or raise :class:`UnknownSourceError`."""
@@ -235,7 +245,7 @@ def load_catalog(name_or_path: str | Path) -> Catalog:
                 f"no catalog file {str(name_or_path)!r}; shipped catalogs are: {names}"
             )
         path = shipped
-    data = dict(read_yaml(path))
+    data = read_yaml(path)  # keeps each key's line for the messages
     if "path" in data:
         raise ConfigError(f"{path}: path: unknown key; it is set from the file's location")
     base = _base_sources(data, path)

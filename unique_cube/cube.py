@@ -25,6 +25,7 @@ from odc.geo.geom import Geometry
 
 from .config import QARules, Source
 from .errors import ConfigError, LoadError
+from .reads import ReadPolicy, ResilientDriver
 
 __all__ = ["BandDecoding", "band_decoding", "decode_qa", "load"]
 
@@ -61,6 +62,7 @@ def load(
     resampling: str = "bilinear",
     # extra outputs
     flags: Sequence[str] = (),
+    read: ReadPolicy | None = None,
 ) -> xr.Dataset:
     """Load ``items`` of ``source`` onto ``geobox`` as a lazy Dask-backed Dataset.
 
@@ -84,6 +86,9 @@ def load(
         categorical bands are always resampled with ``nearest``.
     flags
         QA flag names to add as boolean variables ``qa_<name>`` (e.g. ``["water"]``).
+    read
+        Retries, URL re-signing and what a lost read becomes (see :mod:`unique_cube.reads`);
+        default the policy in force (:func:`~unique_cube.reads.use_read_policy`).
 
     Returns
     -------
@@ -131,6 +136,7 @@ def load(
         resampling=resampling_by_asset,
         stac_cfg=stac_cfg,
         fail_on_error=True,
+        driver=ResilientDriver(read),
     )
 
     clear = None
@@ -281,13 +287,19 @@ def _qa_decoding(items: Sequence[pystac.Item], qa: QARules | None, asset: str) -
 
 
 def _mask_nodata(raw: xr.DataArray, nodata: float) -> xr.DataArray:
-    return raw if math.isnan(nodata) else raw.where(raw != nodata)
+    # ±inf in a float COG is no data too: no band or QA value of a source is infinite, and
+    # an inf left in would survive every NaN-aware mean into GPP.
+    valid = np.isfinite(raw)
+    if not math.isnan(nodata):
+        valid = valid & (raw != nodata)
+    return raw.where(valid)
 
 
 def _decode_band(raw: xr.DataArray, dec: BandDecoding) -> xr.DataArray:
     values = _mask_nodata(raw, dec.nodata)
     if dec.scale != 1.0 or dec.offset != 0.0:
         values = values * np.float32(dec.scale) + np.float32(dec.offset)
+        values = values.where(np.isfinite(values))  # a scale that overflows float32
     return values.astype("float32")
 
 

@@ -27,6 +27,7 @@ import logging
 import os
 import resource
 import time
+import uuid
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, UniqueCubeError
+from .errors import ConfigError, LoadError, UniqueCubeError
 from .pipeline import Pipeline
 
 __all__ = ["DaySkipped", "parse_day", "product_days", "run"]
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 
 class DaySkipped(Exception):
     """A day that cannot be produced from the inputs at hand (its reason is recorded)."""
+
+
+class InputsLostError(LoadError):
+    """Input reads that failed after their retries cover too much of a day's grid."""
 
 
 class MissingModelError(ConfigError):
@@ -159,6 +164,49 @@ class _Coarse:
     skipped: dict[dt.date, str]
     modis_items: list[tuple[dt.date, str]]
     weather_items: list[str]
+    lost: dict[dt.date, Lost] = field(default_factory=dict)
+    """Per day: the MODIS reads of that day lost after their retries, and their footprint."""
+
+
+@dataclass
+class Lost:
+    """Input reads lost after their retries: which, and the pixels of a grid they covered."""
+
+    mask: np.ndarray
+    reads: list[dict]
+
+    def merged(self, other: Lost | None) -> Lost:
+        if other is None:
+            return self
+        return Lost(self.mask | other.mask, self.reads + other.reads)
+
+
+def lost_inputs(events: list[dict], items, geobox) -> dict[str | None, Lost]:
+    """Lost reads (from :func:`unique_cube.reads.lost_reads`) by the item they belong to,
+    grouped by the item's solar day (``None`` for items without a date): their footprints on
+    ``geobox`` and what was lost (item id, asset, attempts, reason; no URL)."""
+    from odc.geo.geom import Geometry
+    from odc.geo.xr import rasterize
+
+    from .reads import strip_query
+
+    owner = {strip_query(asset.href): (item, key) for item in items
+             for key, asset in item.assets.items()}  # fmt: skip
+    out: dict = {}
+    for event in events:
+        item, key = owner.get(event["href"], (None, None))
+        if item is None:  # not one of these items: its whole grid is in doubt
+            mask = np.ones(geobox.shape, dtype=bool)
+            day, read = None, {"item": None, "asset": None}
+        else:
+            footprint = Geometry(item.geometry, "EPSG:4326").to_crs(geobox.crs)
+            mask = rasterize(footprint, geobox, all_touched=True).values.astype(bool)
+            when = item.datetime or item.common_metadata.start_datetime
+            day = when.date() if when is not None else None
+            read = {"item": item.id, "asset": key}
+        read.update(attempts=event["attempts"], reason=event["reason"])
+        out[day] = Lost(mask, [read]).merged(out.get(day))
+    return out
 
 
 def observation_gap(observed: np.ndarray) -> np.ndarray:
@@ -179,7 +227,8 @@ def gpp_m_block(pipeline: Pipeline, catalog, card_path: Path, days: list[dt.date
 
     from .catalog import search
     from .errors import EmptySearchError
-    from .maps import gpp_modis, lonlat_bbox, weather_for, weather_items
+    from .maps import coarse_geobox, gpp_modis, lonlat_bbox, weather_for, weather_items
+    from .reads import lost_reads, use_read_policy
 
     gpp = pipeline.gpp
     geobox = pipeline.grid.geobox
@@ -208,12 +257,17 @@ def gpp_m_block(pipeline: Pipeline, catalog, card_path: Path, days: list[dt.date
         skipped.update({d: f"no {gpp.modis.source} item within {gap} days" for d in todo})
         empty.skipped = skipped
         return empty
-    result = gpp_modis(catalog, gpp.modis.source, card_path, geobox, period, daily,
-                       items=m_items, every_day=True, gap_fill_days=gap)  # fmt: skip
+    ledger = f"gpp-m-{uuid.uuid4().hex}"
+    with use_read_policy(retries=pipeline.product.read_retries, ledger=ledger):
+        result = gpp_modis(catalog, gpp.modis.source, card_path, geobox, period, daily,
+                           items=m_items, every_day=True, gap_fill_days=gap)  # fmt: skip
     chosen = [np.datetime64(d, "ns") for d in todo]
     values, observed, oor = dask.compute(
         result["gpp"].sel(time=chosen), result["clear"], result["out_of_range"].sel(time=chosen)
     )
+    lost = lost_inputs(lost_reads(ledger), m_items, coarse_geobox(geobox))
+    if None in lost:  # a read of no dated item: every day of the block is in doubt
+        lost = {d: lost[None].merged(lost.get(d)) for d in todo}
     gaps = observation_gap(observed.values.astype(bool))
     index = observed.get_index("time").get_indexer(pd.DatetimeIndex(chosen))
     return _Coarse(
@@ -227,6 +281,7 @@ def gpp_m_block(pipeline: Pipeline, catalog, card_path: Path, days: list[dt.date
             for item in m_items
         ],
         weather_items=[item.id for item in w_items],
+        lost=lost,
     )
 
 
@@ -236,19 +291,29 @@ class _Static:
     names: list[str]
     items: dict[str, list[str]]
     problem: str = ""
+    lost: Lost | None = None
+    """DEM or land-cover reads lost after their retries (every day's pixels there)."""
 
 
-def _static_for(catalog, geobox) -> _Static:
+def _static_for(catalog, geobox, retries: int = 3) -> _Static:
     """The DEM and land-cover layers of the grid, or why they are missing (S1 fallback)."""
     from .downscaling import static_layers
     from .errors import CatalogError, LoadError
+    from .reads import lost_reads, use_read_policy
 
     items: dict[str, list[str]] = {}
+    found: list = []
+    ledger = f"static-{uuid.uuid4().hex}"
     try:
-        layers, names = static_layers(catalog, geobox, provenance=items)
+        with use_read_policy(retries=retries, ledger=ledger):
+            layers, names = static_layers(catalog, geobox, provenance=items, items=found)
     except (CatalogError, LoadError) as err:
         return _Static(None, [], items, f"static layers unavailable ({err})")
-    return _Static(layers, names, items)
+    lost = lost_inputs(lost_reads(ledger), found, geobox)
+    merged = None
+    for part in lost.values():
+        merged = part.merged(merged)
+    return _Static(layers, names, items, lost=merged)
 
 
 def _align_static(static: _Static, info: dict) -> np.ndarray:
@@ -289,8 +354,11 @@ def make_day(
     gap: np.ndarray,
     out_of_range: np.ndarray,
     sampler: Sampler | None,
+    lost: Lost | None = None,
 ):
-    """One day's 30 m arrays from its GPP_M; raises :class:`DaySkipped` when it cannot be."""
+    """One day's 30 m arrays from its GPP_M; raises :class:`DaySkipped` when it cannot be, and
+    :class:`InputsLostError` when input reads lost after retries (``lost``, on the 30 m grid)
+    cover more of it than ``product.max_lost_fraction``."""
     from .downscale import _fill_nearest, condition_stack, upsample_bilinear
     from .downscaling import coarse_mismatch, make_consistent
     from .maps import COARSE_FACTOR
@@ -298,6 +366,14 @@ def make_day(
 
     spec = pipeline.product
     shape = pipeline.grid.geobox.shape
+    lost_fraction = float(lost.mask.mean()) if lost is not None else 0.0
+    if lost_fraction > spec.max_lost_fraction:
+        what = ", ".join(sorted({f"{r['item']}/{r['asset']}" for r in lost.reads}))
+        raise InputsLostError(
+            f"{day}: input reads that failed after their retries cover {lost_fraction:.0%} of "
+            f"the grid, more than product.max_lost_fraction ({spec.max_lost_fraction:.0%}): "
+            f"{what}; the day is not written and the next run redoes it"
+        )
     missing = ~np.isfinite(gpp_m)
     if missing.all():
         raise DaySkipped("no GPP_M at all on the grid")
@@ -334,6 +410,9 @@ def make_day(
         mean, spread = members.mean(axis=0), members.std(axis=0)
     path = "bilinear" if scheme == "bilinear" else f"ddpm_{scheme}"
     qa = _to_fine(coarse_qa, COARSE_FACTOR, shape) | QA_FLAGS[path]
+    if lost is not None:
+        qa[lost.mask] |= QA_FLAGS["input_lost"]
+        details["lost_inputs"] = lost.reads
     details["coarse_mismatch_before"] = coarse_mismatch(mean, filled, COARSE_FACTOR)
     if spec.coarse_consistency and scheme != "bilinear":
         mean = make_consistent(mean, filled, COARSE_FACTOR)
@@ -345,6 +424,7 @@ def make_day(
         "gpp_m_long_gap_filled": float(long_gap.mean()),
         "gpp_m_neighbour_filled": float(missing.mean()),
         "gpp_m_out_of_range": float(out_of_range.mean()),
+        "input_lost": lost_fraction,
     }
     arrays = DayArrays(day, mean.astype("float32"), spread.astype("float32"), qa,
                        gpp_m.astype("float32"))  # fmt: skip
@@ -465,7 +545,7 @@ def run(
             catalog = stack.enter_context(open_catalog(pipeline))
             _check_coverage(pipeline, catalog, todo)
             if spec.scheme == "s2":
-                static = _static_for(catalog, geobox)
+                static = _static_for(catalog, geobox, spec.read_retries)
         if static.problem:
             say(f"warning: {static.problem}; days fall back to S1")
         for block_start in range(0, len(todo), spec.block_days):
@@ -515,14 +595,16 @@ def _actor_sampler(stack: contextlib.ExitStack, models: _Models, say) -> Sampler
 def _check_coverage(pipeline: Pipeline, catalog, days: list[dt.date]) -> None:
     """A run whose days the reanalysis does not cover at all is a mistake, not a bad day."""
     from .errors import CatalogError, EmptySearchError
-    from .maps import weather_items
+    from .maps import lonlat_bbox, weather_items
 
     try:
         weather_items(catalog, pipeline.gpp.weather, pipeline.grid.geobox, min(days), max(days))
     except EmptySearchError:
+        bbox = [round(v, 3) for v in lonlat_bbox(pipeline.grid.geobox)]
         raise CatalogError(
-            f"{min(days)}..{max(days)} is outside the inputs' coverage: catalog "
-            f"{catalog.name} has no {pipeline.gpp.weather} reanalysis for it"
+            f"{min(days)}..{max(days)} over the grid (bbox {bbox}) is outside the inputs' "
+            f"coverage: catalog {catalog.name} has no {pipeline.gpp.weather} reanalysis for "
+            "these dates or this area"
         ) from None
 
 
@@ -542,8 +624,9 @@ def _one_day(pipeline, store, models, static, coarse: _Coarse, day, force, sampl
                 return DayResult(day, "already done", "finished by another run meanwhile")
             store.forget(day)
             arrays, details = make_day(pipeline, models, static, day, coarse.gpp[i],
-                                       coarse.gap[i], coarse.out_of_range[i],
-                                       sampler)  # fmt: skip
+                                       coarse.gap[i], coarse.out_of_range[i], sampler,
+                                       _lost_on_grid(coarse, static, day,
+                                                     store.geobox.shape))  # fmt: skip
             provenance = {
                 pipeline.gpp.modis.source: sorted(
                     iid for when, iid in coarse.modis_items if abs(when - day) <= window
@@ -573,8 +656,20 @@ def _one_day(pipeline, store, models, static, coarse: _Coarse, day, force, sampl
     before, after = details["coarse_mismatch_before"], details["coarse_mismatch_after"]
     say(f"{day}: done in {seconds:.1f} s ({details['scheme']}; 480 m mismatch with GPP_M "
         f"{before:.3f} → {after:.3f} gC m-2 d-1)")  # fmt: skip
-    keep = ("scheme", "coarse_mismatch_before", "coarse_mismatch_after", "qa_fractions")
-    return DayResult(day, "done", "", seconds, {k: details[k] for k in keep})
+    keep = ("scheme", "coarse_mismatch_before", "coarse_mismatch_after", "qa_fractions",
+            "lost_inputs")  # fmt: skip
+    return DayResult(day, "done", "", seconds, {k: details[k] for k in keep if k in details})
+
+
+def _lost_on_grid(coarse: _Coarse, static: _Static, day, shape) -> Lost | None:
+    """The day's lost reads (its MODIS, and the static layers) on the 30 m grid."""
+    from .maps import COARSE_FACTOR
+
+    lost = static.lost
+    if day in coarse.lost:
+        modis = coarse.lost[day]
+        lost = Lost(_to_fine(modis.mask, COARSE_FACTOR, shape), modis.reads).merged(lost)
+    return lost
 
 
 def _skip(store, day, reason: str, say, record: bool = True) -> DayResult:

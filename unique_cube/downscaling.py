@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .config import Catalog
+from .downscale import DownscaleError
 from .pipeline import Period, Pipeline
 from .purepixel import Samples
 
@@ -80,7 +81,7 @@ def vegetation_types(static: np.ndarray, names: list[str], classes: dict) -> np.
     codes = {f"lc_{name}": int(code) for code, name in classes.items()}
     layers = [i for i, n in enumerate(names) if n in codes]
     if not layers:
-        raise ValueError(f"no land-cover fraction among the static layers {names}")
+        raise DownscaleError(f"no land-cover fraction among the static layers {names}")
     fractions = static[layers]
     dominant = np.array([codes[names[i]] for i in layers])[np.argmax(fractions, axis=0)]
     return np.where(fractions.sum(axis=0) > 0, dominant, 0).astype("int64")
@@ -91,10 +92,11 @@ def vegetated_codes(classes: dict) -> list[int]:
 
 
 def static_layers(
-    catalog: Catalog, geobox, provenance: dict | None = None
+    catalog: Catalog, geobox, provenance: dict | None = None, items: list | None = None
 ) -> tuple[np.ndarray, list[str]]:
     """Elevation, slope, sin/cos aspect and land-cover fractions on the 30 m grid (C, H, W).
-    The ids of the items read go into ``provenance`` (by source) when given."""
+    The ids of the items read go into ``provenance`` (by source) and the items themselves into
+    ``items`` when given."""
     from .catalog import search
     from .cube import load
     from .maps import lonlat_bbox
@@ -111,6 +113,8 @@ def static_layers(
     if provenance is not None:
         provenance["dem"] = [item.id for item in dem_items]
         provenance["worldcover"] = [item.id for item in lc_items]
+    if items is not None:
+        items += [*dem_items, *lc_items]
     fractions = class_fractions(landcover, dict(lc_source.classes), 3)
     present = [
         str(c) for c in fractions["class"].values if float(fractions.sel({"class": c}).sum()) > 0
@@ -151,7 +155,7 @@ def make_pairs(
     clear = landsat["clear"].mean(("y", "x")).compute()
     keep = clear.values >= spec.min_clear_fraction
     if not keep.any():
-        raise ValueError(f"no HLS date of {period.start}..{period.end} has "
+        raise DownscaleError(f"no HLS date of {period.start}..{period.end} has "
                          f"{spec.min_clear_fraction:.0%} of the region clear")  # fmt: skip
     landsat = landsat.isel(time=np.flatnonzero(keep))
     modis = gpp_modis(catalog, gpp.modis.source, models / "gpp_modis.card.json",
@@ -263,7 +267,9 @@ def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None]
 
     spec = pipeline.downscale
     if spec is None or pipeline.grid is None:
-        raise ValueError(f"{pipeline.path}: train-downscaler needs the grid and downscale sections")
+        raise DownscaleError(
+            f"{pipeline.path}: train-downscaler needs the grid and downscale sections"
+        )
     output = Path(spec.output)
     output.mkdir(parents=True, exist_ok=True)
     with open_catalog(pipeline) as catalog:
@@ -293,7 +299,7 @@ def _train_pure_pixel(pairs: Pairs, spec, output: Path, say) -> Path:
     from .purepixel import PurePixelModel
 
     if pairs.rows is None or len(pairs.rows.gpp) == 0:
-        raise ValueError("no pure-pixel training rows (no vegetated pure coarse pixel)")
+        raise DownscaleError("no pure-pixel training rows (no vegetated pure coarse pixel)")
     say(f"training the pure-pixel DNN on {len(pairs.rows.gpp)} pure coarse pixels "
         f"{pairs.rows.counts()}")  # fmt: skip
     model = PurePixelModel(FEATURES, np.unique(pairs.rows.types))
@@ -322,7 +328,7 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
     checkpoints = {s: output / f"downscaler_{s}.pt" for s in ("s1", "s2")}
     checkpoints = {s: load_checkpoint(p, s) for s, p in checkpoints.items() if p.exists()}
     if not checkpoints:
-        raise ValueError(f"no downscaler checkpoint in {output}; run train-downscaler first")
+        raise DownscaleError(f"no downscaler checkpoint in {output}; run train-downscaler first")
     pure_path = output / "pure_pixel.pt"
     pure_model = PurePixelModel.load(pure_path) if pure_path.exists() else None
     with open_catalog(pipeline) as catalog:

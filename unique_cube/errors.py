@@ -2,6 +2,11 @@
 
 Every message says what was wrong and where (file and key, source and collection,
 item id and asset), so that an operator can fix the input without reading code.
+
+Exit codes by kind of failure (``unique_cube.cli``): 3 configuration or argument, 4 STAC
+search, 5 load or store, 6 a product day or the cluster failed, 7 an unsafe model file refused.
+Errors defined beside their stage (``ModelError``, ``FluxError``, ``DownscaleError``,
+``PurePixelError``: 3; ``StoreError``: 5; ``ClusterError``: 6) follow the same table.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ __all__ = [
     "UniqueCubeError",
     "UnknownCollectionError",
     "UnknownSourceError",
+    "UnsafeCheckpointError",
 ]
 
 
@@ -59,3 +65,14 @@ class LoadError(UniqueCubeError):
     """Items cannot be turned into a cube (missing asset, no overlap, bad metadata)."""
 
     exit_code = 5
+
+
+class UnsafeCheckpointError(UniqueCubeError):
+    """A model file that would run code when unpickled (it imports functions or classes that a
+    file of weights never needs); it was refused before anything in it ran.
+
+    Not a :class:`ConfigError`: a checkpoint that carries code points at tampering or at a file
+    from an untrusted source, which an operator must look into, not merely retrain.
+    """
+
+    exit_code = 7

@@ -79,12 +79,12 @@ def read_flux(
         raise FluxError(f"{path}: TIMESTAMP {bad!r} is not a date (YYYYMMDD or YYYY-MM-DD)")
 
     out = pd.DataFrame({"site": sites.values, "date": dates.values})
-    out["gpp"] = pd.to_numeric(raw[target], errors="coerce").values
+    out["gpp"] = _numbers(raw[target])
     for name in METEO:
         if name in raw.columns:
-            out[name] = pd.to_numeric(raw[name], errors="coerce").values
+            out[name] = _numbers(raw[name])
     if "NEE_VUT_REF_QC" in raw.columns:
-        out["nee_qc"] = pd.to_numeric(raw["NEE_VUT_REF_QC"], errors="coerce").values
+        out["nee_qc"] = _numbers(raw["NEE_VUT_REF_QC"])
     else:
         out["nee_qc"] = np.nan
 
@@ -95,6 +95,14 @@ def read_flux(
     if min_qc > 0:
         keep &= out["nee_qc"].isna() | (out["nee_qc"] >= min_qc)
     return out[keep].reset_index(drop=True)
+
+
+def _numbers(column: pd.Series) -> np.ndarray:
+    """A column's numbers; text and ±inf (``inf`` in a CSV, a logger's overflow) are missing,
+    like -9999: an infinite GPP would pass every NaN filter into the training targets."""
+    values = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", copy=True)
+    values[np.isinf(values)] = np.nan
+    return values
 
 
 def _site_from_name(path: Path) -> str:

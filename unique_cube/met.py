@@ -17,6 +17,7 @@ import xarray as xr
 
 from .config import Source
 from .errors import LoadError
+from .reads import redact
 
 __all__ = ["DAILY_UNITS", "at_points", "daily_weather", "on_geobox"]
 
@@ -37,10 +38,15 @@ def _open_asset(item, key: str) -> xr.DataArray:
     kwargs = dict(asset.extra_fields.get("xarray:open_kwargs", {}))
     kwargs.setdefault("engine", "zarr")
     kwargs.setdefault("chunks", {})
+    # A signed Zarr asset carries its credential here (the Planetary Computer's SAS token).
+    storage = asset.extra_fields.get("xarray:storage_options")
+    if storage:
+        kwargs.setdefault("storage_options", storage)
     try:
         ds = xr.open_dataset(asset.href, **kwargs)
     except Exception as err:
-        raise LoadError(f"cannot open {key} of item {item.id} ({asset.href}): {err}") from err
+        raise LoadError(f"cannot open {key} of item {item.id} ({redact(asset.href)}): "
+                        f"{redact(str(err))}") from err  # fmt: skip
     var = ds[key] if key in ds else ds[next(iter(ds.data_vars))]
     time_dim = next(d for d in var.dims if d.startswith("time"))
     return var.rename({time_dim: "time"})

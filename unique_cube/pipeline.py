@@ -7,11 +7,13 @@ file, the key and what was expected. Relative paths are relative to the working 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ConfigError
 from .yamlconf import build, read_yaml
 
 __all__ = [
@@ -101,10 +103,17 @@ class GridSpec:
     """The output grid: a CRS, bounds (left, bottom, right, top) and a pixel size."""
 
     crs: str
+    """A projected CRS in metres (``EPSG:32652``, ``EPSG:5179``, WKT): the grid is in metres."""
     bounds: tuple[float, ...]
     resolution: float = 30.0
+    """Pixel size in metres."""
 
-    def _check(self) -> str | None:
+    def _check(self) -> str | tuple[str, str] | None:
+        problem = _metric_crs_problem(self.crs)
+        if problem:
+            return "crs", problem
+        if not self.resolution > 0:
+            return "resolution", f"must be a positive number of metres, got {self.resolution}"
         if len(self.bounds) != 4:
             return f"bounds must be [left, bottom, right, top], got {list(self.bounds)}"
         left, bottom, right, top = self.bounds
@@ -124,6 +133,27 @@ class GridSpec:
         shape = (round((top - bottom) / self.resolution), round((right - left) / self.resolution))
         transform = Affine(self.resolution, 0, left, 0, -self.resolution, top)
         return GeoBox(shape, transform, self.crs)
+
+
+def _metric_crs_problem(text: str) -> str | None:
+    """Why ``text`` cannot be the CRS of a grid in metres, or ``None``."""
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    try:
+        crs = CRS.from_user_input(text)
+    except CRSError as err:
+        why = str(err).split("(Internal Proj Error: ")[-1].rstrip(")")
+        return f"{text!r} is not a coordinate reference system PROJ knows ({why})"
+    if not crs.is_projected:
+        kind = "geographic (degrees)" if crs.is_geographic else "not projected"
+        return (f"{text} is {kind}, but grid.bounds and grid.resolution are in metres; use a "
+                "projected CRS such as the UTM zone (EPSG:326xx) or EPSG:5179")  # fmt: skip
+    units = {axis.unit_name for axis in crs.axis_info}
+    if not units <= {"metre", "meter"}:
+        return (f"{text} has axes in {', '.join(sorted(units))}, but grid.bounds and "
+                "grid.resolution are in metres")  # fmt: skip
+    return None
 
 
 @dataclass(frozen=True)
@@ -175,6 +205,12 @@ class ProductSpec:
     max_missing_fraction: float = 0.5
     """Skip a day when GPP_M is missing (no MODIS within the gap-fill window) on more of the
     grid than this; below it, missing coarse pixels take their nearest neighbour's GPP_M."""
+    max_lost_fraction: float = 0.05
+    """A day fails (and is redone by the next run) when input reads that stayed unreadable after
+    their retries (a 404, a corrupt or truncated file) cover more of its grid than this; below
+    it, their pixels are produced through the fallback chain and flagged ``input_lost``."""
+    read_retries: int = 3
+    """Retries of a failed asset read (each with a freshly signed URL) before it is lost."""
     block_days: int = 31
     """GPP_M is computed for this many consecutive days at once in a backfill."""
     time_zone: str = "Asia/Seoul"
@@ -190,6 +226,10 @@ class ProductSpec:
             return "samples and ddim_steps must be at least 1"
         if not 0 <= self.max_missing_fraction <= 1:
             return f"max_missing_fraction must be within [0, 1], got {self.max_missing_fraction}"
+        if not 0 <= self.max_lost_fraction <= 1:
+            return f"max_lost_fraction must be within [0, 1], got {self.max_lost_fraction}"
+        if self.read_retries < 0:
+            return f"read_retries must be at least 0, got {self.read_retries}"
         try:
             import zoneinfo
 
@@ -220,9 +260,10 @@ class Pipeline:
 
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline YAML file."""
-    data = dict(read_yaml(path))
-    data["path"] = str(path)
-    return build(Pipeline, data, file=path)
+    data = read_yaml(path)
+    if "path" in data:
+        raise ConfigError(f"{path}: path: unknown key; it is set from the file's location")
+    return dataclasses.replace(build(Pipeline, data, file=path), path=str(path))
 
 
 def validate_pipeline(path: str | Path) -> list[str]:
@@ -230,10 +271,8 @@ def validate_pipeline(path: str | Path) -> list[str]:
     stages name, the grid's CRS, the time zone, the product folder. Returns a summary; raises
     :class:`~unique_cube.errors.ConfigError` at the first problem."""
     from pyproj import CRS
-    from pyproj.exceptions import CRSError
 
     from .config import load_catalog
-    from .errors import ConfigError
 
     pipeline = load_pipeline(path)
     catalog = load_catalog(pipeline.catalog)
@@ -250,10 +289,7 @@ def validate_pipeline(path: str | Path) -> list[str]:
     lines = [f"pipeline {pipeline.name}: catalog {catalog.name} with "
              f"{', '.join(sorted(set(names.values())))}"]  # fmt: skip
     if pipeline.grid is not None:
-        try:
-            crs = CRS.from_user_input(pipeline.grid.crs)
-        except CRSError as err:
-            raise ConfigError(f"{path}: grid.crs: {err}") from None
+        crs = CRS.from_user_input(pipeline.grid.crs)  # checked when loaded
         ny, nx = pipeline.grid.geobox.shape
         lines.append(f"grid: {crs.to_string()}, {nx} x {ny} pixels of {pipeline.grid.resolution} m "
                      f"({nx * ny / 1e6:.1f} Mpx)")  # fmt: skip

@@ -64,6 +64,7 @@ QA_FLAGS = {
     "gpp_m_neighbour_filled": 16,
     "gpp_m_out_of_range": 32,
     "coarse_consistency_corrected": 64,
+    "input_lost": 128,
 }
 QA_PATH_MASK = 3
 
@@ -80,8 +81,8 @@ VARIABLES = {
     # No _FillValue: 0 means "no value" through the flags, and readers keep the integers.
     "qa": ("uint8", None, {
         "long_name": "quality: which path produced the pixel and how complete its inputs were",
-        "flag_masks": [3, 3, 3, 4, 8, 16, 32, 64],
-        "flag_values": [1, 2, 3, 4, 8, 16, 32, 64],
+        "flag_masks": [3, 3, 3, 4, 8, 16, 32, 64, 128],
+        "flag_values": [1, 2, 3, 4, 8, 16, 32, 64, 128],
         "flag_meanings": " ".join(QA_FLAGS),
     }),
 }  # fmt: skip
@@ -344,8 +345,14 @@ class ProductStore:
         _write_json(self.marker(arrays.day), marker)
 
     def forget(self, day: dt.date) -> None:
-        """Before a day is produced again: it is not done until its new marker is written."""
+        """Before a day is produced again (under its lock): it is not done until its new marker
+        is written; what a run killed while writing it left half-written goes."""
         self.marker(day).unlink(missing_ok=True)
+        for folder, name in ((self.cog(day, "gpp").parent, "*"),
+                             (self.item_path(day).parent, self.item_path(day).name),
+                             (self.marker(day).parent, self.marker(day).name)):  # fmt: skip
+            for partial in folder.glob(f".{name}.*.partial"):
+                partial.unlink(missing_ok=True)
 
     def record_skip(self, day: dt.date, reason: str) -> None:
         """A day that could not be produced: its reason goes into the collection."""

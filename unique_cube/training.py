@@ -29,17 +29,21 @@ MODELS = ("modis", "landsat")
 
 @contextlib.contextmanager
 def open_catalog(pipeline: Pipeline) -> Iterator[Catalog]:
-    """The pipeline's catalog, with a local server for ``serve_world`` while in the block."""
+    """The pipeline's catalog, with a local server for ``serve_world`` while in the block;
+    cubes built in the block re-sign their asset URLs before a retry as the catalog says."""
+    from .reads import url_signer, use_read_policy
+
     catalog = load_catalog(pipeline.catalog)
     if pipeline.stac_url:
         catalog = catalog.with_url(pipeline.stac_url)
-    if pipeline.serve_world:
-        from .demo.serve import serve_world
+    with use_read_policy(resign=url_signer(catalog)):
+        if pipeline.serve_world:
+            from .demo.serve import serve_world
 
-        with serve_world(pipeline.serve_world) as server:
-            yield catalog.with_url(server.url)
-    else:
-        yield catalog
+            with serve_world(pipeline.serve_world) as server:
+                yield catalog.with_url(server.url)
+        else:
+            yield catalog
 
 
 def training_tables(
