@@ -196,6 +196,36 @@ def test_a_killed_gpu_worker_loses_no_tile(cluster, checkpoint, conditions, refe
     )
 
 
+def test_an_actor_lost_while_the_pool_starts_is_replaced(
+    cluster, checkpoint, conditions, reference, monkeypatch
+) -> None:
+    """The worker of the pool's only actor is killed just after the actor started, before the
+    pool asked it anything: the pool still starts, on another GPU worker, and maps the same."""
+    killed: list[str] = []
+    pids = cluster.run(os.getpid)
+    started = ActorPool._await
+
+    def start_then_kill(self, future, address):
+        actor = started(self, future, address)
+        if not killed:
+            killed.append(address)
+            os.kill(pids[address], signal.SIGKILL)
+            _wait_for(lambda: _dead(pids[address]), f"worker process {pids[address]} to die")
+        return actor
+
+    monkeypatch.setattr(ActorPool, "_await", start_then_kill)
+    with ActorPool(cluster, checkpoint, max_actors=1) as pool:
+        maps = downscale_distributed(pool, checkpoint, conditions, seed=SEEDS, **SAMPLING)
+        (survivor,) = pool.info()
+    assert len(killed) == 1 and survivor["address"] != killed[0]
+    for got, expected in zip(maps, reference, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    _wait_for(
+        lambda: len(find_gpu_workers(cluster)) == 2 and killed[0] not in find_gpu_workers(cluster),
+        "the killed GPU worker to come back",
+    )
+
+
 def _dead(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE

@@ -250,8 +250,8 @@ def test_a_day_that_lost_too_much_fails_and_the_next_run_redoes_it(
 
 
 class _KillOnce:
-    """Worker plugin: the first worker to start its ``after``-th task SIGKILLs itself, once
-    in the whole cluster (an O_EXCL marker file)."""
+    """Worker plugin: the first CPU worker (no GPU resource) to start its ``after``-th task
+    SIGKILLs itself, once in the whole cluster (an O_EXCL marker file)."""
 
     def __init__(self, marker: str, after: int = 5) -> None:
         self.marker, self.after, self.count = marker, after, 0
@@ -260,7 +260,7 @@ class _KillOnce:
         self.worker = worker
 
     def transition(self, key, start, finish, **kwargs) -> None:
-        if finish != "executing":
+        if finish != "executing" or "GPU" in self.worker.state.total_resources:
             return
         self.count += 1
         if self.count < self.after:

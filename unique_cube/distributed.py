@@ -384,9 +384,7 @@ class ActorPool:
                     self._slots.append(_Slot(future, self._await(future, address), address))
                 except _ActorLost as lost:
                     log.warning("no downscaler actor on %s: %s", address, lost)
-            if not self._slots:
-                raise ActorPoolError(f"every GPU worker left while loading {checkpoint_path}")
-            info = self._slots[0].actor.info().result()
+            info = self._describe()
         except BaseException:
             for _, future in futures:
                 future.release()
@@ -395,6 +393,34 @@ class ActorPool:
         self.scheme: str = info["scheme"]
         self.cond_channels: int = info["cond_channels"]
         log.info("downscaler actors on %s", ", ".join(s.address for s in self._slots))
+
+    def _describe(self) -> dict[str, Any]:
+        """The checkpoint's description from a live actor. An actor whose worker died since it
+        started is dropped; while none is left, one is placed anew on any GPU worker (a
+        restarted one included), for up to ``worker_timeout`` seconds."""
+        deadline = time.monotonic() + self.worker_timeout
+        while True:
+            for slot in list(self._slots):
+                try:
+                    return slot.actor.info().result()
+                except OSError as err:  # its worker died after the actor started
+                    log.warning("downscaler actor on %s lost: %s", slot.address, err)
+                    self._drop(slot)
+                    self._slots.remove(slot)
+            if time.monotonic() > deadline:
+                raise ActorPoolError(
+                    f"every GPU worker left while loading {self.checkpoint_path} (waited "
+                    f"{self.worker_timeout:g} s for one to hold a downscaler actor)"
+                )
+            for address in find_gpu_workers(self.client):
+                try:
+                    future = self._submit(address)
+                    self._slots.append(_Slot(future, self._await(future, address), address))
+                    break
+                except _ActorLost as lost:
+                    log.warning("no downscaler actor on %s: %s", address, lost)
+            else:
+                time.sleep(0.25)
 
     def __enter__(self) -> ActorPool:
         return self
