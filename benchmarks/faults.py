@@ -4,7 +4,9 @@
 
 Runs ``tests/test_faults_daily.py`` (the small demo world; one local Dask cluster for every
 run, so the runs are comparable) and prints, for each fault, the seconds per product day of
-the runs that met it, and their ratio to the undisturbed run of the same days. Every test of
+the runs that met it, and their ratio to the undisturbed run of the same days (redone on the
+warm cluster; the first, cold run is listed too). Most of a run is its fixed cost (GPP_M for
+the block of days, loading the actors), so compare runs of the same number of days. Every test of
 the suite also checks that nothing was lost: maps bit-identical to the undisturbed run, the
 store and its STAC catalog consistent, no secret in outputs or logs. The first run of the suite
 includes building the small world and training its models (not timed here).
