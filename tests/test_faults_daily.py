@@ -206,27 +206,38 @@ def _modis_files(demo_world, day: str) -> list[str]:
     return [a["href"] for a in item["assets"].values() if a["href"].endswith(".tif")]
 
 
-def test_a_lost_modis_read_is_flagged_within_the_limit(setup, signed, demo_world, tmp_path) -> None:
+def _dem_files(demo_world) -> list[str]:
+    features = json.loads((demo_world[0] / "stac/cop-dem-glo-30.json").read_text())["features"]
+    return [a["href"] for f in features for a in f["assets"].values() if a["href"].endswith(".tif")]
+
+
+def test_lost_reads_are_flagged_within_the_limit(
+    setup, signed, demo_world, tmp_path, capsys
+) -> None:
+    """A corrupt MODIS item: its footprint is flagged that day. A corrupt DEM: S1 instead of
+    S2 (the documented fallback), said in the run's output."""
     assets = signed[0]
-    files = _modis_files(demo_world, DAYS[1])
+    modis = _modis_files(demo_world, DAYS[1])
+    files = modis + _dem_files(demo_world)
     assets.faults.update(dict.fromkeys(files, "corrupt"))
     try:
         out = tmp_path / "product"
         spec = setup(out, signed, max_lost_fraction=1.0, read_retries=1)
-        assert (
-            _timed("a corrupt MODIS item (lost, flagged)", ["run", str(spec), "--date", DAYS[1]], 1)
-            == 0
-        )
+        argv = ["run", str(spec), "--date", DAYS[1]]
+        assert _timed("a corrupt MODIS item and DEM (lost, flagged; S1)", argv, 1) == 0
     finally:
         for name in files:
             assets.faults.pop(name)
+    assert "static layers incomplete (reads lost:" in capsys.readouterr().err
     item = json.loads((out / f"stac/unique-cube-gpp/items/{DAYS[1]}.json").read_text())
+    assert item["properties"]["unique_cube:scheme"] == "s1"
     lost = item["properties"]["unique_cube:lost_inputs"]
-    assert {r["item"] for r in lost} == {Path(files[0]).parent.name}
+    assert {r["item"] for r in lost} == {Path(modis[0]).parent.name}
     assert all(r["attempts"] == 2 and "sig=" not in r["reason"] for r in lost)
     fraction = item["properties"]["unique_cube:qa_fractions"]["input_lost"]
     qa = _maps(out, [DAYS[1]])["qa"][0]
     assert fraction == pytest.approx(((qa & QA_FLAGS["input_lost"]) > 0).mean()) and fraction > 0
+    assert ((qa & 3) == QA_FLAGS["ddpm_s1"]).all()
     _assert_consistent(out, [DAYS[1]])
     _assert_no_secrets(out, tokens=list(assets.tokens))
 

@@ -291,8 +291,6 @@ class _Static:
     names: list[str]
     items: dict[str, list[str]]
     problem: str = ""
-    lost: Lost | None = None
-    """DEM or land-cover reads lost after their retries (every day's pixels there)."""
 
 
 def _static_for(catalog, geobox, retries: int = 3) -> _Static:
@@ -309,11 +307,12 @@ def _static_for(catalog, geobox, retries: int = 3) -> _Static:
             layers, names = static_layers(catalog, geobox, provenance=items, items=found)
     except (CatalogError, LoadError) as err:
         return _Static(None, [], items, f"static layers unavailable ({err})")
-    lost = lost_inputs(lost_reads(ledger), found, geobox)
-    merged = None
-    for part in lost.values():
-        merged = part.merged(merged)
-    return _Static(layers, names, items, lost=merged)
+    lost = [read for part in lost_inputs(lost_reads(ledger), found, geobox).values()
+            for read in part.reads]  # fmt: skip
+    if lost:  # holes in the DEM or land cover: the days take the S1 fallback (QA path bits)
+        what = ", ".join(sorted({f"{r['item']}/{r['asset']}" for r in lost}))
+        return _Static(None, [], items, f"static layers incomplete (reads lost: {what})")
+    return _Static(layers, names, items)
 
 
 def _align_static(static: _Static, info: dict) -> np.ndarray:
@@ -625,7 +624,7 @@ def _one_day(pipeline, store, models, static, coarse: _Coarse, day, force, sampl
             store.forget(day)
             arrays, details = make_day(pipeline, models, static, day, coarse.gpp[i],
                                        coarse.gap[i], coarse.out_of_range[i], sampler,
-                                       _lost_on_grid(coarse, static, day,
+                                       _lost_on_grid(coarse, day,
                                                      store.geobox.shape))  # fmt: skip
             provenance = {
                 pipeline.gpp.modis.source: sorted(
@@ -661,15 +660,14 @@ def _one_day(pipeline, store, models, static, coarse: _Coarse, day, force, sampl
     return DayResult(day, "done", "", seconds, {k: details[k] for k in keep if k in details})
 
 
-def _lost_on_grid(coarse: _Coarse, static: _Static, day, shape) -> Lost | None:
-    """The day's lost reads (its MODIS, and the static layers) on the 30 m grid."""
+def _lost_on_grid(coarse: _Coarse, day, shape) -> Lost | None:
+    """The day's lost MODIS reads on the 30 m grid (lost static reads mean S1 instead)."""
     from .maps import COARSE_FACTOR
 
-    lost = static.lost
-    if day in coarse.lost:
-        modis = coarse.lost[day]
-        lost = Lost(_to_fine(modis.mask, COARSE_FACTOR, shape), modis.reads).merged(lost)
-    return lost
+    if day not in coarse.lost:
+        return None
+    modis = coarse.lost[day]
+    return Lost(_to_fine(modis.mask, COARSE_FACTOR, shape), modis.reads)
 
 
 def _skip(store, day, reason: str, say, record: bool = True) -> DayResult:
