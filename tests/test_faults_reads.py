@@ -71,6 +71,25 @@ def test_a_403_that_cannot_be_renewed_is_an_error_not_nodata(stac_world, store) 
     assert lost_reads("never-used") == []
 
 
+def test_a_failing_signer_is_retried_not_raised(stac_world, store, monkeypatch) -> None:
+    """The token service itself fails once: the read goes on with the next signature."""
+    items = _remote(hls_items(stac_world), store)
+    store.expire_all()
+    failures = []
+
+    def flaky_sign(href: str) -> str:
+        if not failures:
+            failures.append(href)
+            raise OSError("token service unavailable")
+        return sign(href)
+
+    policy = ReadPolicy(resign=flaky_sign, **FAST)
+    cube = load(items, stac_world.catalog.source("hls-l30"), stac_world.geobox, read=policy)
+    cube = cube.compute(scheduler="synchronous")
+    np.testing.assert_array_equal(cube["red"].values, _reference(stac_world)["red"].values)
+    assert failures
+
+
 @pytest.mark.parametrize("fault", ["404", "500", "corrupt", "truncate"])
 def test_an_unreadable_asset_is_retried_then_raised(stac_world, store, fault, caplog) -> None:
     items = _remote(hls_items(stac_world), store)

@@ -273,7 +273,11 @@ class _ResilientReader:
             if not (resign and _denied(error)):  # an expired signature: renew it at once
                 time.sleep(policy.backoff * 2**attempt)
             if resign:
-                src = src.patch(uri=policy.resign(strip_query(src.uri)))
+                try:
+                    src = src.patch(uri=policy.resign(strip_query(src.uri)))
+                except Exception as err:  # the token service failed: retry the old URL
+                    log.warning("signing %s afresh failed: %s", strip_query(src.uri),
+                                redact(str(err))[:200])  # fmt: skip
         where = f"{redact(src.uri)} (band {src.band})"
         reason = redact(str(error))[:300]
         if _denied(error):
