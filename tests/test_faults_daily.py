@@ -10,6 +10,7 @@ its STAC catalog are checked for consistency, and outputs and logs for secrets.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -376,9 +377,15 @@ def test_a_run_killed_while_writing_a_day_is_repaired(setup, reference, tmp_path
     out = tmp_path / "product"
     spec = setup(out)
     args = ["run", str(spec), "--date", DAYS[0]]
-    killed = subprocess.run([sys.executable, "-c", KILL_AT, point, *args], capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    # Its own process group: the STAC server it started dies with it (as with its pod).
+    killed = subprocess.Popen([sys.executable, "-c", KILL_AT, point, *args], text=True,
+                              stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    try:
+        err = killed.communicate(timeout=600)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(killed.pid, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, err[-2000:]
     assert not (out / f"state/{DAYS[0]}.json").exists()  # not done
     assert _timed(f"the rerun after a kill at {point}", args, 1) == 0
     _assert_consistent(out, [DAYS[0]])
