@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import logging
-import re
 import signal
 import sys
 import threading
@@ -168,7 +166,7 @@ def _cmd_evaluate_downscaler(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .daily import product_days, run
+    from .daily import parse_day, product_days, run
     from .pipeline import load_pipeline
 
     if args.end and not args.start:  # --date with --end would silently make one day
@@ -179,9 +177,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.pipeline}: no product section; `run` has nothing to make")
     zone = pipeline.product.time_zone
     if args.date:
-        days = [_day("--date", args.date, zone)]
+        days = [parse_day(args.date, zone, "--date")]
     elif args.start and args.end:
-        days = product_days(_day("--start", args.start, zone), _day("--end", args.end, zone))
+        days = product_days(parse_day(args.start, zone, "--start"),
+                            parse_day(args.end, zone, "--end"))  # fmt: skip
     else:
         raise ConfigError("give --date D, or --start S and --end E")
     report = run(pipeline, days, force=args.force, say=_progress)
@@ -190,21 +189,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
                       "peak_rss_mb": report["peak_rss_mb"],
                       "workers_rss_mb": round(sum(workers.values()), 1)}))  # fmt: skip
     return 6 if report["counts"].get("failed") else 0
-
-
-def _day(option: str, text: str, zone: str) -> dt.date:
-    """A day given on the command line; an error names the option."""
-    from .daily import parse_day
-
-    try:
-        return parse_day(text, zone)
-    except ConfigError as err:
-        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):  # the form is right, the day is not
-            try:
-                dt.date.fromisoformat(text)
-            except ValueError as why:
-                raise ConfigError(f"{option} {text}: no such day ({why})") from None
-        raise ConfigError(f"{option}: {err}") from None
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import resource
 import time
 import uuid
@@ -55,8 +56,10 @@ class MissingModelError(ConfigError):
     """The pipeline names a model that has not been trained."""
 
 
-def parse_day(text: str, time_zone: str = "UTC") -> dt.date:
-    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (in ``time_zone``, computed now)."""
+def parse_day(text: str, time_zone: str = "UTC", option: str | None = None) -> dt.date:
+    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (in ``time_zone``, computed now); an error
+    names ``option`` (``--date``) when given, and tells an impossible day (``2023-02-30``)
+    from a date in another format."""
     today = dt.datetime.now(zoneinfo.ZoneInfo(time_zone)).date()
     if text == "today":
         return today
@@ -64,9 +67,13 @@ def parse_day(text: str, time_zone: str = "UTC") -> dt.date:
         return today - dt.timedelta(days=1)
     try:
         return dt.date.fromisoformat(text)
-    except ValueError:
+    except ValueError as why:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):  # the form is right, the day is not
+            where = f"{option} " if option else ""
+            raise ConfigError(f"{where}{text}: no such day ({why})") from None
+        where = f"{option}: " if option else ""
         raise ConfigError(
-            f"unknown date {text!r}: expected YYYY-MM-DD, 'today' or 'yesterday'"
+            f"{where}unknown date {text!r}: expected YYYY-MM-DD, 'today' or 'yesterday'"
         ) from None
 
 
@@ -176,9 +183,29 @@ class Lost:
     reads: list[dict]
 
     def merged(self, other: Lost | None) -> Lost:
+        """Both losses: the union of their pixels, and all their reads."""
         if other is None:
             return self
         return Lost(self.mask | other.mask, self.reads + other.reads)
+
+
+def _read_owners(items) -> dict[str, tuple]:
+    """Asset href (without query) → (item, asset key), to name a lost read by its item."""
+    from .reads import strip_query
+
+    return {strip_query(asset.href): (item, key) for item in items
+            for key, asset in item.assets.items()}  # fmt: skip
+
+
+def _lost_read(event: dict, owners: dict[str, tuple]) -> dict:
+    """A lost read as provenance: item id, asset key, attempts, reason (no URL)."""
+    item, key = owners.get(event["href"], (None, None))
+    return {"item": item.id if item is not None else None, "asset": key,
+            "attempts": event["attempts"], "reason": event["reason"]}  # fmt: skip
+
+
+def _named(reads: list[dict]) -> str:
+    return ", ".join(sorted({f"{r['item']}/{r['asset']}" for r in reads}))
 
 
 def lost_inputs(events: list[dict], items, geobox) -> dict[str | None, Lost]:
@@ -188,23 +215,19 @@ def lost_inputs(events: list[dict], items, geobox) -> dict[str | None, Lost]:
     from odc.geo.geom import Geometry
     from odc.geo.xr import rasterize
 
-    from .reads import strip_query
-
-    owner = {strip_query(asset.href): (item, key) for item in items
-             for key, asset in item.assets.items()}  # fmt: skip
+    owners = _read_owners(items)
     out: dict = {}
     for event in events:
-        item, key = owner.get(event["href"], (None, None))
+        item = owners.get(event["href"], (None, None))[0]
+        read = _lost_read(event, owners)
         if item is None:  # not one of these items: its whole grid is in doubt
             mask = np.ones(geobox.shape, dtype=bool)
-            day, read = None, {"item": None, "asset": None}
+            day = None
         else:
             footprint = Geometry(item.geometry, "EPSG:4326").to_crs(geobox.crs)
             mask = rasterize(footprint, geobox, all_touched=True).values.astype(bool)
             when = item.datetime or item.common_metadata.start_datetime
             day = when.date() if when is not None else None
-            read = {"item": item.id, "asset": key}
-        read.update(attempts=event["attempts"], reason=event["reason"])
         out[day] = Lost(mask, [read]).merged(out.get(day))
     return out
 
@@ -307,11 +330,10 @@ def _static_for(catalog, geobox, retries: int = 3) -> _Static:
             layers, names = static_layers(catalog, geobox, provenance=items, items=found)
     except (CatalogError, LoadError) as err:
         return _Static(None, [], items, f"static layers unavailable ({err})")
-    lost = [read for part in lost_inputs(lost_reads(ledger), found, geobox).values()
-            for read in part.reads]  # fmt: skip
+    owners = _read_owners(found)
+    lost = [_lost_read(event, owners) for event in lost_reads(ledger)]
     if lost:  # holes in the DEM or land cover: the days take the S1 fallback (QA path bits)
-        what = ", ".join(sorted({f"{r['item']}/{r['asset']}" for r in lost}))
-        return _Static(None, [], items, f"static layers incomplete (reads lost: {what})")
+        return _Static(None, [], items, f"static layers incomplete (reads lost: {_named(lost)})")
     return _Static(layers, names, items)
 
 
@@ -367,7 +389,7 @@ def make_day(
     shape = pipeline.grid.geobox.shape
     lost_fraction = float(lost.mask.mean()) if lost is not None else 0.0
     if lost_fraction > spec.max_lost_fraction:
-        what = ", ".join(sorted({f"{r['item']}/{r['asset']}" for r in lost.reads}))
+        what = _named(lost.reads)
         raise InputsLostError(
             f"{day}: input reads that failed after their retries cover {lost_fraction:.0%} of "
             f"the grid, more than product.max_lost_fraction ({spec.max_lost_fraction:.0%}): "
