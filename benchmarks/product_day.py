@@ -1,12 +1,17 @@
 """Seconds and peak memory per product day at two region sizes, in one run.
 
-Runs ``unique-cube run`` for the same days on the pipeline's grid and on a centred sub-grid of
-half its side (a quarter of the area), each in its own process so that peak memory is its own,
-with fresh product folders and the pipeline's trained models. Reports seconds per day and peak
-RSS at both sizes and their ratios: time should grow with the area, memory should not grow
-beyond the chunk working set.
+Runs ``unique-cube run`` for the same days on grids centred on the pipeline's, with sides
+``--scales`` times its own (default 1 and 2: the demo's 24 km and 48 km, which the demo
+world's 72 km domain covers), each in its own process so that peak memory is its own, with
+fresh product folders, the pipeline's trained models and ``product.window`` / ``product.tile``
+set from ``--window`` / ``--tile`` for both. Reports seconds per day and memory at both sizes
+and their ratios: time should grow with the area, memory should not grow beyond a window's
+working set.
 
-    .venv/bin/python benchmarks/product_day.py pipelines/demo.yaml --start 2023-06-10 --days 3
+    .venv/bin/python benchmarks/product_day.py pipelines/demo.yaml --start 2023-06-10 --days 2
+
+Memory is the runner's peak RSS plus the Dask workers' resident memory at the end (a worker's
+own peak is not measurable: its ``ru_maxrss`` starts at its parent's).
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from pathlib import Path
 import yaml
 
 
-def _sub_grid(bounds: list[float], resolution: float, fraction: float) -> list[float]:
+def _centred_grid(bounds: list[float], resolution: float, scale: float) -> list[float]:
+    """A square grid ``scale`` times the side of ``bounds``, on the same centre, its edges on
+    the 480 m blocks of the original grid."""
     left, bottom, right, top = bounds
-    size = round((right - left) * fraction / (resolution * 16)) * resolution * 16
+    snap = resolution * 16
+    size = round((right - left) * scale / snap) * snap
     cx, cy = (left + right) / 2, (bottom + top) / 2
-    snap = resolution * 16  # stay aligned to the 480 m blocks of the full grid
     x0 = left + round((cx - size / 2 - left) / snap) * snap
     y0 = bottom + round((cy - size / 2 - bottom) / snap) * snap
     return [x0, y0, x0 + size, y0 + size]
@@ -47,7 +54,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pipeline")
     parser.add_argument("--start", default="2023-06-10")
-    parser.add_argument("--days", type=int, default=3)
+    parser.add_argument("--days", type=int, default=2)
+    parser.add_argument("--scales", type=float, nargs=2, default=[1.0, 2.0])
+    parser.add_argument("--window", type=int, default=512, help="product.window, px")
+    parser.add_argument("--tile", type=int, default=256, help="product.tile, px")
     args = parser.parse_args()
 
     from unique_cube.pipeline import load_pipeline
@@ -56,30 +66,35 @@ def main() -> None:
     spec = yaml.safe_load(Path(args.pipeline).read_text())
     start = dt.date.fromisoformat(args.start)
     end = start + dt.timedelta(days=args.days - 1)
-    results = {}
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fraction in (("half side", 0.5), ("full", 1.0)):
+        for scale in args.scales:
+            name = f"x{scale:g}"
             variant = json.loads(json.dumps(spec, default=str))
-            variant["grid"]["bounds"] = _sub_grid(
-                spec["grid"]["bounds"], spec["grid"].get("resolution", 30), fraction
+            variant["grid"]["bounds"] = _centred_grid(
+                spec["grid"]["bounds"], spec["grid"].get("resolution", 30), scale
             )
-            variant["product"]["output"] = str(Path(tmp) / name.replace(" ", "-"))
-            folder = Path(tmp) / f"{name.replace(' ', '-')}-spec"
+            variant["product"].update(output=str(Path(tmp) / name), window=args.window,
+                                      tile=args.tile)  # fmt: skip
+            folder = Path(tmp) / f"{name}-spec"
             folder.mkdir()
             report = _run(variant, folder, str(start), str(end))
             left, bottom, right, top = variant["grid"]["bounds"]
             pixels = round((right - left) / 30) * round((top - bottom) / 30)
-            results[name] = {"pixels": pixels, **report}
-            print(name, json.dumps(results[name]), flush=True)
-    small, full = results["half side"], results["full"]
+            side_km = (right - left) / 1000
+            results.append({"side_km": side_km, "pixels": pixels, **report})
+            print(json.dumps(results[-1]), flush=True)
+    small, large = results
 
     def memory(r: dict) -> float:  # the runner's peak and its Dask workers' memory at the end
         return r["peak_rss_mb"] + r["workers_rss_mb"]
 
     print(json.dumps({
-        "area_ratio": full["pixels"] / small["pixels"],
-        "seconds_per_day_ratio": full["seconds_per_day"] / small["seconds_per_day"],
-        "peak_rss_ratio": memory(full) / memory(small),
+        "window": args.window, "tile": args.tile,
+        "area_ratio": large["pixels"] / small["pixels"],
+        "seconds_per_day_ratio": large["seconds_per_day"] / small["seconds_per_day"],
+        "memory_ratio": memory(large) / memory(small),
+        "runner_peak_ratio": large["peak_rss_mb"] / small["peak_rss_mb"],
     }, indent=1))  # fmt: skip
 
 

@@ -101,6 +101,40 @@ def test_coarse_consistency_matches_gpp_m(produced) -> None:
     assert np.abs(blocks[ok] - coarse[ok]).max() < 0.05 * np.nanmax(coarse) + 0.05
 
 
+def test_a_day_made_in_windows_equals_the_whole_grid_day(
+    produced, demo_world, trained_models, trained_downscalers, tmp_path
+) -> None:
+    import rasterio
+
+    _, whole = produced  # the 160 px grid in one window
+    spec = _pipeline(demo_world, trained_models, trained_downscalers, tmp_path, window=128)
+    assert main(["run", str(spec), "--date", "2023-08-02"]) == 0
+    out = tmp_path / "product"
+    with (
+        xr.open_zarr(whole / "gpp.zarr", consolidated=False) as expected,
+        xr.open_zarr(out / "gpp.zarr", consolidated=False) as windowed,
+    ):
+        for name in ("gpp", "gpp_sd", "qa", "gpp_m"):
+            np.testing.assert_array_equal(windowed[name].sel(time="2023-08-02").values,
+                                          expected[name].sel(time="2023-08-02").values,
+                                          err_msg=name)  # fmt: skip
+    for name in ("gpp", "qa"):  # the COGs assembled from the windows hold the same pixels
+        with (
+            rasterio.open(out / f"cogs/2023/08/02/{name}.tif") as a,
+            rasterio.open(whole / f"cogs/2023/08/02/{name}.tif") as b,
+        ):
+            np.testing.assert_array_equal(a.read(1), b.read(1))
+    # Four windows; the tiles touching each cover their own extent: its static layers are kept.
+    assert len(list((out / "cache/static").glob("*/*.npz"))) == 4
+    assert not list(out.rglob("*.partial"))
+    item = json.loads((out / "stac/unique-cube-gpp/items/2023-08-02.json").read_text())
+    reference = json.loads((whole / "stac/unique-cube-gpp/items/2023-08-02.json").read_text())
+    for key in ("coarse_mismatch_before", "coarse_mismatch_after", "qa_fractions"):
+        assert item["properties"][f"unique_cube:{key}"] == pytest.approx(
+            reference["properties"][f"unique_cube:{key}"], rel=1e-6, abs=1e-9
+        )
+
+
 def test_rerun_keeps_done_days_and_force_reproduces_them(produced, capsys) -> None:
     spec, out = produced
     cog = out / "cogs/2023/08/01/gpp.tif"

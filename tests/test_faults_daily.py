@@ -342,20 +342,19 @@ from unique_cube import cog, store
 point = sys.argv[1]
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 if point == "cog":  # the second COG of the day is half-written
-    real_write = cog.write_cog
+    real_finish = cog.StagedCog.finish
     calls = []
-    def write_cog(path, *args, **kwargs):
-        calls.append(path)
+    def finish(self):
+        calls.append(self.path)
         if len(calls) == 2:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.with_name(f".{path.name}.{os.getpid()}.partial").write_bytes(b"II*")
+            self.path.with_name(f".{self.path.name}.{os.getpid()}.partial").write_bytes(b"II*")
             die()
-        return real_write(path, *args, **kwargs)
-    cog.write_cog = write_cog
-elif point == "zarr":  # the Zarr region is written, nothing after it
+        return real_finish(self)
+    cog.StagedCog.finish = finish
+elif point == "zarr":  # the first window's Zarr region is written, nothing after it
     real_region = store.ProductStore._write_region
-    def region(self, arrays):
-        real_region(self, arrays)
+    def region(self, *args):
+        real_region(self, *args)
         die()
     store.ProductStore._write_region = region
 elif point == "item":  # the item is written, the collection not yet

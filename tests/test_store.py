@@ -29,7 +29,8 @@ def _day(day: dt.date, value: float) -> DayArrays:
 
 
 def _commit(store: ProductStore, arrays: DayArrays) -> None:
-    store.commit(arrays, {"id": str(arrays.day)}, {"day": str(arrays.day)})
+    store.write_day(arrays, {"date": str(arrays.day)})
+    store.commit(arrays.day, {"id": str(arrays.day)}, {"day": str(arrays.day)})
 
 
 def test_time_axis_grows_by_whole_years_and_keeps_written_days(tmp_path: Path) -> None:

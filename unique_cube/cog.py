@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_cog"]
+__all__ = ["StagedCog", "write_cog"]
 
 
 def write_cog(
@@ -54,3 +54,69 @@ def write_cog(
         partial.replace(path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+class StagedCog:
+    """A COG too large to hold in memory, written window by window.
+
+    The windows go into a tiled GeoTIFF beside the final name (``.NAME.PID.stage.partial``);
+    :meth:`finish` has GDAL's COG driver copy it into a COG (overviews made from the staged
+    file, block by block) and renames that into place. Until then no reader sees the name; a
+    process killed meanwhile leaves only ``.partial`` files, which the next run of the day
+    removes."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        shape: tuple[int, int],
+        dtype: str,
+        crs: str,
+        transform: Iterable[float],
+        nodata: float | None,
+        resampling: str = "nearest",
+        *,
+        tags: dict[str, str] | None = None,
+        blocksize: int = 512,
+    ) -> None:
+        import rasterio
+        from affine import Affine
+
+        self.path = Path(path)
+        self.resampling, self.blocksize = resampling, blocksize
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stage = self.path.with_name(f".{self.path.name}.{os.getpid()}.stage.partial")
+        self._dataset = rasterio.open(
+            self.stage, "w", driver="GTiff", width=shape[1], height=shape[0], count=1,
+            dtype=dtype, crs=crs, transform=Affine(*list(transform)[:6]), nodata=nodata,
+            tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="zstd",
+            zstd_level=1, bigtiff="if_safer",
+        )  # fmt: skip
+        if tags:
+            self._dataset.update_tags(**tags)
+
+    def write(self, array: np.ndarray, rows: slice, cols: slice) -> None:
+        """Pixels ``rows × cols`` of the raster."""
+        from rasterio.windows import Window
+
+        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+        self._dataset.write(array, 1, window=window)
+
+    def finish(self) -> None:
+        """The COG in place under its name; the staged file removed."""
+        import rasterio.shutil
+
+        self._dataset.close()
+        partial = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        try:
+            rasterio.shutil.copy(self.stage, partial, driver="COG", blocksize=self.blocksize,
+                                 compress="zstd", overview_resampling=self.resampling,
+                                 bigtiff="if_safer")  # fmt: skip
+            partial.replace(self.path)
+        finally:
+            partial.unlink(missing_ok=True)
+            self.stage.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Nothing of this COG is left."""
+        self._dataset.close()
+        self.stage.unlink(missing_ok=True)

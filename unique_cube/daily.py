@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -33,11 +34,16 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import ConfigError, LoadError, UniqueCubeError
 from .pipeline import Pipeline
+from .windows import Window, day_windows, extent_of, tiles_touching
+
+if TYPE_CHECKING:
+    from .downscale import Tile
 
 __all__ = ["DaySkipped", "parse_day", "product_days", "run"]
 
@@ -310,55 +316,113 @@ def gpp_m_block(pipeline: Pipeline, catalog, card_path: Path, days: list[dt.date
 
 @dataclass
 class _Static:
-    layers: np.ndarray | None
-    names: list[str]
+    """The DEM and land-cover layers of each window's extent, prepared once and kept on disk
+    (a window's worth in memory at a time); or why there are none (the S1 fallback)."""
+
+    files: dict[Window, Path]
     items: dict[str, list[str]]
     problem: str = ""
 
+    def layers(self, extent: Window) -> tuple[np.ndarray, list[str]]:
+        with np.load(self.files[extent]) as saved:
+            return saved["layers"], [str(name) for name in saved["names"]]
 
-def _static_for(catalog, geobox, retries: int = 3) -> _Static:
-    """The DEM and land-cover layers of the grid, or why they are missing (S1 fallback)."""
-    from .downscaling import static_layers
+
+#: Bump when what :func:`_static_for` keeps changes, so that old files are not taken.
+_STATIC_VERSION = 1
+
+
+def _static_for(catalog, geobox, extents: list[Window], folder: Path, retries: int = 3) -> _Static:
+    """The static layers of every extent, loaded window by window (each grown by a pixel, so
+    slopes at its edges are those of the whole grid) into ``folder``; files made from the
+    same items for the same grid are reused."""
+    from .downscaling import static_items, static_layers
     from .errors import CatalogError, LoadError
     from .reads import lost_reads, use_read_policy
 
     items: dict[str, list[str]] = {}
-    found: list = []
-    ledger = f"static-{uuid.uuid4().hex}"
     try:
-        with use_read_policy(retries=retries, ledger=ledger):
-            layers, names = static_layers(catalog, geobox, provenance=items, items=found)
-    except (CatalogError, LoadError) as err:
-        return _Static(None, [], items, f"static layers unavailable ({err})")
-    owners = _read_owners(found)
-    lost = [_lost_read(event, owners) for event in lost_reads(ledger)]
-    if lost:  # holes in the DEM or land cover: the days take the S1 fallback (QA path bits)
-        return _Static(None, [], items, f"static layers incomplete (reads lost: {_named(lost)})")
-    return _Static(layers, names, items)
+        searched = static_items(catalog, geobox, provenance=items)
+    except CatalogError as err:
+        return _Static({}, items, f"static layers unavailable ({err})")
+    key = json.dumps({"grid": [str(geobox.crs), list(geobox.shape), list(geobox.transform)[:6]],
+                      "items": items, "version": _STATIC_VERSION}, sort_keys=True)  # fmt: skip
+    folder = folder / hashlib.sha256(key.encode()).hexdigest()[:16]
+    owners = _read_owners([item for found in searched for item in found])
+    files: dict[Window, Path] = {}
+    for extent in dict.fromkeys(extents):
+        path = folder / f"{extent.y0}-{extent.y1}_{extent.x0}-{extent.x1}.npz"
+        if not path.exists():
+            grown = extent.grown(1, geobox.shape)
+            ledger = f"static-{uuid.uuid4().hex}"
+            try:
+                with use_read_policy(retries=retries, ledger=ledger):
+                    layers, names = static_layers(catalog, geobox[grown.slices], searched=searched)
+            except (CatalogError, LoadError) as err:
+                return _Static({}, items, f"static layers unavailable ({err})")
+            lost = [_lost_read(event, owners) for event in lost_reads(ledger)]
+            if lost:  # holes in the DEM or land cover: the days take the S1 fallback (QA bits)
+                why = f"static layers incomplete (reads lost: {_named(lost)})"
+                return _Static({}, items, why)
+            _save_layers(path, layers[(slice(None), *extent.within(grown))], names)
+        files[extent] = path
+    return _Static(files, items)
 
 
-def _align_static(static: _Static, info: dict) -> np.ndarray:
-    """The static layers in the checkpoint's order; a land-cover class absent here is 0."""
+def _save_layers(path: Path, layers: np.ndarray, names: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with partial.open("wb") as file:
+            np.savez(file, layers=layers, names=np.array(names))
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _align_static(static: _Static, extent: Window, info: dict) -> np.ndarray:
+    """The static layers of ``extent`` in the checkpoint's order; a land-cover class absent
+    there is 0."""
     from .downscale import DownscaleError, apply_static_normalisation
 
-    by_name = dict(zip(static.names, static.layers, strict=True))
+    layers, names = static.layers(extent)
+    by_name = dict(zip(names, layers, strict=True))
     missing = [n for n in info["names"] if n not in by_name and not n.startswith("lc_")]
     if missing:
         raise DownscaleError(f"conditioning layer(s) {missing} missing from the static layers")
-    extra = [n for n in static.names if n not in info["names"]]
+    extra = [n for n in names if n not in info["names"]]
     if extra:
         log.warning("land-cover classes %s were not in the downscaler's training region; "
                     "they are left out of its conditions", extra)  # fmt: skip
-    zeros = np.zeros(static.layers.shape[1:], dtype="float32")
+    zeros = np.zeros(layers.shape[1:], dtype="float32")
     stack = np.stack([by_name.get(n, zeros) for n in info["names"]])
     return apply_static_normalisation(stack, info)
 
 
-def _to_fine(coarse: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
-    return np.kron(coarse, np.ones((factor, factor), dtype=coarse.dtype))[: shape[0], : shape[1]]
+@dataclass
+class _Layout:
+    """How every day of a run is cut: its windows, the tiles of the grid's plan touching each,
+    and the extent those tiles cover (the window itself without a downscaler)."""
+
+    windows: list[Window]
+    tiles: list[list[Tile]]
+    extents: list[Window]
 
 
-Sampler = Callable[..., np.ndarray]
+def _layout(pipeline: Pipeline) -> _Layout:
+    from .downscale import tile_plan
+
+    spec, shape = pipeline.product, pipeline.grid.geobox.shape
+    windows = day_windows(shape, spec.window)
+    if spec.scheme == "bilinear":
+        return _Layout(windows, [[] for _ in windows], windows)
+    plan = tile_plan(*shape, tile=spec.tile, overlap=spec.overlap)
+    tiles = [tiles_touching(window, plan) for window in windows]
+    return _Layout(windows, tiles, [extent_of(t) for t in tiles])
+
+
+#: Samples tile residuals: (checkpoint, requests) → one (K, h, w) residual per request.
+Sampler = Callable[..., list]
 
 
 def day_seed(seed: int, day: dt.date) -> int:
@@ -366,7 +430,22 @@ def day_seed(seed: int, day: dt.date) -> int:
     return seed * 1_000_000 + day.toordinal()
 
 
-def make_day(
+@dataclass
+class _DayPlan:
+    """What the windows of a day share: GPP_M as computed and gap-free, the coarse QA, the
+    scheme (after the fallbacks) and what the day's item says of it."""
+
+    day: dt.date
+    gpp_m: np.ndarray
+    filled: np.ndarray
+    coarse_qa: np.ndarray
+    lost: np.ndarray | None
+    """Coarse pixels under input reads lost after their retries."""
+    scheme: str
+    details: dict
+
+
+def plan_day(
     pipeline: Pipeline,
     models: _Models,
     static: _Static,
@@ -374,26 +453,24 @@ def make_day(
     gpp_m: np.ndarray,
     gap: np.ndarray,
     out_of_range: np.ndarray,
-    sampler: Sampler | None,
     lost: Lost | None = None,
-):
-    """One day's 30 m arrays from its GPP_M; raises :class:`DaySkipped` when it cannot be, and
-    :class:`InputsLostError` when input reads lost after retries (``lost``, on the 30 m grid)
-    cover more of it than ``product.max_lost_fraction``."""
-    from .downscale import _fill_nearest, condition_stack, upsample_bilinear
-    from .downscaling import coarse_mismatch, make_consistent
+) -> _DayPlan:
+    """A day's coarse part from its GPP_M; raises :class:`DaySkipped` when it cannot be
+    made, and :class:`InputsLostError` when input reads lost after retries (``lost``, on the
+    coarse grid) cover more of it than ``product.max_lost_fraction``."""
+    from .downscale import _fill_nearest
     from .maps import COARSE_FACTOR
-    from .store import QA_FLAGS, DayArrays
+    from .store import QA_FLAGS
+    from .windows import fine_fraction
 
     spec = pipeline.product
     shape = pipeline.grid.geobox.shape
-    lost_fraction = float(lost.mask.mean()) if lost is not None else 0.0
+    lost_fraction = fine_fraction(lost.mask, COARSE_FACTOR, shape) if lost is not None else 0.0
     if lost_fraction > spec.max_lost_fraction:
-        what = _named(lost.reads)
         raise InputsLostError(
             f"{day}: input reads that failed after their retries cover {lost_fraction:.0%} of "
             f"the grid, more than product.max_lost_fraction ({spec.max_lost_fraction:.0%}): "
-            f"{what}; the day is not written and the next run redoes it"
+            f"{_named(lost.reads)}; the day is not written and the next run redoes it"
         )
     missing = ~np.isfinite(gpp_m)
     if missing.all():
@@ -403,7 +480,6 @@ def make_day(
             f"GPP_M missing on {missing.mean():.0%} of the coarse grid (no clear MODIS within "
             f"{spec.max_gap_days} days); at most {spec.max_missing_fraction:.0%} is filled"
         )
-    filled = _fill_nearest(gpp_m).astype("float32")
     coarse_qa = np.zeros(gpp_m.shape, dtype="uint8")
     filled_in_time = np.isfinite(gpp_m) & (gap > 0)
     long_gap = filled_in_time & (gap > models.card.get("gap_fill_days", 16))
@@ -411,34 +487,16 @@ def make_day(
     coarse_qa[long_gap] |= QA_FLAGS["gpp_m_long_gap_filled"]
     coarse_qa[missing] |= QA_FLAGS["gpp_m_neighbour_filled"]
     coarse_qa[out_of_range] |= QA_FLAGS["gpp_m_out_of_range"]
-    bilinear = upsample_bilinear(filled, COARSE_FACTOR)[: shape[0], : shape[1]]
 
     scheme = spec.scheme
-    if scheme == "s2" and static.layers is None:
+    if scheme == "s2" and static.problem:
         if "s1" not in models.checkpoints:
             raise DaySkipped(f"S2 needs its static layers: {static.problem}; no S1 fallback")
         scheme = "s1"
     details = {"scheme": scheme, "seed": day_seed(spec.seed, day), "samples": spec.samples,
                "ddim_steps": spec.ddim_steps}  # fmt: skip
-    if scheme == "bilinear":
-        mean, spread = bilinear, np.zeros_like(bilinear)
-    else:
-        ckpt = models.checkpoints[scheme]
-        layers = _align_static(static, ckpt.static) if scheme == "s2" else None
-        condition = condition_stack(bilinear, layers, scheme)
-        members = sampler(ckpt, condition, samples=spec.samples, ddim_steps=spec.ddim_steps,
-                          tile=spec.tile, overlap=spec.overlap, seed=details["seed"])  # fmt: skip
-        mean, spread = members.mean(axis=0), members.std(axis=0)
-    path = "bilinear" if scheme == "bilinear" else f"ddpm_{scheme}"
-    qa = _to_fine(coarse_qa, COARSE_FACTOR, shape) | QA_FLAGS[path]
     if lost is not None:
-        qa[lost.mask] |= QA_FLAGS["input_lost"]
         details["lost_inputs"] = lost.reads
-    details["coarse_mismatch_before"] = coarse_mismatch(mean, filled, COARSE_FACTOR)
-    if spec.coarse_consistency and scheme != "bilinear":
-        mean = make_consistent(mean, filled, COARSE_FACTOR)
-        qa |= QA_FLAGS["coarse_consistency_corrected"]
-    details["coarse_mismatch_after"] = coarse_mismatch(mean, filled, COARSE_FACTOR)
     details["qa_fractions"] = {
         "gpp_m_observed": float((gap == 0).mean()),
         "gpp_m_gap_filled": float((filled_in_time & ~long_gap).mean()),
@@ -447,9 +505,87 @@ def make_day(
         "gpp_m_out_of_range": float(out_of_range.mean()),
         "input_lost": lost_fraction,
     }
-    arrays = DayArrays(day, mean.astype("float32"), spread.astype("float32"), qa,
-                       gpp_m.astype("float32"))  # fmt: skip
-    return arrays, details
+    return _DayPlan(day, gpp_m.astype("float32"), _fill_nearest(gpp_m).astype("float32"),
+                    coarse_qa, lost.mask if lost is not None else None, scheme,
+                    details)  # fmt: skip
+
+
+def make_windows(
+    pipeline: Pipeline,
+    models: _Models,
+    static: _Static,
+    plan: _DayPlan,
+    layout: _Layout,
+    sampler: Sampler | None,
+    write: Callable[..., None],
+) -> None:
+    """The day's 30 m arrays window by window, each handed to ``write(window, gpp, gpp_sd,
+    qa)`` before the next is made; the 480 m mismatch with GPP_M before and after the optional
+    consistency shift goes into ``plan.details``."""
+    from .windows import ResidualCache
+
+    cache = ResidualCache(layout.tiles if plan.scheme != "bilinear" else [])
+    errors = np.zeros((2, 2))  # (before, after) x (sum of squares, count)
+    for number, (window, tiles, extent) in enumerate(
+        zip(layout.windows, layout.tiles, layout.extents, strict=True), 1
+    ):
+        gpp, gpp_sd, qa, mismatch = _window_arrays(pipeline, models, static, plan, window,
+                                                   tiles, extent, sampler, cache)  # fmt: skip
+        write(window, gpp, gpp_sd, qa)
+        for row, differences in enumerate(mismatch):
+            errors[row] += (np.square(differences).sum(), differences.size)
+        log.debug("%s: window %d of %d done (%d tile residuals kept)", plan.day, number,
+                  len(layout.windows), len(cache))  # fmt: skip
+    rmse = np.sqrt(errors[:, 0] / np.maximum(errors[:, 1], 1))
+    rmse[errors[:, 1] == 0] = np.nan
+    plan.details["coarse_mismatch_before"] = float(rmse[0])
+    plan.details["coarse_mismatch_after"] = float(rmse[1])
+
+
+def _window_arrays(pipeline, models, static, plan: _DayPlan, window: Window, tiles, extent,
+                   sampler, cache):  # fmt: skip
+    from .distributed import TileRequest
+    from .downscale import blend_tiles, condition_stack, validate_condition
+    from .downscaling import coarse_errors, make_consistent
+    from .maps import COARSE_FACTOR as factor
+    from .store import QA_FLAGS
+    from .windows import bilinear_window, blocks_window, local_plan
+
+    spec = pipeline.product
+    if plan.scheme == "bilinear":
+        gpp = bilinear_window(plan.filled, factor, window)
+        spread = np.zeros_like(gpp)
+    else:
+        ckpt = models.checkpoints[plan.scheme]
+        layers = _align_static(static, extent, ckpt.static) if plan.scheme == "s2" else None
+        condition = condition_stack(bilinear_window(plan.filled, factor, extent), layers,
+                                    plan.scheme)  # fmt: skip
+        validate_condition(condition, ckpt.model.config["cond_channels"], ckpt.scheme)
+
+        def sample(missing: list[Tile]) -> list[np.ndarray]:
+            return sampler(ckpt, [
+                TileRequest(np.ascontiguousarray(condition[(slice(None), *t.window)]),
+                            spec.samples, spec.ddim_steps, plan.details["seed"], t.ty, t.tx)
+                for t in local_plan(missing, extent)
+            ])  # fmt: skip
+
+        members = blend_tiles(condition, local_plan(tiles, extent),
+                              cache.residuals(tiles, sample), overlap=spec.overlap)  # fmt: skip
+        members = members[(slice(None), *window.within(extent))]
+        gpp, spread = members.mean(axis=0), members.std(axis=0)
+    path = "bilinear" if plan.scheme == "bilinear" else f"ddpm_{plan.scheme}"
+    qa = blocks_window(plan.coarse_qa, factor, window) | QA_FLAGS[path]
+    if plan.lost is not None:
+        qa[blocks_window(plan.lost, factor, window)] |= QA_FLAGS["input_lost"]
+    # Windows start on 480 m block edges, so these are the window's own coarse pixels.
+    coarse = plan.filled[window.y0 // factor : -(-window.y1 // factor),
+                         window.x0 // factor : -(-window.x1 // factor)]  # fmt: skip
+    before = coarse_errors(gpp, coarse, factor)
+    if spec.coarse_consistency and plan.scheme != "bilinear":
+        gpp = make_consistent(gpp, coarse, factor)
+        qa |= QA_FLAGS["coarse_consistency_corrected"]
+    after = coarse_errors(gpp, coarse, factor)
+    return gpp.astype("float32"), spread.astype("float32"), qa, (before, after)
 
 
 def _day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashes: dict) -> dict:
@@ -559,16 +695,21 @@ def run(
     if results:
         say(f"{len(results)} of {len(days)} days already done (kept; --force redoes them)")
     with contextlib.ExitStack() as stack:
-        static = _Static(None, [], {})
+        static = _Static({}, {})
+        layout = _layout(pipeline)
         if todo:  # else nothing to make: no catalog, no cluster
             if sampler is None and spec.scheme != "bilinear":
                 sampler = _actor_sampler(stack, models, say)
             catalog = stack.enter_context(open_catalog(pipeline))
             _check_coverage(pipeline, catalog, todo)
             if spec.scheme == "s2":
-                static = _static_for(catalog, geobox, spec.read_retries)
+                static = _static_for(catalog, geobox, layout.extents,
+                                     store.root / "cache" / "static",
+                                     spec.read_retries)  # fmt: skip
         if static.problem:
             say(f"warning: {static.problem}; days fall back to S1")
+        if len(layout.windows) > 1:
+            say(f"each day in {len(layout.windows)} windows of at most {spec.window} px")
         for block_start in range(0, len(todo), spec.block_days):
             block = todo[block_start : block_start + spec.block_days]
             say(f"GPP_M for {block[0]}..{block[-1]}")
@@ -581,7 +722,7 @@ def run(
                 _write_run_log(log_path, pipeline, started, results)
                 continue
             for day in block:
-                result = _one_day(pipeline, store, models, static, coarse, day, force,
+                result = _one_day(pipeline, store, models, static, layout, coarse, day, force,
                                   sampler, say)  # fmt: skip
                 results.append(result)
                 _write_run_log(log_path, pipeline, started, results)
@@ -594,20 +735,19 @@ def run(
 
 
 def _actor_sampler(stack: contextlib.ExitStack, models: _Models, say) -> Sampler:
-    """Ensembles sampled by GPU-pinned Dask actors (one per GPU worker, supervised): the
-    cluster named by ``$DASK_SCHEDULER_ADDRESS``, or a local one (its dashboard link is said)."""
-    from .distributed import ActorPool, dask_client, downscale_distributed
+    """Tiles sampled by GPU-pinned Dask actors (one per GPU worker, supervised): the cluster
+    named by ``$DASK_SCHEDULER_ADDRESS``, or a local one (its dashboard link is said)."""
+    from .distributed import ActorPool, dask_client
 
     client = stack.enter_context(dask_client(cpu_threads=os.cpu_count() or 1, say=say))
     pools: dict[str, ActorPool] = {}
 
-    def sample(ckpt, condition, **options) -> np.ndarray:
+    def sample(ckpt, requests: list) -> list[np.ndarray]:
         if ckpt.scheme not in pools:
             pools[ckpt.scheme] = stack.enter_context(
                 ActorPool(client, models.paths[ckpt.scheme], torch_threads=os.cpu_count())
             )
-        return downscale_distributed(pools[ckpt.scheme], models.paths[ckpt.scheme], condition,
-                                     **options)  # fmt: skip
+        return pools[ckpt.scheme].map(requests)
 
     sample.client = client  # type: ignore[attr-defined]
     return sample
@@ -629,7 +769,8 @@ def _check_coverage(pipeline: Pipeline, catalog, days: list[dt.date]) -> None:
         ) from None
 
 
-def _one_day(pipeline, store, models, static, coarse: _Coarse, day, force, sampler, say):
+def _one_day(pipeline, store, models, static, layout, coarse: _Coarse, day, force, sampler,
+             say):  # fmt: skip
     from .store import LockBusyError
 
     began = time.perf_counter()
@@ -644,10 +785,13 @@ def _one_day(pipeline, store, models, static, coarse: _Coarse, day, force, sampl
             if store.is_done(day) and not force:
                 return DayResult(day, "already done", "finished by another run meanwhile")
             store.forget(day)
-            arrays, details = make_day(pipeline, models, static, day, coarse.gpp[i],
-                                       coarse.gap[i], coarse.out_of_range[i], sampler,
-                                       _lost_on_grid(coarse, day,
-                                                     store.geobox.shape))  # fmt: skip
+            plan = plan_day(pipeline, models, static, day, coarse.gpp[i], coarse.gap[i],
+                            coarse.out_of_range[i], coarse.lost.get(day))  # fmt: skip
+            tags = {"date": day.isoformat(), "software": "unique-cube"}
+            with store.open_day(day, tags) as writer:
+                make_windows(pipeline, models, static, plan, layout, sampler, writer.write)
+                cogs = writer.finish(plan.gpp_m)
+            details = plan.details
             provenance = {
                 pipeline.gpp.modis.source: sorted(
                     iid for when, iid in coarse.modis_items if abs(when - day) <= window
@@ -655,8 +799,6 @@ def _one_day(pipeline, store, models, static, coarse: _Coarse, day, force, sampl
                 pipeline.gpp.weather: coarse.weather_items,
                 **static.items,
             }
-            tags = {"date": day.isoformat(), "software": "unique-cube"}
-            cogs = store.write_cogs(arrays, tags)
             item = _day_item(pipeline, store, day, cogs, provenance, details, models.hashes)
             seconds = time.perf_counter() - began
             marker = {"day": day.isoformat(), "seconds": round(seconds, 2),
@@ -664,7 +806,7 @@ def _one_day(pipeline, store, models, static, coarse: _Coarse, day, force, sampl
                       "item": str(store.item_path(day).relative_to(store.root)),
                       "checksums": {k: a["file:checksum"] for k, a in item["assets"].items()
                                     if "file:checksum" in a}}  # fmt: skip
-            store.commit(arrays, item, marker)
+            store.commit(day, item, marker)
     except DaySkipped as why:
         return _skip(store, day, str(why), say)
     except LockBusyError as err:
@@ -680,16 +822,6 @@ def _one_day(pipeline, store, models, static, coarse: _Coarse, day, force, sampl
     keep = ("scheme", "coarse_mismatch_before", "coarse_mismatch_after", "qa_fractions",
             "lost_inputs")  # fmt: skip
     return DayResult(day, "done", "", seconds, {k: details[k] for k in keep if k in details})
-
-
-def _lost_on_grid(coarse: _Coarse, day, shape) -> Lost | None:
-    """The day's lost MODIS reads on the 30 m grid (lost static reads mean S1 instead)."""
-    from .maps import COARSE_FACTOR
-
-    if day not in coarse.lost:
-        return None
-    modis = coarse.lost[day]
-    return Lost(_to_fine(modis.mask, COARSE_FACTOR, shape), modis.reads)
 
 
 def _skip(store, day, reason: str, say, record: bool = True) -> DayResult:

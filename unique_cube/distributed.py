@@ -403,7 +403,9 @@ class ActorPool:
             for slot in list(self._slots):
                 try:
                     return slot.actor.info().result()
-                except OSError as err:  # its worker died after the actor started
+                # Its worker died after the actor started: "Unable to contact Actor's worker"
+                # (OSError), or "Worker holding Actor was lost" once the scheduler knows.
+                except (OSError, RuntimeError) as err:
                     log.warning("downscaler actor on %s lost: %s", slot.address, err)
                     self._drop(slot)
                     self._slots.remove(slot)

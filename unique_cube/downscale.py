@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from .diffusion import NoiseSchedule, ddim_sample
 from .errors import UniqueCubeError, UnsafeCheckpointError
@@ -60,23 +59,41 @@ class DownscaleError(UniqueCubeError):
 
 
 def upsample_bilinear(coarse: np.ndarray, factor: int) -> np.ndarray:
-    """Bilinear upsampling of (..., cy, cx) by an integer factor (pixel-area aligned grids).
+    """Bilinear upsampling of (..., cy, cx) by an integer factor (pixel-area aligned grids,
+    edges clamped: ``align_corners=False``).
 
     NaN pixels (no coarse data) are filled from their neighbours before upsampling, so the
-    holes do not spread; a map with no data at all stays NaN."""
+    holes do not spread; a map with no data at all stays NaN. Rows, then columns, with weights
+    from each fine pixel's own index: a part of the map upsampled with one more coarse pixel
+    around it equals that part of the whole upsampled map, to the bit."""
     array = np.asarray(coarse, dtype="float32")
     lead = array.shape[:-2]
-    flat = array.reshape(-1, 1, *array.shape[-2:])
-    out = np.full((flat.shape[0], 1, array.shape[-2] * factor, array.shape[-1] * factor),
-                  np.nan, dtype="float32")  # fmt: skip
-    for i, grid in enumerate(flat[:, 0]):
+    flat = array.reshape(-1, *array.shape[-2:])
+    rows, cols = (
+        _bilinear_weights(array.shape[-2], factor),
+        _bilinear_weights(array.shape[-1], factor),
+    )
+    out = np.full((flat.shape[0], array.shape[-2] * factor, array.shape[-1] * factor), np.nan,
+                  dtype="float32")  # fmt: skip
+    for i, grid in enumerate(flat):
         if not np.isfinite(grid).any():
             continue
         filled = _fill_nearest(grid)
-        tensor = torch.from_numpy(filled)[None, None]
-        out[i, 0] = F.interpolate(tensor, scale_factor=factor, mode="bilinear",
-                                  align_corners=False)[0, 0].numpy()  # fmt: skip
+        upper, lower, w = rows
+        tall = filled[upper] * (1 - w)[:, None] + filled[lower] * w[:, None]
+        left, right, v = cols
+        out[i] = tall[:, left] * (1 - v) + tall[:, right] * v
     return out.reshape(*lead, *out.shape[-2:])
+
+
+def _bilinear_weights(size: int, factor: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``size * factor`` fine pixels: its two coarse neighbours and the weight of
+    the second."""
+    centre = np.maximum((np.arange(size * factor) + 0.5) / factor - 0.5, 0.0)
+    first = np.floor(centre).astype("int64")
+    weight = (centre - first).astype("float32")
+    first = np.minimum(first, size - 1)
+    return first, np.minimum(first + 1, size - 1), weight
 
 
 def _fill_nearest(grid: np.ndarray) -> np.ndarray:

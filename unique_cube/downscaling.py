@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +56,23 @@ class Pairs:
     """Pure-pixel training rows of all dates (coarse-aggregated GPP_L inputs → GPP_M)."""
 
 
-def coarse_mismatch(fine: np.ndarray, coarse: np.ndarray, factor: int) -> float:
-    """RMSE between the 30 m map averaged over each coarse pixel and the coarse map."""
+def coarse_errors(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
+    """The 30 m map averaged over each coarse pixel minus the coarse map, where both exist
+    (``fine`` starts on a coarse pixel's corner; the coarse grid may overhang it)."""
     cy, cx = coarse.shape
     padded = np.full((cy * factor, cx * factor), np.nan, dtype="float64")
     padded[: fine.shape[0], : fine.shape[1]] = fine[: cy * factor, : cx * factor]
-    means = np.nanmean(padded.reshape(cy, factor, cx, factor), axis=(1, 3))
+    with warnings.catch_warnings():  # a coarse pixel wholly outside the 30 m grid: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(padded.reshape(cy, factor, cx, factor), axis=(1, 3))
     ok = np.isfinite(means) & np.isfinite(coarse)
-    return float(np.sqrt(np.mean((means[ok] - coarse[ok]) ** 2))) if ok.any() else float("nan")
+    return means[ok] - coarse[ok]
+
+
+def coarse_mismatch(fine: np.ndarray, coarse: np.ndarray, factor: int) -> float:
+    """RMSE between the 30 m map averaged over each coarse pixel and the coarse map."""
+    errors = coarse_errors(fine, coarse, factor)
+    return float(np.sqrt(np.mean(errors**2))) if errors.size else float("nan")
 
 
 def make_consistent(fine: np.ndarray, coarse: np.ndarray, factor: int) -> np.ndarray:
@@ -91,28 +101,41 @@ def vegetated_codes(classes: dict) -> list[int]:
     return sorted(int(code) for code, name in classes.items() if name in VEGETATED)
 
 
-def static_layers(
-    catalog: Catalog, geobox, provenance: dict | None = None, items: list | None = None
-) -> tuple[np.ndarray, list[str]]:
-    """Elevation, slope, sin/cos aspect and land-cover fractions on the 30 m grid (C, H, W).
-    The ids of the items read go into ``provenance`` (by source) and the items themselves into
-    ``items`` when given."""
+def static_items(catalog: Catalog, geobox, provenance: dict | None = None) -> tuple[list, list]:
+    """The DEM and land-cover items over ``geobox``; their ids go into ``provenance``."""
     from .catalog import search
-    from .cube import load
     from .maps import lonlat_bbox
-    from .static import class_fractions, slope_aspect
 
     bbox = lonlat_bbox(geobox)
-    dem_source, lc_source = catalog.source("dem"), catalog.source("worldcover")
     dem_items = search("dem", bbox, "1900-01-01/2100-01-01", catalog=catalog)
-    elevation = load(dem_items, dem_source, geobox).elevation.max("time").compute()
-    terrain = slope_aspect(elevation)
     lc_items = search("worldcover", bbox, "1900-01-01/2100-01-01", catalog=catalog)
-    fine = geobox.zoom_out(1 / 3)
-    landcover = load(lc_items, lc_source, fine).landcover.max("time").compute()
     if provenance is not None:
         provenance["dem"] = [item.id for item in dem_items]
         provenance["worldcover"] = [item.id for item in lc_items]
+    return dem_items, lc_items
+
+
+def static_layers(
+    catalog: Catalog,
+    geobox,
+    provenance: dict | None = None,
+    items: list | None = None,
+    *,
+    searched: tuple[list, list] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """Elevation, slope, sin/cos aspect and land-cover fractions on the 30 m grid (C, H, W).
+    The ids of the items read go into ``provenance`` (by source) and the items themselves into
+    ``items`` when given; ``searched`` are the (DEM, land-cover) items of
+    :func:`static_items`, searched again when not given."""
+    from .cube import load
+    from .static import class_fractions, slope_aspect
+
+    dem_source, lc_source = catalog.source("dem"), catalog.source("worldcover")
+    dem_items, lc_items = searched or static_items(catalog, geobox, provenance)
+    elevation = load(dem_items, dem_source, geobox).elevation.max("time").compute()
+    terrain = slope_aspect(elevation)
+    fine = geobox.zoom_out(1 / 3)
+    landcover = load(lc_items, lc_source, fine).landcover.max("time").compute()
     if items is not None:
         items += [*dem_items, *lc_items]
     fractions = class_fractions(landcover, dict(lc_source.classes), 3)

@@ -213,6 +213,10 @@ class ProductSpec:
     """Retries of a failed asset read (each with a freshly signed URL) before it is lost."""
     block_days: int = 31
     """GPP_M is computed for this many consecutive days at once in a backfill."""
+    window: int = 2048
+    """A day is made in square windows of this many 30 m pixels, so memory follows the window,
+    not the grid; the maps do not depend on it. A multiple of the datacube's 128 px chunks; a
+    multiple of its 512 px shards writes each shard once per day."""
     time_zone: str = "Asia/Seoul"
     """Where "yesterday" is computed."""
     period: Period | None = None
@@ -230,6 +234,8 @@ class ProductSpec:
             return f"max_lost_fraction must be within [0, 1], got {self.max_lost_fraction}"
         if self.read_retries < 0:
             return f"read_retries must be at least 0, got {self.read_retries}"
+        if self.window < 128 or self.window % 128:
+            return f"window must be a multiple of 128 (the datacube's chunks), got {self.window}"
         try:
             import zoneinfo
 

@@ -10,13 +10,16 @@ Layout of a product folder::
     state/<YYYY-MM-DD>.json        completion marker of a day, written last
     state/locks/                   advisory locks (a day; the shared store and catalog)
     runs/<timestamp>.json          what each run did, day by day
+    cache/static/                  the DEM and land-cover layers of each window (reused)
 
 The datacube has whole calendar years on its time axis (extended by whole years when a later
-day comes); one region write per day replaces exactly that day. Inner chunks are one day of
-128 × 128 pixels, gathered in shards of 8 days × 512 × 512: a map read touches one day's chunks,
-a time-series read a few shards per year. Writers of the shared parts (the Zarr shards, the
-collection) hold one lock; zarr's local store replaces each shard file atomically, so a killed
-writer leaves every other day intact, and a day is done only once its marker exists.
+day comes); a day's region, written window by window, replaces exactly that day. Inner chunks
+are one day of 128 × 128 pixels, gathered in shards of 8 days × 512 × 512: a map read touches
+one day's chunks, a time-series read a few shards per year. A day's COGs are staged window by
+window beside their names and assembled when its last window is in. Writers of the shared
+parts (the Zarr shards, the collection) hold one lock; zarr's local store replaces each shard
+file atomically, so a killed writer leaves every other day intact, and a day is done only once
+its marker exists.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from .errors import UniqueCubeError
 __all__ = [
     "COLLECTION_ID",
     "QA_FLAGS",
+    "DayArrays",
+    "DayWriter",
     "LockBusyError",
     "ProductStore",
     "StoreError",
@@ -296,53 +301,56 @@ class ProductStore:
             template.to_zarr(self.zarr, append_dim="time", compute=False, consolidated=False,
                              safe_chunks=False)  # fmt: skip
 
-    def _write_region(self, arrays: DayArrays) -> None:
+    def _time_index(self, day: dt.date) -> int:
         import xarray as xr
 
-        when = np.array([np.datetime64(arrays.day, "ns")])
-        day = xr.Dataset(
-            {
-                "gpp": (("time", "y", "x"), arrays.gpp[None].astype("float32")),
-                "gpp_sd": (("time", "y", "x"), arrays.gpp_sd[None].astype("float32")),
-                "qa": (("time", "y", "x"), arrays.qa[None].astype("uint8")),
-                "gpp_m": (("time", "y_m", "x_m"), arrays.gpp_m[None].astype("float32")),
-            },
-            coords={"time": when},
-        )
         with xr.open_zarr(self.zarr, consolidated=False) as existing:
-            index = int(np.searchsorted(existing["time"].values, when[0]))
-        day.to_zarr(self.zarr, region={"time": slice(index, index + 1)}, consolidated=False)
+            return int(np.searchsorted(existing["time"].values, np.datetime64(day, "ns")))
+
+    def _write_region(self, index: int, window, layers: dict[str, np.ndarray]) -> None:
+        """The day's pixels of ``window`` (all of the coarse grid for ``gpp_m``)."""
+        import xarray as xr
+
+        region = {"time": slice(index, index + 1)}
+        if window is not None:
+            region.update(y=slice(window.y0, window.y1), x=slice(window.x0, window.x1))
+        data = {}
+        for name, values in layers.items():
+            dtype, dims = ({**VARIABLES, **COARSE_VARIABLES}[name][0],
+                           ("time", "y_m", "x_m") if name in COARSE_VARIABLES
+                           else ("time", "y", "x"))  # fmt: skip
+            data[name] = (dims, values[None].astype(dtype))
+        with self._shared_lock():
+            xr.Dataset(data).to_zarr(self.zarr, region=region, consolidated=False)
 
     # -- one day -----------------------------------------------------------------------------
 
-    def write_cogs(self, arrays: DayArrays, tags: dict[str, str]) -> dict[str, Path]:
-        """One COG per variable; GPP_M on its coarse grid."""
-        from .cog import write_cog
-
-        paths = {}
-        fine = (str(self.geobox.crs), list(self.geobox.transform)[:6])
-        coarse = (str(self.coarse.crs), list(self.coarse.transform)[:6])
-        layers = {
-            "gpp": (arrays.gpp.astype("float32"), fine, float("nan"), "average"),
-            "gpp_sd": (arrays.gpp_sd.astype("float32"), fine, float("nan"), "average"),
-            "qa": (arrays.qa.astype("uint8"), fine, 0, "nearest"),
-            "gpp_m": (arrays.gpp_m.astype("float32"), coarse, float("nan"), "average"),
-        }
-        for name, (values, (crs, transform), nodata, resampling) in layers.items():
-            path = self.cog(arrays.day, name)
-            write_cog(path, values, crs, transform, nodata, resampling,
-                      tags={**tags, "variable": name})  # fmt: skip
-            paths[name] = path
-        return paths
-
-    def commit(self, arrays: DayArrays, item: dict, marker: dict) -> None:
-        """Zarr region, STAC item and collection, then the marker (the day is done)."""
+    @contextlib.contextmanager
+    def open_day(self, day: dt.date, tags: dict[str, str]) -> Iterator[DayWriter]:
+        """A day's outputs written window by window (see :class:`DayWriter`); the staged COGs
+        are removed if the block raises. Hold the day's lock around it."""
         with self._shared_lock():
-            self._ensure_years(arrays.day)
-            self._write_region(arrays)
-            _write_json(self.item_path(arrays.day), item)
-            self._update_catalog(done=arrays.day)
-        _write_json(self.marker(arrays.day), marker)
+            self._ensure_years(day)
+        writer = DayWriter(self, day, self._time_index(day), tags)
+        try:
+            yield writer
+        except BaseException:
+            writer.abort()
+            raise
+
+    def write_day(self, arrays: DayArrays, tags: dict[str, str]) -> dict[str, Path]:
+        """A whole day's arrays at once (a grid that fits in memory); its COGs' paths."""
+        with self.open_day(arrays.day, tags) as writer:
+            writer.write(None, arrays.gpp, arrays.gpp_sd, arrays.qa)
+            return writer.finish(arrays.gpp_m)
+
+    def commit(self, day: dt.date, item: dict, marker: dict) -> None:
+        """After :meth:`open_day`: the STAC item and collection, then the marker (the day is
+        done)."""
+        with self._shared_lock():
+            _write_json(self.item_path(day), item)
+            self._update_catalog(done=day)
+        _write_json(self.marker(day), marker)
 
     def forget(self, day: dt.date) -> None:
         """Before a day is produced again (under its lock): it is not done until its new marker
@@ -405,6 +413,68 @@ class ProductStore:
                 ],
             },
         )  # fmt: skip
+
+
+class DayWriter:
+    """One product day being written (from :meth:`ProductStore.open_day`): each window goes
+    into the datacube at once, as a region write, and into the day's staged COGs, which
+    :meth:`finish` turns into COGs. The day is not done until :meth:`ProductStore.commit`."""
+
+    def __init__(self, store: ProductStore, day: dt.date, index: int, tags: dict[str, str]):
+        from .cog import StagedCog
+
+        self.store, self.day, self.index = store, day, index
+        fine = (str(store.geobox.crs), list(store.geobox.transform)[:6])
+        self._cogs: dict[str, StagedCog] = {}
+        try:
+            for name, (dtype, nodata, resampling) in FINE_COGS.items():
+                self._cogs[name] = StagedCog(store.cog(day, name), store.geobox.shape, dtype,
+                                             *fine, nodata, resampling,
+                                             tags={**tags, "variable": name})  # fmt: skip
+        except BaseException:
+            self.abort()
+            raise
+        self._tags = tags
+
+    def write(self, window, gpp: np.ndarray, gpp_sd: np.ndarray, qa: np.ndarray) -> None:
+        """The pixels of ``window`` (a :class:`~unique_cube.windows.Window`; ``None``: the
+        whole grid)."""
+        layers = {"gpp": gpp, "gpp_sd": gpp_sd, "qa": qa}
+        self.store._write_region(self.index, window, layers)
+        height, width = self.store.geobox.shape
+        rows, cols = window.slices if window is not None else (slice(0, height), slice(0, width))
+        for name, values in layers.items():
+            self._cogs[name].write(values.astype(FINE_COGS[name][0]), rows, cols)
+
+    def finish(self, gpp_m: np.ndarray) -> dict[str, Path]:
+        """GPP_M (coarse grid) written, every COG in place; their paths."""
+        from .cog import write_cog
+
+        self.store._write_region(self.index, None, {"gpp_m": gpp_m})
+        paths = {}
+        for name, staged in self._cogs.items():
+            staged.finish()
+            paths[name] = staged.path
+        coarse = self.store.coarse
+        path = self.store.cog(self.day, "gpp_m")
+        write_cog(path, gpp_m.astype("float32"), str(coarse.crs), list(coarse.transform)[:6],
+                  float("nan"), "average", tags={**self._tags, "variable": "gpp_m"})  # fmt: skip
+        paths["gpp_m"] = path
+        self._cogs = {}
+        return paths
+
+    def abort(self) -> None:
+        for staged in self._cogs.values():
+            staged.abort()
+        self._cogs = {}
+
+
+#: The 30 m COGs of a day: dtype, nodata and overview resampling.
+FINE_COGS = {
+    "gpp": ("float32", float("nan"), "average"),
+    "gpp_sd": ("float32", float("nan"), "average"),
+    "qa": ("uint8", 0, "nearest"),
+}
 
 
 def _collection(geobox, version: str) -> dict:
