@@ -1,17 +1,19 @@
 """Seconds and peak memory per product day at two region sizes, in one run.
 
 Runs ``unique-cube run`` for the same days on grids centred on the pipeline's, with sides
-``--scales`` times its own (default 1 and 2: the demo's 24 km and 48 km, which the demo
-world's 72 km domain covers), each in its own process so that peak memory is its own, with
-fresh product folders, the pipeline's trained models and ``product.window`` / ``product.tile``
-set from ``--window`` / ``--tile`` for both. Reports seconds per day and memory at both sizes
-and their ratios: time should grow with the area, memory should not grow beyond a window's
-working set.
+``--scales`` times its own (default 0.5 and 1: 12 km and the demo's 24 km; the demo world
+has MODIS over its region only, so a larger grid skips its days). Each size runs in its own
+process, so that its peak memory is its own, with a fresh product folder, the pipeline's
+trained models, and ``product.window`` / ``product.tile`` from ``--window`` / ``--tile``.
+Reports seconds per day and memory at both sizes and their ratios: time should grow with the
+area, memory should not grow beyond a window's working set.
 
     .venv/bin/python benchmarks/product_day.py pipelines/demo.yaml --start 2023-06-10 --days 2
 
-Memory is the runner's peak RSS plus the Dask workers' resident memory at the end (a worker's
-own peak is not measurable: its ``ru_maxrss`` starts at its parent's).
+The default windows (256 px) and tiles (128 px) are small so that both grids are made of
+several windows (4 and 16). Memory is the runner's peak RSS plus the Dask workers' resident
+memory at the end (a worker's own peak is not measurable: its ``ru_maxrss`` starts at its
+parent's).
 """
 
 from __future__ import annotations
@@ -55,9 +57,9 @@ def main() -> None:
     parser.add_argument("pipeline")
     parser.add_argument("--start", default="2023-06-10")
     parser.add_argument("--days", type=int, default=2)
-    parser.add_argument("--scales", type=float, nargs=2, default=[1.0, 2.0])
-    parser.add_argument("--window", type=int, default=512, help="product.window, px")
-    parser.add_argument("--tile", type=int, default=256, help="product.tile, px")
+    parser.add_argument("--scales", type=float, nargs=2, default=[0.5, 1.0])
+    parser.add_argument("--window", type=int, default=256, help="product.window, px")
+    parser.add_argument("--tile", type=int, default=128, help="product.tile, px")
     args = parser.parse_args()
 
     from unique_cube.pipeline import load_pipeline
@@ -79,6 +81,8 @@ def main() -> None:
             folder = Path(tmp) / f"{name}-spec"
             folder.mkdir()
             report = _run(variant, folder, str(start), str(end))
+            if not report["counts"].get("done"):
+                raise SystemExit(f"{name}: no day was made ({report['counts']}); see its run log")
             left, bottom, right, top = variant["grid"]["bounds"]
             pixels = round((right - left) / 30) * round((top - bottom) / 30)
             side_km = (right - left) / 1000

@@ -179,3 +179,19 @@ def test_pipeline_files_are_validated(tmp_path: Path) -> None:
     bad.write_text(text.replace("end: 2022-12-31", "end: soon"))
     with pytest.raises(ConfigError, match=r"gpp\.train\.end: expected a date"):
         load_pipeline(bad)
+    bad.write_text(text.replace("  seed: 0\n  coarse", "  seed: 0\n  window: 1000\n  coarse"))
+    with pytest.raises(ConfigError, match=r"window must be a multiple of 128.*got 1000"):
+        load_pipeline(bad)
+
+
+def test_a_path_key_is_refused_where_the_file_sets_it(tmp_path: Path) -> None:
+    from unique_cube.pipeline import load_pipeline
+
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text("path: elsewhere.yaml\n" + (CATALOG_DIR.parent / "pipelines" /
+                                                    "demo.yaml").read_text())  # fmt: skip
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text("path: elsewhere.yaml\n" + (CATALOG_DIR / "demo.yaml").read_text())
+    for path, load in ((pipeline, load_pipeline), (catalog, load_catalog)):
+        with pytest.raises(ConfigError, match=r"path: unknown key; it is set from the file"):
+            load(path)

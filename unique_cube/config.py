@@ -245,9 +245,7 @@ def load_catalog(name_or_path: str | Path) -> Catalog:
                 f"no catalog file {str(name_or_path)!r}; shipped catalogs are: {names}"
             )
         path = shipped
-    data = read_yaml(path)  # keeps each key's line for the messages
-    if "path" in data:
-        raise ConfigError(f"{path}: path: unknown key; it is set from the file's location")
+    data = read_yaml(path, located=True)  # keeps each key's line for the messages
     base = _base_sources(data, path)
     catalog = build(Catalog, data, file=path)
     sources = {**base, **catalog.sources}

@@ -266,9 +266,7 @@ class Pipeline:
 
 def load_pipeline(path: str | Path) -> Pipeline:
     """Read and validate a pipeline YAML file."""
-    data = read_yaml(path)
-    if "path" in data:
-        raise ConfigError(f"{path}: path: unknown key; it is set from the file's location")
+    data = read_yaml(path, located=True)
     return dataclasses.replace(build(Pipeline, data, file=path), path=str(path))
 
 
@@ -309,8 +307,10 @@ def validate_pipeline(path: str | Path) -> list[str]:
         parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise ConfigError(f"{path}: product.output {out}: {parent} is not a writable folder")
+        rows, cols = (-(-n // product.window) for n in pipeline.grid.geobox.shape)
         lines.append(f"product: {out} ({product.scheme}, {product.samples} members, "
-                     f"time zone {product.time_zone})")  # fmt: skip
+                     f"time zone {product.time_zone}; a day in {rows} x {cols} windows of "
+                     f"{product.window} px)")  # fmt: skip
     models = Path(gpp.output)
     trained = [p.name for p in [models / "gpp_modis.model", models / "gpp_landsat.model"]
                if p.exists()]  # fmt: skip

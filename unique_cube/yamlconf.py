@@ -82,11 +82,13 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, *, located: bool = False) -> dict[str, Any]:
     """Parse a YAML file that must hold a mapping at its top level.
 
     Mappings in the result remember the line of each key, for :func:`build`'s messages. A
-    duplicate key is an error (plain YAML loaders keep the last one silently)."""
+    duplicate key is an error (plain YAML loaders keep the last one silently). ``located``:
+    the file describes a dataclass whose ``path`` is set from the file's location, so a
+    ``path`` key in it is an error."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -105,6 +107,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from err
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {_kind(data)}")
+    if located and "path" in data:
+        raise ConfigError(f"{path}: path: unknown key; it is set from the file's location")
     return data
 
 
