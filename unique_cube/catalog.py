@@ -47,6 +47,7 @@ __all__ = [
     "RetryPolicy",
     "deduplicate",
     "filter_cloud_cover",
+    "item_time",
     "open_client",
     "parse_bbox",
     "parse_datetime",
@@ -260,7 +261,7 @@ def search(
         limit,
         len(unique),
     )
-    return sorted(unique, key=lambda it: (_item_time(it), it.id))
+    return sorted(unique, key=lambda it: (item_time(it), it.id))
 
 
 def _run_search(
@@ -453,7 +454,8 @@ def _tile_key(item: pystac.Item, source: Source) -> tuple[Any, ...]:
     return ("item", item.id)
 
 
-def _item_time(item: pystac.Item) -> dt.datetime:
+def item_time(item: pystac.Item) -> dt.datetime:
+    """The item's ``datetime``, or its ``start_datetime`` where it has none (MODIS), in UTC."""
     stamp = item.datetime or item.common_metadata.start_datetime
     if stamp is None:  # a STAC item always has one of the two
         raise CatalogError(f"item {item.id!r} has neither datetime nor start_datetime")
@@ -462,7 +464,7 @@ def _item_time(item: pystac.Item) -> dt.datetime:
 
 def _solar_day(item: pystac.Item) -> dt.date:
     """Local solar date at the item's centre, as odc-stac's ``groupby="solar_day"`` uses."""
-    stamp = _item_time(item)
+    stamp = item_time(item)
     if item.bbox:
         longitude = (item.bbox[0] + item.bbox[2]) / 2
         stamp = stamp + dt.timedelta(hours=longitude / 15)

@@ -156,11 +156,16 @@ def make_pairs(
     say: Callable[[str], None] = log.info,
     *,
     types: np.ndarray | None = None,
+    clearest: int | None = None,
     dates_per_compute: int = 4,
 ) -> Pairs:
     """GPP_L / GPP_M pairs over the pipeline's grid for the clear-enough HLS dates; with
     ``types`` (vegetation type per 30 m pixel) also the pure-pixel training rows, taken from
-    the same GPP_L inputs a few dates at a time (never all dates' 30 m inputs in memory)."""
+    the same GPP_L inputs a few dates at a time (never all dates' 30 m inputs in memory).
+
+    With ``clearest`` only that many of the clearest dates are kept, chosen from the QA before
+    any GPP map is computed, and MODIS is read only around them (the model card's gap-fill
+    span each side, which is all the time interpolation of those days can use)."""
     import dask
 
     from .downscale import upsample_bilinear
@@ -180,9 +185,14 @@ def make_pairs(
     if not keep.any():
         raise DownscaleError(f"no HLS date of {period.start}..{period.end} has "
                          f"{spec.min_clear_fraction:.0%} of the region clear")  # fmt: skip
-    landsat = landsat.isel(time=np.flatnonzero(keep))
+    chosen = np.flatnonzero(keep)
+    modis_items = None
+    if clearest is not None:
+        chosen = np.sort(chosen[np.argsort(-clear.values[chosen], kind="stable")[:clearest]])
+        modis_items = _modis_around(pipeline, catalog, landsat["time"].values[chosen], period)
+    landsat = landsat.isel(time=chosen)
     modis = gpp_modis(catalog, gpp.modis.source, models / "gpp_modis.card.json",
-                      geobox, period.stac_datetime, daily)  # fmt: skip
+                      geobox, period.stac_datetime, daily, items=modis_items)  # fmt: skip
     days = landsat["time"].dt.floor("D").values
     say(f"{len(days)} HLS dates with >= {spec.min_clear_fraction:.0%} clear; computing GPP maps")
     coarse = modis["gpp"].sel(time=days).compute().values.astype("float32")
@@ -212,6 +222,22 @@ def make_pairs(
     )
 
 
+def _modis_around(pipeline: Pipeline, catalog: Catalog, times, period: Period) -> list:
+    """The MODIS items of ``period`` within the GPP_M model's gap-fill span (plus a day for
+    the solar-day grouping) of any of ``times``."""
+    from .catalog import item_time, search
+    from .maps import lonlat_bbox
+
+    card = json.loads((Path(pipeline.gpp.output) / "gpp_modis.card.json").read_text())
+    span = pd.Timedelta(days=int(card.get("gap_fill_days") or 0) + 1)
+    wanted = pd.DatetimeIndex(times).tz_localize(None)
+    items = search(pipeline.gpp.modis.source, lonlat_bbox(pipeline.grid.geobox),
+                   period.stac_datetime, catalog=catalog)  # fmt: skip
+    near = [abs(wanted - pd.Timestamp(item_time(item)).tz_localize(None)).min() <= span
+            for item in items]  # fmt: skip
+    return [item for item, keep in zip(items, near, strict=True) if keep]
+
+
 def cached_pairs(
     pipeline: Pipeline,
     catalog: Catalog,
@@ -219,6 +245,7 @@ def cached_pairs(
     say: Callable[[str], None] = log.info,
     *,
     types: np.ndarray | None = None,
+    clearest: int | None = None,
 ) -> Pairs:
     """:func:`make_pairs`, kept in the output folder: S1, S2 and the pure-pixel baseline train
     on the same pairs, and the GPP maps behind them are the slow part. The cache is keyed by
@@ -232,7 +259,7 @@ def cached_pairs(
         ["pairs-2", str(period.start), str(period.end), list(pipeline.grid.bounds),
          pipeline.grid.resolution, spec.min_clear_fraction,
          [json.loads(c.read_text()).get("training_data_sha256") for c in cards],
-         None if types is None else hashlib.sha256(types.tobytes()).hexdigest()]
+         None if types is None else hashlib.sha256(types.tobytes()).hexdigest(), clearest]
     )  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = Path(spec.output) / f"pairs-{period.start}-{period.end}-{digest}.npz"
@@ -244,7 +271,7 @@ def cached_pairs(
             rows = Samples(data["rows_features"], data["rows_types"], data["rows_gpp"])
         return Pairs([pd.Timestamp(d) for d in data["dates"]], data["target"], data["gpp_m"],
                      data["gpp_m_30m"], int(data["factor"]), rows)  # fmt: skip
-    pairs = make_pairs(pipeline, catalog, period, say, types=types)
+    pairs = make_pairs(pipeline, catalog, period, say, types=types, clearest=clearest)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.npz")
     extra = {}
@@ -256,18 +283,6 @@ def cached_pairs(
              factor=pairs.factor, **extra)  # fmt: skip
     partial.replace(path)  # complete or absent, never half-written
     return pairs
-
-
-def _clearest(pairs: Pairs, count: int) -> Pairs:
-    clear = np.isfinite(pairs.target).mean(axis=(1, 2))
-    keep = np.sort(np.argsort(-clear, kind="stable")[:count])
-    return Pairs(
-        dates=[pairs.dates[i] for i in keep],
-        target=pairs.target[keep],
-        gpp_m=pairs.gpp_m[keep],
-        gpp_m_30m=pairs.gpp_m_30m[keep],
-        factor=pairs.factor,
-    )
 
 
 def _conditions(pairs: Pairs, static: np.ndarray | None, scheme: str) -> np.ndarray:
@@ -356,8 +371,8 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
     pure_model = PurePixelModel.load(pure_path) if pure_path.exists() else None
     with open_catalog(pipeline) as catalog:
         raw, _, types = _static_and_types(catalog, pipeline.grid.geobox)
-        pairs = cached_pairs(pipeline, catalog, spec.test, say)  # no pure-pixel rows needed
-        pairs = _clearest(pairs, spec.max_eval_dates)
+        # No pure-pixel rows needed; only the clearest dates' GPP maps are computed.
+        pairs = cached_pairs(pipeline, catalog, spec.test, say, clearest=spec.max_eval_dates)
         static = None
         if "s2" in checkpoints:
             static = apply_static_normalisation(raw, checkpoints["s2"].static)

@@ -70,7 +70,6 @@ def tower_features(
                 f"{source.collection} item found"
             )
     cube = load(items, source, geobox, chunks={"time": 1, "y": chunks, "x": chunks})
-    cube = add_indices(cube, list(FEATURE_INDICES))  # names the band a source lacks
     half = window // 2
     offsets = np.arange(-half, half + 1)
     win_rows = (rows[:, None, None] + offsets[None, :, None]).repeat(window, axis=2)
@@ -80,7 +79,8 @@ def tower_features(
         "x": xr.DataArray(win_cols.reshape(len(sites), -1), dims=("site", "pixel")),
     }
     names = list(FEATURE_INDICES)
-    windows = cube[[*names, "clear"]].isel(index)
+    # The indices are computed on the windows' pixels only, not on every loaded chunk.
+    windows = add_indices(cube.isel(index), names)  # names the band a source lacks
     out = xr.Dataset({name: windows[name].mean("pixel", skipna=True) for name in names})
     out["n_clear"] = windows["clear"].sum("pixel").astype("int16")
     out = out.drop_vars([c for c in out.coords if c not in ("time",)])
