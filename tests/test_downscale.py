@@ -168,3 +168,27 @@ def test_train_and_evaluate_downscaler_on_the_small_world(
     s2 = load_checkpoint(out / "downscaler_s2.pt", "s2")
     assert s2.static["names"][:4] == ["elevation", "slope", "aspect_sin", "aspect_cos"]
     assert any(name.startswith("lc_") for name in s2.static["names"])
+
+
+def test_evaluation_pairs_of_the_clearest_dates_equal_those_of_the_whole_period(
+    trained_downscalers: Path,
+) -> None:
+    """Evaluation keeps only its clearest dates and reads MODIS around them only: the same
+    dates, targets and GPP_M (the gap-filled time interpolation included) as the pairs of
+    every clear date of the period."""
+    from unique_cube.downscaling import make_pairs
+    from unique_cube.pipeline import load_pipeline
+    from unique_cube.training import open_catalog
+
+    pipeline = load_pipeline(trained_downscalers / "pipeline.yaml")
+    period = pipeline.downscale.test
+    with open_catalog(pipeline) as catalog:
+        every = make_pairs(pipeline, catalog, period)
+        few = make_pairs(pipeline, catalog, period, clearest=2)
+    assert len(every.dates) > 2 and len(few.dates) == 2
+    assert set(few.dates) <= set(every.dates)
+    expected = [every.dates.index(d) for d in few.dates]
+    clear = np.isfinite(every.target).mean(axis=(1, 2))  # chosen by the QA: about this
+    assert clear[expected].min() >= np.sort(clear)[-3] - 0.02
+    np.testing.assert_array_equal(few.target, every.target[expected])
+    np.testing.assert_allclose(few.gpp_m, every.gpp_m[expected], rtol=1e-6, atol=1e-6)
