@@ -1,6 +1,6 @@
 """Peak memory and seconds of one product day's 30 m part on large grids, in one run.
 
-A real day needs MODIS over the whole grid, which the demo world has over its 24 km region
+A real day needs MODIS over the whole grid, which the demo world has over its region
 only; this benchmark therefore starts after GPP_M: a smooth synthetic GPP_M on grids of
 ``--sides`` pixels, then exactly the product's windowed path (``daily.make_windows``: bilinear
 GPP_M per window, the grid's tile plan, a real S1 downscaler sampled in this process, blending,

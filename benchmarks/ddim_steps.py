@@ -4,7 +4,7 @@ Uses the pipeline's cached test pairs (``evaluate-downscaler`` makes them) and a
 the clearest test date, so the full 1000-step chain stays affordable on a CPU. RMSE is against
 GPP_L on the crop's clear pixels, of the ensemble mean, all measured in one run.
 
-    .venv/bin/python benchmarks/ddim_steps.py pipelines/demo.yaml --scheme s2 --crop 256
+    .venv/bin/python benchmarks/ddim_steps.py pipelines/demo-full.yaml --scheme s2 --crop 256
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Seconds and peak memory per product day at two region sizes, in one run.
 
 Runs ``unique-cube run`` for the same days on grids centred on the pipeline's, with sides
-``--scales`` times its own (default 0.5 and 1: 12 km and the demo's 24 km; the demo world
+``--scales`` times its own (default 0.5 and 1: 12 km and the full demo's 24 km; the demo world
 has MODIS over its region only, so a larger grid skips its days). Each size runs in its own
 process, so that its peak memory is its own, with a fresh product folder, the pipeline's
 trained models, and ``product.window`` / ``product.tile`` from ``--window`` / ``--tile``.
 Reports seconds per day and memory at both sizes and their ratios: time should grow with the
 area, memory should not grow beyond a window's working set.
 
-    .venv/bin/python benchmarks/product_day.py pipelines/demo.yaml --start 2023-06-10 --days 2
+    .venv/bin/python benchmarks/product_day.py pipelines/demo-full.yaml --start 2023-06-10 --days 2
 
 The default windows (256 px) and tiles (128 px) are small so that both grids are made of
 several windows (4 and 16). Memory is the runner's peak RSS plus the Dask workers' resident

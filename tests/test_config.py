@@ -163,18 +163,21 @@ def test_catalog_dir_is_the_repository_folder() -> None:
     assert (CATALOG_DIR / "planetary-computer.yaml").exists()
 
 
-def test_pipeline_files_are_validated(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name, first", [("demo.yaml", "2022-01-01"),
+                                         ("demo-full.yaml", "2020-01-01")])  # fmt: skip
+def test_pipeline_files_are_validated(tmp_path: Path, name: str, first: str) -> None:
     from unique_cube.pipeline import load_pipeline
 
-    demo = load_pipeline(Path(__file__).parents[1] / "pipelines" / "demo.yaml")
-    assert demo.gpp.train.end.year == 2022 and demo.gpp.folds == 20
-    text = (Path(__file__).parents[1] / "pipelines" / "demo.yaml").read_text()
+    demo = load_pipeline(Path(__file__).parents[1] / "pipelines" / name)
+    assert str(demo.gpp.train.start) == first and demo.gpp.train.end.year == 2022
+    assert demo.gpp.folds == 20
+    text = (Path(__file__).parents[1] / "pipelines" / name).read_text()
     bad = tmp_path / "bad.yaml"
     bad.write_text(text.replace("learners: [lightgbm,", "learners: [xgboost,"))
     with pytest.raises(ConfigError, match=r"bad\.yaml: gpp: unknown learner\(s\) \['xgboost'\]"):
         load_pipeline(bad)
     bad.write_text(text.replace("end: 2022-12-31", "end: 2019-12-31"))
-    with pytest.raises(ConfigError, match="end 2019-12-31 is before start 2020-01-01"):
+    with pytest.raises(ConfigError, match=f"end 2019-12-31 is before start {first}"):
         load_pipeline(bad)
     bad.write_text(text.replace("end: 2022-12-31", "end: soon"))
     with pytest.raises(ConfigError, match=r"gpp\.train\.end: expected a date"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,3 +260,17 @@ def test_static_layers_are_pc_like(demo_world, demo_server):
     wc_items = search("worldcover", bbox, "2021-01-01/2021-12-31", catalog=catalog)
     assert wc_items[0].id.startswith("ESA_WorldCover_10m_2021_v200_N36E126")
     assert dt.date.fromisoformat(manifest["start"]).year == 2023
+
+
+@pytest.mark.parametrize("pipeline, size", [("demo.yaml", "compact"), ("demo-full.yaml", "full")])
+def test_each_demo_pipeline_is_made_for_its_world(pipeline: str, size: str) -> None:
+    """`make demo` runs pipelines/demo.yaml on the compact world: its grid is that world's
+    region and its periods lie within the world's years (likewise demo-full.yaml, full)."""
+    from unique_cube.pipeline import load_pipeline
+
+    spec = load_pipeline(Path(__file__).parents[1] / "pipelines" / pipeline)
+    world = make_world(size, 0)
+    assert tuple(world.area_geobox(world.region).boundingbox) == tuple(spec.grid.bounds)
+    periods = [spec.gpp.train, spec.downscale.train, spec.downscale.test, spec.product.period]
+    for period in periods:
+        assert world.size.start <= period.start <= period.end <= world.size.end

@@ -270,7 +270,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo-world", help="generate the demo world (COGs, STAC items, towers, truth) into a folder"
     )
     p.add_argument("--out", required=True, help="folder to write (reused if already complete)")
-    p.add_argument("--size", choices=["small", "default"], default="default")
+    p.add_argument("--size", choices=["compact", "full", "small"], default="compact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes writing COGs (default 2)")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete world exists")
@@ -316,7 +316,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job on the embedded demo world")
     p.add_argument("--world", default="demo-world", help="demo world folder (default demo-world)")
-    p.add_argument("--size", choices=["small", "default"], default="default")
+    p.add_argument("--size", choices=["compact", "full", "small"], default="compact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument(
@@ -335,7 +335,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("distributed").setLevel(level)  # its own config says INFO
+    # distributed sets its loggers to INFO when it is first imported (later, by a stage):
+    # its config says the level it sets, and the logger is set too in case it was imported.
+    import dask
+
+    dask.config.set({"logging.distributed": logging.getLevelName(level).lower()})
+    logging.getLogger("distributed").setLevel(level)
     try:
         return args.func(args)
     except UniqueCubeError as err:

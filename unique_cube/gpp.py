@@ -70,7 +70,9 @@ _LGB_PARAMS = {
         "feature_fraction": 0.7,
         "bagging_fraction": 0.632,
         "bagging_freq": 1,
-        "num_boost_round": 300,
+        # 100 trees: the 20-fold CV of the compact demo's MODIS table (6696 rows) gave RMSE
+        # 1.2136 with 100 and 1.2135 with 300, in 14 s instead of 40 s.
+        "num_boost_round": 100,
     },
 }
 

@@ -84,6 +84,9 @@ class ConditionalUNet(nn.Module):
         self.out = nn.Sequential(_norm(prev), nn.SiLU(), nn.Conv2d(prev, 1, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        # Channels-last: on 2 CPU cores a 2 x 224² forward took 0.13-0.14 s instead of
+        # 0.18 s, a training step of 8 x 64² 0.14-0.16 s instead of 0.16 (base 16).
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -93,6 +96,7 @@ class ConditionalUNet(nn.Module):
         if pad_h or pad_w:
             mode = "reflect" if min(height, width) > max(pad_h, pad_w) else "replicate"
             h = F.pad(h, (0, pad_w, 0, pad_h), mode=mode)
+        h = h.contiguous(memory_format=torch.channels_last)
         emb = self.time_mlp(timestep_embedding(t, self.time_dim))
         h = self.inp(h)
         skips = []

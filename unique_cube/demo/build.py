@@ -76,7 +76,7 @@ def read_manifest(out: str | Path) -> dict | None:
 
 def build_world(
     out: str | Path,
-    size: str = "default",
+    size: str = "compact",
     seed: int = 0,
     *,
     workers: int = 2,

@@ -72,10 +72,14 @@ class WorldSize:
 
 SIZES: Mapping[str, WorldSize] = MappingProxyType(
     {
-        # 24 km region, 42 towers over 72 km, four years: train 2020-2022, test 2023.
-        "default": WorldSize(
-            "default", 800, 2400, 42, 100, dt.date(2020, 1, 1), dt.date(2023, 12, 31)
+        # What `make demo` builds: a 12 km region, 24 towers over 54 km, two years: train 2022,
+        # test 2023 (a third of the full world's simulated pixels a day, half its days).
+        "compact": WorldSize(
+            "compact", 400, 1800, 24, 100, dt.date(2022, 1, 1), dt.date(2023, 12, 31)
         ),
+        # The full configuration: a 24 km region, 42 towers over 72 km, four years: train
+        # 2020-2022, test 2023 (pipelines/demo-full.yaml).
+        "full": WorldSize("full", 800, 2400, 42, 100, dt.date(2020, 1, 1), dt.date(2023, 12, 31)),
         # For tests: a 4.8 km region, 8 towers, one year.
         "small": WorldSize("small", 160, 960, 8, 60, dt.date(2023, 1, 1), dt.date(2023, 12, 31)),
     }
@@ -203,7 +207,7 @@ _SITE_MIX = (
 _NEIGHBOUR = {1: 3, 2: 3, 3: 1, 4: 7, 5: 4, 6: 4}
 
 
-def make_world(size: WorldSize | str = "default", seed: int = 0) -> World:
+def make_world(size: WorldSize | str = "compact", seed: int = 0) -> World:
     """Lay out the domain, the region and the tower patches, with their static layers."""
     from pyproj import Transformer
 
