@@ -1,8 +1,9 @@
 """DDIM steps vs RMSE vs seconds, against the full ancestral DDPM chain, for one trained scheme.
 
-Uses the pipeline's cached test pairs (``evaluate-downscaler`` makes them) and a square crop of
-the clearest test date, so the full 1000-step chain stays affordable on a CPU. RMSE is against
-GPP_L on the crop's clear pixels, of the ensemble mean, all measured in one run.
+Uses the pipeline's test pairs of every clear-enough test date (made and cached in the
+downscaler folder on first use, which takes minutes) and a square crop of the clearest of them
+or of ``--date``, so the full 1000-step chain stays affordable on a CPU. RMSE is against GPP_L
+on the crop's clear pixels, of the ensemble mean, all measured in one run.
 
     .venv/bin/python benchmarks/ddim_steps.py pipelines/demo-full.yaml --scheme s2 --crop 256
 """
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--samples", type=int, default=2)
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50, 100])
+    parser.add_argument("--date", help="test date to crop (YYYY-MM-DD; default the clearest)")
     args = parser.parse_args()
 
     pipeline = load_pipeline(args.pipeline)
@@ -51,6 +53,11 @@ def main() -> None:
             raw, _ = static_layers(catalog, pipeline.grid.geobox)
             static = apply_static_normalisation(raw, ckpt.static)
     best = int(np.argmax(np.isfinite(pairs.target).mean(axis=(1, 2))))
+    if args.date:
+        dates = [str(d.date()) for d in pairs.dates]
+        if args.date not in dates:
+            parser.error(f"--date {args.date} is not a test pair date; those are {dates}")
+        best = dates.index(args.date)
     c = args.crop
     window = (slice(0, c), slice(0, c))
     condition = condition_stack(pairs.gpp_m_30m[best], static, args.scheme)[(slice(None), *window)]

@@ -194,7 +194,8 @@ def make_pairs(
     modis = gpp_modis(catalog, gpp.modis.source, models / "gpp_modis.card.json",
                       geobox, period.stac_datetime, daily, items=modis_items)  # fmt: skip
     days = landsat["time"].dt.floor("D").values
-    say(f"{len(days)} HLS dates with >= {spec.min_clear_fraction:.0%} clear; computing GPP maps")
+    which = f"{len(days)}" if clearest is None else f"the clearest {len(days)} of {int(keep.sum())}"
+    say(f"{which} HLS dates with >= {spec.min_clear_fraction:.0%} clear; computing GPP maps")
     coarse = modis["gpp"].sel(time=days).compute().values.astype("float32")
     targets, rows = [], []
     vegetated = vegetated_codes(catalog.source("worldcover").classes) if types is not None else []
