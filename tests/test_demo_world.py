@@ -262,6 +262,13 @@ def test_static_layers_are_pc_like(demo_world, demo_server):
     assert dt.date.fromisoformat(manifest["start"]).year == 2023
 
 
+def test_the_cli_offers_every_world_size() -> None:
+    from unique_cube.cli import WORLD_SIZES
+    from unique_cube.demo.world import SIZES
+
+    assert sorted(WORLD_SIZES) == sorted(SIZES)
+
+
 @pytest.mark.parametrize("pipeline, size", [("demo.yaml", "compact"), ("demo-full.yaml", "full")])
 def test_each_demo_pipeline_is_made_for_its_world(pipeline: str, size: str) -> None:
     """`make demo` runs pipelines/demo.yaml on the compact world: its grid is that world's

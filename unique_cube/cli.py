@@ -33,6 +33,10 @@ __all__ = ["main"]
 
 log = logging.getLogger("unique_cube")
 
+#: The names of ``unique_cube.demo.world.SIZES``, spelled out so that the parser does not
+#: import the world generator (and numpy, scipy) for every command.
+WORLD_SIZES = ("compact", "full", "small")
+
 
 def _cmd_catalogs(args: argparse.Namespace) -> int:
     from .config import CATALOG_DIR, load_catalog
@@ -270,7 +274,7 @@ def _parser() -> argparse.ArgumentParser:
         "demo-world", help="generate the demo world (COGs, STAC items, towers, truth) into a folder"
     )
     p.add_argument("--out", required=True, help="folder to write (reused if already complete)")
-    p.add_argument("--size", choices=["compact", "full", "small"], default="compact")
+    p.add_argument("--size", choices=WORLD_SIZES, default="compact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="processes writing COGs (default 2)")
     p.add_argument("--force", action="store_true", help="rebuild even if a complete world exists")
@@ -316,7 +320,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run the main job on the embedded demo world")
     p.add_argument("--world", default="demo-world", help="demo world folder (default demo-world)")
-    p.add_argument("--size", choices=["compact", "full", "small"], default="compact")
+    p.add_argument("--size", choices=WORLD_SIZES, default="compact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument(

@@ -73,7 +73,7 @@ class WorldSize:
 SIZES: Mapping[str, WorldSize] = MappingProxyType(
     {
         # What `make demo` builds: a 12 km region, 24 towers over 54 km, two years: train 2022,
-        # test 2023 (a third of the full world's simulated pixels a day, half its days).
+        # test 2023 (about 38 % of the full world's simulated pixels a day, half its days).
         "compact": WorldSize(
             "compact", 400, 1800, 24, 100, dt.date(2022, 1, 1), dt.date(2023, 12, 31)
         ),
