@@ -92,13 +92,13 @@ def main() -> None:
         train_pairs = cached_pairs(pipeline, catalog, spec.train, types=types)
         test_pairs = cached_pairs(pipeline, catalog, spec.test, clearest=spec.max_eval_dates)
     static, info = normalise_static(raw, names) if args.scheme == "s2" else (None, {})
-    valid = ~np.isnan(train_pairs.gpp_m_30m).all(axis=(1, 2))
-    train_c = _conditions(train_pairs, static, args.scheme)[valid]
+    train_pairs = _valid_pairs(train_pairs, ~np.isnan(train_pairs.gpp_m_30m).all(axis=(1, 2)))
+    train_c = _conditions(train_pairs, static, args.scheme)
     test_static = apply_static_normalisation(raw, info) if static is not None else None
     test_c = _conditions(test_pairs, test_static, args.scheme)
     bilinear, bilinear_dates = rmse_by_date(test_pairs.gpp_m_30m, test_pairs.target)
     report = {"scheme": args.scheme, "dates": [str(d.date()) for d in test_pairs.dates],
-              "train_pairs": int(valid.sum()),
+              "train_pairs": len(train_pairs.dates),
               "bilinear": {"rmse": round(bilinear, 3), "per_date": bilinear_dates}}  # fmt: skip
     evaluation = Path(spec.output) / "evaluation.json"
     if evaluation.exists():  # the pure-pixel figure of the last evaluate-downscaler, for reference
@@ -111,7 +111,7 @@ def main() -> None:
         settings = {"steps": spec.steps, "batch": spec.batch, "patch": spec.patch,
                     "base": spec.base, "seed": spec.seed, **overrides}  # fmt: skip
         start = time.perf_counter()
-        ckpt, losses = train(train_c, train_pairs.target[valid], scheme=args.scheme,
+        ckpt, losses = train(train_c, train_pairs.target, scheme=args.scheme,
                              static_info=info, **settings)  # fmt: skip
         seconds = time.perf_counter() - start
         predicted = np.stack([
@@ -126,7 +126,7 @@ def main() -> None:
         print(json.dumps(report["runs"][-1]), flush=True)
     if args.ceiling:
         report["ceiling"] = [
-            ceiling(train_c, _valid_pairs(train_pairs, valid), test_c, test_pairs, doy, spec.seed)
+            ceiling(train_c, train_pairs, test_c, test_pairs, doy, spec.seed)
             for doy in (False, True)
         ]
     print(json.dumps(report, indent=1))
