@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -24,6 +24,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Pure unit tests: no server, cluster, world or training (tests marked `integration` are out).
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not integration"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check unique_cube tests benchmarks

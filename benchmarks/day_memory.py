@@ -2,7 +2,7 @@
 
 A real day needs MODIS over the whole grid, which the demo world has over its region
 only; this benchmark therefore starts after GPP_M: a smooth synthetic GPP_M on grids of
-``--sides`` pixels, then exactly the product's windowed path (``daily.make_windows``: bilinear
+``--sides`` pixels, then exactly the product's windowed path (``product.day.make_windows``: bilinear
 GPP_M per window, the grid's tile plan, a real S1 downscaler sampled in this process, blending,
 QA, the Zarr region writes and staged COGs of ``store.DayWriter``, COG assembly). The
 downscaler is a small network trained for a few steps on random data, with 1 member and 1
@@ -34,11 +34,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def one_size(side: int, window: int, tile: int, folder: Path) -> dict:
     import numpy as np
 
-    from unique_cube.daily import _DayPlan, _layout, _Models, _Static, make_windows
-    from unique_cube.downscale import condition_stack, sample_tile, train
-    from unique_cube.maps import COARSE_FACTOR, coarse_geobox
-    from unique_cube.pipeline import GridSpec, load_pipeline
-    from unique_cube.store import ProductStore
+    from unique_cube.config.pipeline import GridSpec, load_pipeline
+    from unique_cube.downscale.conditions import condition_stack
+    from unique_cube.downscale.sampling import sample_tile
+    from unique_cube.downscale.train import train
+    from unique_cube.grid import COARSE_FACTOR, coarse_geobox
+    from unique_cube.product.day import DayPlan, RunContext, day_layout, make_windows
+    from unique_cube.product.models import ProductModels
+    from unique_cube.product.static import StaticLayers
+    from unique_cube.product.store import ProductStore
 
     rng = np.random.default_rng(0)
     gpp_m = rng.uniform(2, 8, (4, 32, 32)).astype("float32")
@@ -57,19 +61,20 @@ def one_size(side: int, window: int, tile: int, folder: Path) -> dict:
     yy, xx = np.mgrid[0 : coarse.shape[0], 0 : coarse.shape[1]]
     field = (5 + 3 * np.sin(yy / 7.0) * np.cos(xx / 11.0)).astype("float32")
     day = dt.date(2023, 6, 10)
-    plan = _DayPlan(day, field, field, np.zeros(field.shape, "uint8"), None, "s1",
+    plan = DayPlan(day, field, field, np.zeros(field.shape, "uint8"), None, "s1",
                     {"seed": 1, "scheme": "s1"})  # fmt: skip
-    models = _Models({}, folder / "card.json", {}, {"s1": ckpt})
+    models = ProductModels({}, folder / "card.json", {}, {"s1": ckpt})
 
     def sampler(ckpt, requests):
         return [sample_tile(ckpt, r.condition, samples=r.samples, ddim_steps=r.ddim_steps,
                             seed=r.seed, ty=r.ty, tx=r.tx) for r in requests]  # fmt: skip
 
     store = ProductStore(folder, geobox, coarse)
-    layout = _layout(pipeline)
+    layout = day_layout(pipeline)
+    run = RunContext(pipeline, models, StaticLayers({}, {}), layout, sampler)
     began = time.perf_counter()
     with store.open_day(day, {"date": day.isoformat()}) as writer:
-        make_windows(pipeline, models, _Static({}, {}), plan, layout, sampler, writer.write)
+        make_windows(run, plan, writer.write)
         writer.finish(plan.gpp_m)
     seconds = time.perf_counter() - began
     assert COARSE_FACTOR == 16

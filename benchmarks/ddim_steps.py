@@ -18,19 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from unique_cube.diffusion import ddpm_sample
-from unique_cube.downscale import (
+from unique_cube.config.pipeline import load_pipeline
+from unique_cube.demo.serve import served
+from unique_cube.downscale.checkpoint import load_checkpoint
+from unique_cube.downscale.conditions import (
     GPP_SCALE,
     RESIDUAL_CLIP,
     apply_static_normalisation,
-    as_noise_predictor,
     condition_stack,
-    downscale,
-    load_checkpoint,
 )
-from unique_cube.downscaling import cached_pairs, static_layers
-from unique_cube.pipeline import load_pipeline
-from unique_cube.training import open_catalog
+from unique_cube.downscale.pairs import cached_pairs
+from unique_cube.downscale.sampling import as_noise_predictor, downscale
+from unique_cube.downscale.schedule import ddpm_sample
+from unique_cube.inputs.search import open_catalog
+from unique_cube.inputs.static import static_layers
 
 
 def main() -> None:
@@ -46,7 +47,7 @@ def main() -> None:
     pipeline = load_pipeline(args.pipeline)
     spec = pipeline.downscale
     ckpt = load_checkpoint(Path(spec.output) / f"downscaler_{args.scheme}.pt", args.scheme)
-    with open_catalog(pipeline) as catalog:
+    with served(pipeline) as pipeline, open_catalog(pipeline) as catalog:
         pairs = cached_pairs(pipeline, catalog, spec.test)
         static = None
         if args.scheme == "s2":

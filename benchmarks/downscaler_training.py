@@ -24,16 +24,13 @@ import numpy as np
 import torch
 from scipy.ndimage import uniform_filter
 
-from unique_cube.downscale import (
-    GPP_SCALE,
-    apply_static_normalisation,
-    downscale,
-    normalise_static,
-    train,
-)
-from unique_cube.downscaling import _conditions, _static_and_types, cached_pairs
-from unique_cube.pipeline import load_pipeline
-from unique_cube.training import open_catalog
+from unique_cube.config.pipeline import load_pipeline
+from unique_cube.demo.serve import served
+from unique_cube.downscale.conditions import GPP_SCALE, apply_static_normalisation, normalise_static
+from unique_cube.downscale.pairs import cached_pairs, pair_conditions, static_and_types
+from unique_cube.downscale.sampling import downscale
+from unique_cube.downscale.train import train
+from unique_cube.inputs.search import open_catalog
 
 
 def rmse_by_date(predicted: np.ndarray, target: np.ndarray) -> tuple[float, list[float]]:
@@ -87,15 +84,15 @@ def main() -> None:
 
     pipeline = load_pipeline(args.pipeline)
     spec = pipeline.downscale
-    with open_catalog(pipeline) as catalog:
-        raw, names, types = _static_and_types(catalog, pipeline.grid.geobox)
+    with served(pipeline) as pipeline, open_catalog(pipeline) as catalog:
+        raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
         train_pairs = cached_pairs(pipeline, catalog, spec.train, types=types)
         test_pairs = cached_pairs(pipeline, catalog, spec.test, clearest=spec.max_eval_dates)
     static, info = normalise_static(raw, names) if args.scheme == "s2" else (None, {})
     train_pairs = _valid_pairs(train_pairs, ~np.isnan(train_pairs.gpp_m_30m).all(axis=(1, 2)))
-    train_c = _conditions(train_pairs, static, args.scheme)
+    train_c = pair_conditions(train_pairs, static, args.scheme)
     test_static = apply_static_normalisation(raw, info) if static is not None else None
-    test_c = _conditions(test_pairs, test_static, args.scheme)
+    test_c = pair_conditions(test_pairs, test_static, args.scheme)
     bilinear, bilinear_dates = rmse_by_date(test_pairs.gpp_m_30m, test_pairs.target)
     report = {"scheme": args.scheme, "dates": [str(d.date()) for d in test_pairs.dates],
               "train_pairs": len(train_pairs.dates),

@@ -14,8 +14,10 @@ import json
 
 import pandas as pd
 
-from unique_cube.flux import METEO, read_flux
-from unique_cube.gpp import add_time_features, cross_validate, metrics
+from unique_cube.gpp.features import day_of_year_terms
+from unique_cube.gpp.train import cross_validate
+from unique_cube.inputs.flux import METEO, read_flux
+from unique_cube.scores import metrics
 
 
 def main() -> None:
@@ -25,7 +27,8 @@ def main() -> None:
     args = parser.parse_args()
     table = pd.concat([read_flux(f, min_qc=args.min_qc) for f in args.files], ignore_index=True)
     features = [*METEO, "doy_sin", "doy_cos"]
-    table = add_time_features(table).dropna(subset=features)
+    doy_sin, doy_cos = day_of_year_terms(pd.to_datetime(table["date"]).dt.dayofyear.to_numpy())
+    table = table.assign(doy_sin=doy_sin, doy_cos=doy_cos).dropna(subset=features)
     folds = {site: i for i, site in enumerate(sorted(table["site"].unique()))}
     result = {}
     for learner, oof in cross_validate(

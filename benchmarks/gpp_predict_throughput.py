@@ -21,7 +21,8 @@ import xarray as xr
 
 
 def _model(folder: str, threads: int) -> str:
-    from unique_cube.gpp import FEATURES, train
+    from unique_cube.gpp.features import FEATURES
+    from unique_cube.gpp.train import train
 
     rng = np.random.default_rng(0)
     n = 20_000
@@ -46,7 +47,8 @@ def main() -> None:
 
     from dask.distributed import Client, LocalCluster
 
-    from unique_cube.gpp import GppModel, predict
+    from unique_cube.gpp.model import GppModel
+    from unique_cube.gpp.predict import predict
 
     with tempfile.TemporaryDirectory() as folder:
         card = _model(folder, args.threads)

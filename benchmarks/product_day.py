@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=128, help="product.tile, px")
     args = parser.parse_args()
 
-    from unique_cube.pipeline import load_pipeline
+    from unique_cube.config.pipeline import load_pipeline
 
     load_pipeline(args.pipeline)  # a bad file fails here, with its key
     spec = yaml.safe_load(Path(args.pipeline).read_text())

@@ -21,10 +21,10 @@ import pytest
 from odc.geo.geobox import GeoBox
 from rasterio.transform import Affine
 
-from unique_cube.config import Catalog, load_catalog
+from unique_cube.config.catalog import Catalog, load_catalog
 from unique_cube.demo.publish import stac_item, write_cog
 from unique_cube.demo.sensors import SINUSOIDAL_WKT
-from unique_cube.stac_server import LocalStacServer
+from unique_cube.inputs.stac_server import LocalStacServer
 
 MODIS_PIXEL = 463.3127165279167
 
@@ -375,3 +375,26 @@ def trained_downscalers(
     for scheme in ("s1", "s2", "pure_pixel"):
         assert main(["train-downscaler", str(spec), "--scheme", scheme]) == 0
     return folder
+
+
+#: Fixtures that start a server or a cluster, build a world or train a model. A test that uses
+#: one, directly or through another fixture, is an integration test (``make test-fast`` leaves
+#: them out; ``make test`` runs everything).
+INTEGRATION_FIXTURES = {
+    "stac_world",
+    "demo_world",
+    "demo_server",
+    "trained_models",
+    "trained_downscalers",
+    "cluster",
+    "flaky",
+    "model_card",
+    "fitted",
+    "tiny",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)

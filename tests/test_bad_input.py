@@ -23,6 +23,8 @@ import torch
 from conftest import HLS_SHAPE, HLS_TRANSFORM, _cog_asset, _item, target_geobox
 
 from unique_cube.cli import main
+from unique_cube.gpp.features import FEATURES
+from unique_cube.gpp.model import ModelCard
 
 # A pipeline that loads cleanly; each case breaks one thing. Its grid is the small demo world's.
 PIPELINE = """\
@@ -63,10 +65,17 @@ def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    """Outputs of earlier runs the failing command must not touch: GPP model files (stand-ins:
-    ``run`` only checks that they exist before it reads anything) and a product folder."""
+    """Outputs of earlier runs the failing command must not touch: GPP model files (a card
+    and a stand-in model: ``run`` reads only the card before it reads anything else) and a
+    product folder."""
     (tmp_path / "models").mkdir()
-    (tmp_path / "models/gpp_modis.card.json").write_text('{"gap_fill_days": 16}')
+    card = ModelCard(
+        name="gpp_modis", learner="lightgbm", model_file="gpp_modis.model", features=FEATURES,
+        feature_ranges={f: (0.0, 1.0) for f in FEATURES}, target="GPP (gC m-2 day-1)",
+        n_rows=0, n_sites=0, folds=2, fold_of_site={}, cv={}, learner_comparison={}, params={},
+        training_data_sha256="0" * 64, versions={}, gap_fill_days=16,
+    )  # fmt: skip
+    card.write(tmp_path / "models/gpp_modis.card.json")
     (tmp_path / "models/gpp_modis.model").write_text("a LightGBM model stand-in")
     (tmp_path / "product/runs").mkdir(parents=True)
     (tmp_path / "product/runs/20230801T000000-1.json").write_text('{"counts": {"done": 1}}')
@@ -145,6 +154,13 @@ CASES = [
         3,
         ["--date: unknown date '23-1-1': expected YYYY-MM-DD, 'today' or 'yesterday'"],
         id="date-not-iso",
+    ),
+    pytest.param(
+        None,
+        ["run", "{spec}", "--date", "2999-01-01"],
+        3,
+        ["2999-01-01 has not ended yet in Asia/Seoul"],
+        id="date-in-the-future",
     ),
     pytest.param(
         None,
@@ -274,9 +290,9 @@ def _pickle_dump(path: Path, payload: object, protocol: int) -> None:
 
 
 def _untrained_s1(path: Path) -> None:
-    from unique_cube.diffusion import NoiseSchedule
-    from unique_cube.downscale import Checkpoint, save_checkpoint
-    from unique_cube.unet import ConditionalUNet
+    from unique_cube.downscale.checkpoint import Checkpoint, save_checkpoint
+    from unique_cube.downscale.network import ConditionalUNet
+    from unique_cube.downscale.schedule import NoiseSchedule
 
     model = ConditionalUNet(1, base=8, mults=(1, 2), time_dim=16)
     save_checkpoint(path, Checkpoint(model, NoiseSchedule.make("cosine", 10), "s1", {}, {}))
@@ -445,8 +461,8 @@ def _source_pixels(geobox, rows: slice, cols: slice) -> np.ndarray:
 
 @pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
 def test_inf_and_nan_in_a_cog_are_no_data(tmp_path: Path, resampling: str) -> None:
-    from unique_cube.config import load_catalog
-    from unique_cube.cube import load
+    from unique_cube.config.catalog import load_catalog
+    from unique_cube.inputs.cube import load
 
     geobox = target_geobox(resolution=30.0, size=40)
     item = _hls_item_with_non_finite(tmp_path)
@@ -464,7 +480,7 @@ def test_inf_and_nan_in_a_cog_are_no_data(tmp_path: Path, resampling: str) -> No
 
 
 def test_inf_and_nan_in_a_flux_file_are_missing_values(tmp_path: Path) -> None:
-    from unique_cube.flux import read_flux
+    from unique_cube.inputs.flux import read_flux
 
     path = tmp_path / "FLX_KR-Inf_FLUXNET2015_FULLSET_DD_2020-2020_1-4.csv"
     path.write_text(
@@ -487,14 +503,19 @@ def test_inf_and_nan_in_a_flux_file_are_missing_values(tmp_path: Path) -> None:
 
 def test_every_error_class_has_a_documented_distinct_code() -> None:
     import unique_cube.cli as cli
-    from unique_cube.daily import MissingModelError
-    from unique_cube.distributed import ClusterError
-    from unique_cube.downscale import DownscaleError
-    from unique_cube.errors import CatalogError, ConfigError, LoadError, UnsafeCheckpointError
-    from unique_cube.flux import FluxError
-    from unique_cube.gpp import ModelError
-    from unique_cube.purepixel import PurePixelError
-    from unique_cube.store import StoreError
+    from unique_cube.errors import (
+        CatalogError,
+        ClusterError,
+        ConfigError,
+        DownscaleError,
+        FluxError,
+        LoadError,
+        MissingModelError,
+        ModelError,
+        PurePixelError,
+        StoreError,
+        UnsafeCheckpointError,
+    )
 
     codes = {
         ConfigError: 3, MissingModelError: 3, DownscaleError: 3, PurePixelError: 3,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from unique_cube.config import CATALOG_DIR, load_catalog
+from unique_cube.config.catalog import CATALOG_DIR, load_catalog
 from unique_cube.errors import ConfigError, UnknownSourceError
 
 GOOD = """
@@ -166,7 +166,7 @@ def test_catalog_dir_is_the_repository_folder() -> None:
 @pytest.mark.parametrize("name, first", [("demo.yaml", "2022-01-01"),
                                          ("demo-full.yaml", "2020-01-01")])  # fmt: skip
 def test_pipeline_files_are_validated(tmp_path: Path, name: str, first: str) -> None:
-    from unique_cube.pipeline import load_pipeline
+    from unique_cube.config.pipeline import load_pipeline
 
     demo = load_pipeline(Path(__file__).parents[1] / "pipelines" / name)
     assert str(demo.gpp.train.start) == first and demo.gpp.train.end.year == 2022
@@ -188,7 +188,7 @@ def test_pipeline_files_are_validated(tmp_path: Path, name: str, first: str) -> 
 
 
 def test_a_path_key_is_refused_where_the_file_sets_it(tmp_path: Path) -> None:
-    from unique_cube.pipeline import load_pipeline
+    from unique_cube.config.pipeline import load_pipeline
 
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text("path: elsewhere.yaml\n" + (CATALOG_DIR.parent / "pipelines" /

@@ -15,16 +15,16 @@ import xarray as xr
 from conftest import raise_if_dask_computes
 from pyproj import Transformer
 
-from unique_cube.catalog import search
-from unique_cube.config import load_catalog
-from unique_cube.cube import load
+from unique_cube.config.catalog import load_catalog
 from unique_cube.demo.build import build_world
 from unique_cube.demo.check import region_geobox
 from unique_cube.demo.sensors import SINUSOIDAL_WKT
 from unique_cube.demo.weather import make_reanalysis
 from unique_cube.demo.world import make_world
 from unique_cube.errors import ConfigError
-from unique_cube.indices import ndvi
+from unique_cube.inputs.cube import load
+from unique_cube.inputs.indices import ndvi
+from unique_cube.inputs.search import search
 
 
 @pytest.fixture(scope="module")
@@ -262,18 +262,11 @@ def test_static_layers_are_pc_like(demo_world, demo_server):
     assert dt.date.fromisoformat(manifest["start"]).year == 2023
 
 
-def test_the_cli_offers_every_world_size() -> None:
-    from unique_cube.cli import WORLD_SIZES
-    from unique_cube.demo.world import SIZES
-
-    assert sorted(WORLD_SIZES) == sorted(SIZES)
-
-
 @pytest.mark.parametrize("pipeline, size", [("demo.yaml", "compact"), ("demo-full.yaml", "full")])
 def test_each_demo_pipeline_is_made_for_its_world(pipeline: str, size: str) -> None:
     """`make demo` runs pipelines/demo.yaml on the compact world: its grid is that world's
     region and its periods lie within the world's years (likewise demo-full.yaml, full)."""
-    from unique_cube.pipeline import load_pipeline
+    from unique_cube.config.pipeline import load_pipeline
 
     spec = load_pipeline(Path(__file__).parents[1] / "pipelines" / pipeline)
     world = make_world(size, 0)

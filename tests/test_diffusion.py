@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unique_cube.diffusion import NoiseSchedule, ddim_sample, ddpm_sample
+from unique_cube.downscale.schedule import NoiseSchedule, ddim_sample, ddpm_sample
 
 MEAN, STD = 2.0, 0.5
 

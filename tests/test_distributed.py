@@ -19,29 +19,21 @@ import psutil
 import pytest
 import torch
 
-from unique_cube.diffusion import NoiseSchedule
-from unique_cube.distributed import (
+from unique_cube.downscale.actors import DownscalerActor, model_loads
+from unique_cube.downscale.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from unique_cube.downscale.cluster import (
     GPU,
     SCHEDULER_ADDRESS_ENV,
-    ActorPool,
-    ActorPoolError,
-    ClusterError,
-    DownscalerActor,
     dask_client,
-    downscale_distributed,
     find_gpu_workers,
     local_cluster,
-    model_loads,
 )
-from unique_cube.downscale import (
-    Checkpoint,
-    DownscaleError,
-    condition_stack,
-    downscale,
-    load_checkpoint,
-    save_checkpoint,
-)
-from unique_cube.unet import ConditionalUNet
+from unique_cube.downscale.conditions import condition_stack
+from unique_cube.downscale.network import ConditionalUNet
+from unique_cube.downscale.pool import ActorPool, downscale_distributed
+from unique_cube.downscale.sampling import downscale
+from unique_cube.downscale.schedule import NoiseSchedule
+from unique_cube.errors import ActorPoolError, ClusterError, DownscaleError
 
 pytestmark = pytest.mark.integration
 

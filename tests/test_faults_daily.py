@@ -28,11 +28,12 @@ from signed_assets import SignedAssetServer
 from test_daily import PRODUCT
 
 from unique_cube.cli import main
-from unique_cube.config import CATALOG_DIR
+from unique_cube.config.catalog import CATALOG_DIR
 from unique_cube.demo.serve import world_stac_files
-from unique_cube.distributed import SCHEDULER_ADDRESS_ENV, dask_client, find_gpu_workers
-from unique_cube.stac_server import LocalStacServer
-from unique_cube.store import QA_FLAGS, file_checksum
+from unique_cube.downscale.cluster import SCHEDULER_ADDRESS_ENV, dask_client, find_gpu_workers
+from unique_cube.inputs.stac_server import LocalStacServer
+from unique_cube.product.stac import file_checksum
+from unique_cube.product.variables import QA_FLAGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -337,7 +338,7 @@ def test_killed_workers_lose_nothing(setup, reference, cluster, tmp_path) -> Non
 
 KILL_AT = """
 import os, signal, sys
-from unique_cube import cog, store
+from unique_cube.product import cog, store
 
 point = sys.argv[1]
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
@@ -360,12 +361,12 @@ elif point == "zarr":  # the first window's Zarr region is written, nothing afte
 elif point == "item":  # the item is written, the collection not yet
     store.ProductStore._update_catalog = lambda self, **kw: die() if kw.get("done") else None
 elif point == "marker":  # everything but the completion marker
-    real_json = store._write_json
+    real_json = store.write_json
     def write_json(path, data):
         if path.parent.name == "state":
             die()
         real_json(path, data)
-    store._write_json = write_json
+    store.write_json = write_json
 from unique_cube.cli import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -14,9 +14,9 @@ import pytest
 from signed_assets import SignedAssetServer, sign, sign_item
 from test_search_and_load import hls_items
 
-from unique_cube.cube import load
 from unique_cube.errors import LoadError
-from unique_cube.reads import AccessDeniedError, ReadPolicy, lost_reads, redact, strip_query
+from unique_cube.inputs.cube import load
+from unique_cube.inputs.reads import AccessDeniedError, ReadPolicy, lost_reads, redact, strip_query
 
 KEY = "fake-subscription-key-0123456789"
 FAST = dict(retries=3, backoff=0.01, http_retries=1)

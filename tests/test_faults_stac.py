@@ -14,8 +14,8 @@ import pytest
 import requests
 from fault_proxy import Fault, FaultProxy, delay, drop, status, truncate
 
-from unique_cube.catalog import RetryPolicy, search
 from unique_cube.errors import SearchFailedError
+from unique_cube.inputs.search import RetryPolicy, search
 
 pytestmark = pytest.mark.integration
 

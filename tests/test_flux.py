@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from unique_cube.flux import FluxError, read_flux, read_flux_dir, read_sites
+from unique_cube.errors import FluxError
+from unique_cube.inputs.flux import read_flux, read_flux_dir, read_sites
 
 HEADER = "TIMESTAMP,TA_F,SW_IN_F,VPD_F,P_F,NEE_VUT_REF_QC,GPP_NT_VUT_REF,GPP_DT_VUT_REF\n"
 

@@ -13,15 +13,12 @@ import pytest
 import xarray as xr
 from conftest import raise_if_dask_computes
 
-from unique_cube.gpp import (
-    FEATURES,
-    GppModel,
-    ModelError,
-    metrics,
-    predict,
-    spatial_folds,
-    train,
-)
+from unique_cube.errors import ModelError
+from unique_cube.gpp.features import FEATURES
+from unique_cube.gpp.model import GppModel
+from unique_cube.gpp.predict import predict
+from unique_cube.gpp.train import spatial_folds, train
+from unique_cube.scores import metrics
 
 
 def _sites(n: int = 24) -> pd.DataFrame:
@@ -71,28 +68,28 @@ def test_spatial_folds_hold_out_whole_neighbourhoods() -> None:
 def test_train_writes_model_and_card(tmp_path: Path) -> None:
     sites = _sites(24)
     table = _table(sites)
-    card = train(table, sites, tmp_path, "gpp_test", learners=["lightgbm", "linear"], n_folds=6)
-    assert set(card["learner_comparison"]) == {"lightgbm", "linear"}
-    rmse = {k: v["rmse"] for k, v in card["learner_comparison"].items()}
-    assert card["learner"] == min(rmse, key=rmse.get)
-    assert card["cv"]["overall"]["r"] > 0.9
-    assert set(card["cv"]["per_vegetation_type"]) == {"DBF", "ENF"}
-    assert len(card["cv"]["per_fold"]) == 6
-    held = [set(f["sites"]) for f in card["cv"]["per_fold"].values()]
+    _, card = train(table, sites, tmp_path, "gpp_test", learners=["lightgbm", "linear"], n_folds=6)
+    assert set(card.learner_comparison) == {"lightgbm", "linear"}
+    rmse = {k: v["rmse"] for k, v in card.learner_comparison.items()}
+    assert card.learner == min(rmse, key=rmse.get)
+    assert card.cv["overall"]["r"] > 0.9
+    assert set(card.cv["per_vegetation_type"]) == {"DBF", "ENF"}
+    assert len(card.cv["per_fold"]) == 6
+    held = [set(f["sites"]) for f in card.cv["per_fold"].values()]
     assert sum(len(h) for h in held) == 24 and not set.intersection(*held[:2])
-    assert card["features"] == list(FEATURES)
-    low, high = card["feature_ranges"]["ndvi"]
+    assert card.features == FEATURES
+    low, high = card.feature_ranges["ndvi"]
     assert low == pytest.approx(table["ndvi"].min()) and high == pytest.approx(table["ndvi"].max())
-    assert len(card["training_data_sha256"]) == 64
-    assert {"lightgbm", "numpy", "unique_cube"} <= set(card["versions"])
+    assert len(card.training_data_sha256) == 64
+    assert {"lightgbm", "numpy", "unique_cube"} <= set(card.versions)
     on_disk = json.loads((tmp_path / "gpp_test.card.json").read_text())
-    assert on_disk["learner"] == card["learner"]
+    assert on_disk["learner"] == card.learner
     # Same data, same card hash; different data, different hash.
-    again = train(table, sites, tmp_path / "b", "gpp_test", learners=["linear"], n_folds=6)
-    assert again["training_data_sha256"] == card["training_data_sha256"]
+    _, again = train(table, sites, tmp_path / "b", "gpp_test", learners=["linear"], n_folds=6)
+    assert again.training_data_sha256 == card.training_data_sha256
     changed = table.assign(gpp=table["gpp"] + 0.1)
-    other = train(changed, sites, tmp_path / "c", "gpp_test", learners=["linear"], n_folds=6)
-    assert other["training_data_sha256"] != card["training_data_sha256"]
+    _, other = train(changed, sites, tmp_path / "c", "gpp_test", learners=["linear"], n_folds=6)
+    assert other.training_data_sha256 != card.training_data_sha256
 
 
 @pytest.fixture(scope="module")

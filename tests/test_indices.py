@@ -8,7 +8,7 @@ import xarray as xr
 from conftest import raise_if_dask_computes
 
 from unique_cube.errors import ConfigError
-from unique_cube.indices import INDICES, add_indices, evi, kndvi, lswi, ndvi, ndwi, nirv
+from unique_cube.inputs.indices import INDICES, add_indices, evi, kndvi, lswi, ndvi, ndwi, nirv
 
 
 def reflectance(**bands: list[float]) -> xr.Dataset:

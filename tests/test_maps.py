@@ -7,9 +7,11 @@ import pytest
 import xarray as xr
 from conftest import raise_if_dask_computes
 
-from unique_cube.config import load_catalog
+from unique_cube.config.catalog import load_catalog
 from unique_cube.demo.check import region_geobox
-from unique_cube.maps import fill_gaps, gpp_landsat, gpp_modis, weather_for
+from unique_cube.gpp.features import fill_gaps
+from unique_cube.gpp.predict import MapInputs, gpp_landsat, gpp_modis
+from unique_cube.inputs.weather import weather_for
 
 
 def test_fill_gaps_bridges_short_gaps_only() -> None:
@@ -28,10 +30,14 @@ def test_region_maps_from_both_models(demo_world, demo_server, trained_models) -
     geobox = region_geobox(manifest)
     daily = weather_for(catalog, "era5", geobox, "2023-06-01", "2023-07-31", 9)
     with raise_if_dask_computes():
-        landsat = gpp_landsat(catalog, "hls-l30", trained_models / "gpp_landsat.card.json",
-                              geobox, "2023-06-01/2023-07-31", daily)  # fmt: skip
-        modis = gpp_modis(catalog, "modis-sr", trained_models / "gpp_modis.card.json",
-                          geobox, "2023-06-01/2023-07-31", daily)  # fmt: skip
+        landsat = gpp_landsat(
+            MapInputs(catalog, "hls-l30", trained_models / "gpp_landsat.card.json", geobox, daily),
+            "2023-06-01/2023-07-31",
+        )
+        modis = gpp_modis(
+            MapInputs(catalog, "modis-sr", trained_models / "gpp_modis.card.json", geobox, daily),
+            "2023-06-01/2023-07-31",
+        )
     assert landsat.gpp.shape[1:] == (160, 160)
     assert modis.gpp.shape == (61, 10, 10)  # daily, 480 m
     assert landsat.gpp.attrs["units"] == "g m-2 day-1"

@@ -10,9 +10,9 @@ import odc.stac
 import pystac
 import pytest
 
-from unique_cube.catalog import deduplicate, filter_cloud_cover
-from unique_cube.config import load_catalog
-from unique_cube.cube import band_decoding
+from unique_cube.config.catalog import load_catalog
+from unique_cube.inputs.cube import band_decoding
+from unique_cube.inputs.items import deduplicate, filter_cloud_cover
 
 DATA = Path(__file__).parent / "data"
 PC = load_catalog("planetary-computer")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from unique_cube.config import load_catalog
-from unique_cube.cube import decode_qa
+from unique_cube.config.catalog import load_catalog
+from unique_cube.inputs.cube import decode_qa
 
 PC = load_catalog("planetary-computer")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from unique_cube.catalog import RetryPolicy, search
-from unique_cube.config import load_catalog
+from unique_cube.config.catalog import load_catalog
 from unique_cube.errors import SearchFailedError
+from unique_cube.inputs.search import RetryPolicy, search
 
 DATA = Path(__file__).parent / "data"
 ITEMS = json.loads((DATA / "pc" / "landsat-c2-l2-pc.json").read_text())

@@ -9,8 +9,6 @@ import xarray as xr
 from conftest import HLS_DN, HLS_DN_LATER, MODIS_DN, raise_if_dask_computes
 from odc.geo.geobox import GeoBox
 
-from unique_cube.catalog import search
-from unique_cube.cube import load
 from unique_cube.errors import (
     ConfigError,
     EmptySearchError,
@@ -18,7 +16,9 @@ from unique_cube.errors import (
     UnknownCollectionError,
     UnknownSourceError,
 )
-from unique_cube.indices import add_indices
+from unique_cube.inputs.cube import load
+from unique_cube.inputs.indices import add_indices
+from unique_cube.inputs.search import search
 
 MAY = "2023-05-01/2023-05-31"
 
@@ -178,7 +178,7 @@ def test_unknown_source_is_an_error(stac_world) -> None:
     ],
 )
 def test_bad_arguments_fail_before_any_request(bbox, dates, message) -> None:
-    from unique_cube.config import load_catalog
+    from unique_cube.config.catalog import load_catalog
 
     # Port 9 (discard) has no server: an error here proves nothing was requested.
     catalog = load_catalog("demo").with_url("http://127.0.0.1:9")

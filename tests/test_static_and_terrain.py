@@ -9,7 +9,7 @@ from conftest import raise_if_dask_computes
 
 from unique_cube.demo.terrain import PFT, PFT_TO_WORLDCOVER, make_terrain
 from unique_cube.errors import ConfigError
-from unique_cube.static import class_fractions, slope_aspect
+from unique_cube.inputs.static import class_fractions, slope_aspect
 
 
 def plane(dz_dx: float, dz_dy: float, n: int = 8, pixel: float = 30.0) -> xr.DataArray:

@@ -13,7 +13,8 @@ import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
 
-from unique_cube.store import DayArrays, LockBusyError, ProductStore, StoreError
+from unique_cube.errors import LockBusyError, StoreError
+from unique_cube.product.store import DayArrays, ProductStore
 
 GRID = GeoBox((64, 48), Affine(30, 0, 340000, 0, -30, 4180000), "EPSG:32652")
 

@@ -6,25 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unique_cube.downscale import (
-    blend_tiles,
-    condition_stack,
-    downscale,
-    sample_tile,
-    tile_plan,
-    train,
-    upsample_bilinear,
-)
-from unique_cube.windows import (
+from unique_cube.downscale.conditions import condition_stack
+from unique_cube.downscale.sampling import downscale, sample_tile
+from unique_cube.downscale.tiling import (
     ResidualCache,
+    blend_tiles,
+    extent_of,
+    local_plan,
+    tile_plan,
+    tiles_touching,
+)
+from unique_cube.downscale.train import train
+from unique_cube.grid import (
     Window,
     bilinear_window,
     blocks_window,
     day_windows,
-    extent_of,
     fine_fraction,
-    local_plan,
-    tiles_touching,
+    upsample_bilinear,
 )
 
 FACTOR = 16

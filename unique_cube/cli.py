@@ -26,21 +26,32 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .errors import ConfigError, UniqueCubeError
+from unique_cube.config.catalog import CATALOG_DIR, load_catalog
+from unique_cube.config.pipeline import Pipeline, load_pipeline, validate_pipeline
+from unique_cube.demo.build import build_world
+from unique_cube.demo.job import demo_pipeline, run_demo
+from unique_cube.demo.serve import serve_world, served
+from unique_cube.demo.world import SIZES
+from unique_cube.downscale.evaluate import evaluate_downscaler
+from unique_cube.downscale.train import train_downscaler
+from unique_cube.errors import ConfigError, UniqueCubeError
+from unique_cube.gpp.train import train_gpp
+from unique_cube.inputs.search import search
+from unique_cube.inputs.stac_server import LocalStacServer
+from unique_cube.product.run import parse_day, product_days, run
+from unique_cube.version import __version__
 
-__all__ = ["main"]
+__all__ = ["WORLD_SIZES", "main"]
+
 
 log = logging.getLogger("unique_cube")
 
-#: The names of ``unique_cube.demo.world.SIZES``, spelled out so that the parser does not
-#: import the world generator (and numpy, scipy) for every command.
-WORLD_SIZES = ("compact", "full", "small")
+
+#: The demo world's sizes (``--size``).
+WORLD_SIZES = tuple(SIZES)
 
 
 def _cmd_catalogs(args: argparse.Namespace) -> int:
-    from .config import CATALOG_DIR, load_catalog
-
     paths = args.files or sorted(str(p) for p in CATALOG_DIR.glob("*.yaml"))
     for path in paths:
         catalog = load_catalog(path)
@@ -53,9 +64,6 @@ def _cmd_catalogs(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from .catalog import search
-    from .config import load_catalog
-
     catalog = load_catalog(args.catalog)
     if args.stac_url:
         catalog = catalog.with_url(args.stac_url)
@@ -88,8 +96,6 @@ def _unsigned(item: dict) -> dict:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .stac_server import LocalStacServer
-
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with LocalStacServer(args.files, port=args.port) as server:
@@ -100,8 +106,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_world(args: argparse.Namespace) -> int:
-    from .demo.build import build_world
-
     manifest = build_world(
         args.out,
         args.size,
@@ -119,8 +123,6 @@ def _progress(text: str) -> None:
 
 
 def _cmd_serve_catalog(args: argparse.Namespace) -> int:
-    from .demo.serve import serve_world
-
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with serve_world(args.world, port=args.port) as server:
@@ -131,54 +133,40 @@ def _cmd_serve_catalog(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_gpp(args: argparse.Namespace) -> int:
-    from .pipeline import load_pipeline
-    from .training import train_gpp
-
+def _pipeline(args: argparse.Namespace, *sections: str) -> Pipeline:
+    """The command's pipeline, with the sections it needs."""
     pipeline = load_pipeline(args.pipeline)
-    report = train_gpp(pipeline, say=_progress)
+    pipeline.require(*sections, command=f"unique-cube {args.command}")
+    return pipeline
+
+
+def _cmd_train_gpp(args: argparse.Namespace) -> int:
+    with served(_pipeline(args)) as pipeline:
+        report = train_gpp(pipeline, say=_progress)
     summary = {k: {"learner": v["learner"], **v["cv"]["overall"]} for k, v in report.items()}
     print(json.dumps(summary, indent=1))
     return 0
 
 
-def _downscale_pipeline(args: argparse.Namespace):
-    from .pipeline import load_pipeline
-
-    pipeline = load_pipeline(args.pipeline)
-    missing = [name for name in ("grid", "downscale") if getattr(pipeline, name) is None]
-    if missing:
-        raise ConfigError(f"{args.pipeline}: `unique-cube {args.command}` needs the grid and "
-                          f"downscale sections; {' and '.join(missing)} missing")  # fmt: skip
-    return pipeline
-
-
 def _cmd_train_downscaler(args: argparse.Namespace) -> int:
-    from .downscaling import train_downscaler
-
-    path = train_downscaler(_downscale_pipeline(args), args.scheme, say=_progress)
+    with served(_pipeline(args, "grid", "downscale")) as pipeline:
+        path = train_downscaler(pipeline, args.scheme, say=_progress)
     print(path)
     return 0
 
 
 def _cmd_evaluate_downscaler(args: argparse.Namespace) -> int:
-    from .downscaling import evaluate_downscaler
-
-    report = evaluate_downscaler(_downscale_pipeline(args), say=_progress)
+    with served(_pipeline(args, "grid", "downscale")) as pipeline:
+        report = evaluate_downscaler(pipeline, say=_progress)
     print(json.dumps({"table": report["table"], "ensemble": report["ensemble"]}, indent=1))
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .daily import parse_day, product_days, run
-    from .pipeline import load_pipeline
-
     if args.end and not args.start:  # --date with --end would silently make one day
         raise ConfigError("--end needs --start (a backfill); give --date D, or --start S and "
                           "--end E")  # fmt: skip
-    pipeline = load_pipeline(args.pipeline)
-    if pipeline.product is None:
-        raise ConfigError(f"{args.pipeline}: no product section; `run` has nothing to make")
+    pipeline = _pipeline(args, "grid", "product")
     zone = pipeline.product.time_zone
     if args.date:
         days = [parse_day(args.date, zone, "--date")]
@@ -187,7 +175,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                             parse_day(args.end, zone, "--end"))  # fmt: skip
     else:
         raise ConfigError("give --date D, or --start S and --end E")
-    report = run(pipeline, days, force=args.force, say=_progress)
+    with served(pipeline) as running:
+        report = run(running, days, force=args.force, say=_progress)
     workers = report["worker_rss_mb"]
     print(json.dumps({"counts": report["counts"], "seconds_per_day": report["seconds_per_day"],
                       "peak_rss_mb": report["peak_rss_mb"],
@@ -196,17 +185,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from .pipeline import validate_pipeline
-
     for line in validate_pipeline(args.pipeline):
         print(line)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo.build import build_world
-    from .demo.job import demo_pipeline, run_demo
-
     began = time.perf_counter()
     _progress(f"[1/6] demo world ({args.size}, seed {args.seed}) in {args.world}")
     manifest = build_world(args.world, args.size, args.seed, workers=args.workers,
@@ -220,7 +204,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"{args.size} world's region {manifest['region']['bbox']}; give a pipeline made for "
             "it with --pipeline"
         )
-    result = run_demo(pipeline, manifest, _progress)
+    with served(pipeline) as running:
+        result = run_demo(running, manifest, _progress)
     summary = {
         "gpp_models": result["gpp_models"],
         "downscaling_vs_truth_rmse": {
@@ -247,7 +232,13 @@ def _parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_stac_commands(sub)
+    _add_pipeline_commands(sub)
+    return parser
 
+
+def _add_stac_commands(sub) -> None:
+    """Commands on catalogs and STAC APIs, and the demo world's."""
     p = sub.add_parser(
         "catalogs", help="validate and list catalog files (default: the shipped ones)"
     )
@@ -285,6 +276,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7822, help="port on 127.0.0.1 (default 7822)")
     p.set_defaults(func=_cmd_serve_catalog)
 
+
+def _add_pipeline_commands(sub) -> None:
+    """Commands that run a pipeline's stages."""
     p = sub.add_parser(
         "train-gpp", help="train the MODIS and Landsat GPP models of a pipeline (spatial CV)"
     )
@@ -331,7 +325,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", default="demo-output", help="output folder (default demo-output)")
     p.set_defaults(func=_cmd_demo)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,18 +5,26 @@ item id and asset), so that an operator can fix the input without reading code.
 
 Exit codes by kind of failure (``unique_cube.cli``): 3 configuration or argument, 4 STAC
 search, 5 load or store, 6 a product day or the cluster failed, 7 an unsafe model file refused.
-Errors defined beside their stage (``ModelError``, ``FluxError``, ``DownscaleError``,
-``PurePixelError``: 3; ``StoreError``: 5; ``ClusterError``: 6) follow the same table.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ActorPoolError",
     "CatalogError",
+    "ClusterError",
     "ConfigError",
+    "DownscaleError",
     "EmptySearchError",
+    "FluxError",
+    "InputsLostError",
     "LoadError",
+    "LockBusyError",
+    "MissingModelError",
+    "ModelError",
+    "PurePixelError",
     "SearchFailedError",
+    "StoreError",
     "UniqueCubeError",
     "UnknownCollectionError",
     "UnknownSourceError",
@@ -76,3 +84,55 @@ class UnsafeCheckpointError(UniqueCubeError):
     """
 
     exit_code = 7
+
+
+class ModelError(UniqueCubeError):
+    """A model file, card or feature set is unusable."""
+
+    exit_code = 3
+
+
+class DownscaleError(UniqueCubeError):
+    """A checkpoint or input the downscaler cannot use."""
+
+    exit_code = 3
+
+
+class PurePixelError(UniqueCubeError, ValueError):
+    """An input or saved model the pure-pixel baseline cannot use."""
+
+    exit_code = 3
+
+
+class FluxError(UniqueCubeError):
+    """A flux file or site table is unusable (names the file, site or column)."""
+
+    exit_code = 3
+
+
+class StoreError(UniqueCubeError):
+    """The product folder cannot be written or does not hold this product."""
+
+    exit_code = 5
+
+
+class LockBusyError(StoreError):
+    """Another run holds the lock (of a day) for longer than we wait."""
+
+
+class ClusterError(UniqueCubeError):
+    """The Dask cluster cannot do the work (scheduler unreachable, workers gone)."""
+
+    exit_code = 6
+
+
+class ActorPoolError(ClusterError):
+    """The pool cannot keep a downscaler actor alive (no GPU worker, tiles lost too often)."""
+
+
+class InputsLostError(LoadError):
+    """Input reads that failed after their retries cover too much of a day's grid."""
+
+
+class MissingModelError(ConfigError):
+    """The pipeline names a model that has not been trained."""

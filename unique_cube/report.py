@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .pipeline import Pipeline
+from unique_cube.config.pipeline import Pipeline
+from unique_cube.product.store import marker_path
 
 __all__ = ["metrics", "write_report"]
+
 
 _SCORES = ("r", "rmse", "bias")
 
@@ -94,8 +96,6 @@ def metrics(pipeline: Pipeline, days: list[dt.date], truth=None) -> dict:
 
 
 def _is_done(product: Path, day: dt.date) -> bool:
-    from .store import marker_path
-
     return marker_path(product, day).exists()
 
 

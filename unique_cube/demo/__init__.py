@@ -9,7 +9,7 @@ and MODIS see, ``towers`` the FLUXNET-style files, ``publish`` the COGs and STAC
 from __future__ import annotations
 
 from .build import build_world, read_manifest
-from .serve import serve_world, world_stac_files
+from .serve import serve_world, served, world_stac_files
 from .terrain import PFT, PFT_TO_WORLDCOVER, Terrain, make_terrain
 from .world import SIZES, World, make_world
 
@@ -24,5 +24,6 @@ __all__ = [
     "make_world",
     "read_manifest",
     "serve_world",
+    "served",
     "world_stac_files",
 ]

@@ -27,23 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..errors import ConfigError
+from unique_cube.errors import ConfigError
+from unique_cube.version import __version__
+
 from . import publish
-from .sensors import (
-    SINUSOIDAL_WKT,
-    CloudSky,
-    ModisGrid,
-    hls_overpasses,
-    simulate_hls_scene,
-    simulate_modis_day,
-    sun_position,
-)
-from .terrain import PFT
-from .towers import TowerRecorder
-from .vegetation import BANDS, Canopy, block_mean
+from .simulate import Writer, simulate_days
+from .terrain import PFT_TO_WORLDCOVER
 from .weather import Reanalysis, hourly, make_reanalysis, utc_hours
-from .world import CRS, PIXEL, TILE, World, make_world
+from .world import CRS, PIXEL, SIZES, TILE, World, make_world
 
 __all__ = ["GENERATOR_VERSION", "MANIFEST", "build_world", "read_manifest"]
 
@@ -53,7 +44,6 @@ log = logging.getLogger(__name__)
 GENERATOR_VERSION = 1
 MANIFEST = "world.json"
 _OWNED = ("stac", "cogs", "era5", "flux", "truth", MANIFEST)
-TRUTH_DAYS_PER_CHUNK = 16
 COLLECTION_TEXT = {
     "hls2-l30": "Demo world: HLS v2.0 Landsat 8/9 surface reflectance (simulated), 30 m",
     "modis-09GA-061": "Demo world: MOD09GA-like daily Terra surface reflectance (simulated), 500 m",
@@ -85,7 +75,6 @@ def build_world(
 ) -> dict:
     """Generate the world into ``out`` (or reuse a complete one of the same size, seed and
     generator version) and return its manifest."""
-    from .world import SIZES
 
     if size not in SIZES:
         raise ConfigError(f"demo world size must be one of {sorted(SIZES)}, got {size!r}")
@@ -117,11 +106,11 @@ def build_world(
 
     items: dict[str, list[dict]] = {}
     with cf.ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        writer = _Writer(pool, out)
+        writer = Writer(pool, out)
         items["cop-dem-glo-30"], items["esa-worldcover"] = _publish_static(world, out, writer)
         items["era5-pds"] = _publish_era5(reanalysis, out)
         t = lap("static_and_era5", t)
-        items["hls2-l30"], items["modis-09GA-061"] = _simulate_days(
+        items["hls2-l30"], items["modis-09GA-061"] = simulate_days(
             world, reanalysis, rng, out, writer, say
         )
         writer.drain()
@@ -186,36 +175,10 @@ def _sizes(out: Path) -> dict[str, int]:
     return sizes
 
 
-class _Writer:
-    """Hands COG jobs to the pool, with a bounded number in flight (bounded memory)."""
-
-    def __init__(self, pool: cf.Executor, out: Path, max_pending: int = 6):
-        self.pool, self.out, self.max_pending = pool, out, max_pending
-        self.pending: list[cf.Future] = []
-
-    def submit(self, jobs: list[publish.CogJob]) -> None:
-        while len(self.pending) >= self.max_pending:
-            done, _ = cf.wait(self.pending, return_when=cf.FIRST_COMPLETED)
-            for future in done:
-                future.result()
-            self.pending = [f for f in self.pending if not f.done()]
-        self.pending.append(self.pool.submit(publish.write_cogs, jobs))
-
-    def drain(self) -> None:
-        for future in self.pending:
-            future.result()
-        self.pending = []
-
-    def href(self, path: Path) -> str:
-        return path.relative_to(self.out).as_posix()
-
-
-def _publish_static(world: World, out: Path, writer: _Writer) -> tuple[list[dict], list[dict]]:
+def _publish_static(world: World, out: Path, writer: Writer) -> tuple[list[dict], list[dict]]:
     """Copernicus-DEM-like 1° tiles and an ESA-WorldCover-like 3° tile, cut to the domain."""
     from affine import Affine
     from rasterio.warp import Resampling, reproject, transform_bounds
-
-    from .terrain import PFT_TO_WORLDCOVER
 
     west, south, east, north = transform_bounds(CRS, "EPSG:4326", *world.domain_bounds())
     elevation = world.mosaic("elevation", np.nan)
@@ -343,174 +306,3 @@ def _publish_era5(reanalysis: Reanalysis, out: Path) -> list[dict]:
         }  # fmt: skip
         items.append(publish.era5_item(month_date, hrefs, bbox, grid))
     return items
-
-
-def _truth_store(world: World, out: Path, days: list[dt.date], canopy: Canopy) -> Path:
-    import dask.array as da
-    import xarray as xr
-    from odc.geo.xr import xr_coords
-
-    region = world.region
-    ny, nx = region.shape
-    path = out / "truth" / "gpp.zarr"
-    geobox = world.area_geobox(region)
-    coords = xr_coords(geobox, crs_coord_name="spatial_ref")
-    chunk_xy = min(ny, 400)
-    gpp = xr.DataArray(
-        da.zeros((len(days), ny, nx), chunks=(TRUTH_DAYS_PER_CHUNK, chunk_xy, chunk_xy),
-                 dtype="float32"),
-        dims=("time", "y", "x"),
-        coords={"time": np.array(days, dtype="datetime64[ns]"), **coords},
-        attrs={
-            "units": "g m-2 day-1",
-            "standard_name": "gross_primary_productivity_of_biomass_expressed_as_carbon",
-            "long_name": "true daily GPP of the demo world (for evaluation only)",
-            "grid_mapping": "spatial_ref",
-        },
-    )  # fmt: skip
-    static = {
-        "elevation": (("y", "x"), region.terrain.elevation, {"units": "m"}),
-        "pft": (("y", "x"), canopy.pft.astype("uint8"), {
-            "long_name": "dominant vegetation type of the pixel (0: none)",
-            "flag_values": list(PFT), "flag_meanings": " ".join(PFT.values()),
-        }),
-        "vegetated_fraction": (("y", "x"), canopy.frac_veg, {"units": "1"}),
-    }  # fmt: skip
-    ds = xr.Dataset({"gpp": gpp, **static})
-    encoding = {
-        "gpp": {"dtype": "int16", "scale_factor": 0.01, "_FillValue": -32768,
-                "chunks": (TRUTH_DAYS_PER_CHUNK, chunk_xy, chunk_xy)},
-    }  # fmt: skip
-    ds.to_zarr(path, mode="w", compute=False, encoding=encoding, zarr_format=3, consolidated=False)
-    return path
-
-
-def _write_truth(path: Path, start: int, block: np.ndarray) -> None:
-    import xarray as xr
-
-    ds = xr.Dataset({"gpp": (("time", "y", "x"), block)})
-    ds.to_zarr(
-        path,
-        region={"time": slice(start, start + block.shape[0]), "y": slice(None), "x": slice(None)},
-        consolidated=False,
-    )
-
-
-def _simulate_days(
-    world: World,
-    reanalysis: Reanalysis,
-    rng: list[np.random.Generator],
-    out: Path,
-    writer: _Writer,
-    say: Callable[[str], None],
-) -> tuple[list[dict], list[dict]]:
-    days = reanalysis.days
-    # The region alone, the tower patches stacked together (same shape): two canopies.
-    canopies = [
-        Canopy(world, [world.region], reanalysis, rng[2]),
-        Canopy(world, list(world.areas[1:]), reanalysis, rng[2]),
-    ]
-    area_indices = [tuple(index for index, _ in c.parts) for c in canopies]
-    sky = CloudSky(world, reanalysis, rng[3])
-    grid = ModisGrid(world)
-    towers = TowerRecorder(world, rng[4])
-    sensor_rng = rng[5]
-    water_blocks = [block_mean(c.frac_water, ModisGrid.BLOCK) for c in canopies]
-    overpasses = dict((when.date(), (when, platform)) for when, platform in hls_overpasses(days))
-    truth_path = _truth_store(world, out, days, canopies[0])
-    truth = np.zeros((TRUTH_DAYS_PER_CHUNK, *world.region.shape), dtype="float32")
-    lon_c, lat_c = float(reanalysis.lon.mean()), float(reanalysis.lat.mean())
-    hls_transform = tuple(world.domain_transform)[:6]
-    hls_items, modis_items = [], []
-
-    for index, day in enumerate(days):
-        states = [c.step(index) for c in canopies]
-        truth[index % TRUTH_DAYS_PER_CHUNK] = states[0].gpp
-        if index % TRUTH_DAYS_PER_CHUNK == TRUTH_DAYS_PER_CHUNK - 1 or index == len(days) - 1:
-            filled = index % TRUTH_DAYS_PER_CHUNK + 1
-            _write_truth(truth_path, index + 1 - filled, truth[:filled])
-        towers.record(day, canopies[1], states[1])
-
-        field = sky.field(index)
-        height = float(sensor_rng.uniform(1_000, 4_000))
-        # MODIS Terra, ~10:30 solar time: the PSF takes 120 m blocks of every area.
-        terra = dt.datetime.combine(day, dt.time(2, 0))
-        sun = sun_position(lat_c, lon_c, terra)
-        blocks: dict[int, np.ndarray] = {}
-        for canopy, state, indices, water in zip(
-            canopies, states, area_indices, water_blocks, strict=True
-        ):
-            masks = sky.masks(field, indices, sun, height, factor=2)
-            layers = np.concatenate(
-                [canopy.reflectance(state, 2), np.stack([masks.cloud, masks.shadow])],
-                dtype="float32",
-            )
-            layers = np.concatenate(
-                [block_mean(layers, 2), block_mean(state.snow, ModisGrid.BLOCK)[None],
-                 water[None]]
-            )  # fmt: skip
-            blocks.update(canopy.split(layers, ModisGrid.BLOCK))
-        window = grid.aggregate([blocks[i] for i in range(len(world.areas))])
-        nb = len(BANDS)
-        bands, state_qa = simulate_modis_day(
-            grid, window[:nb], window[nb], window[nb + 1], window[nb + 2], window[nb + 3],
-            sensor_rng,
-        )  # fmt: skip
-        produced = terra + dt.timedelta(days=1, hours=7, minutes=int(index % 50))
-        item_id = f"MOD09GA.A{day:%Y%j}.h{grid.h:02d}v{grid.v:02d}.061.{produced:%Y%j%H%M%S}"
-        folder = out / "cogs" / "modis-09GA-061" / f"{day:%Y}" / item_id
-        jobs, hrefs = [], {}
-        for key, values in bands.items():
-            path = folder / f"{item_id}_{key}.tif"
-            jobs.append((str(path), values, SINUSOIDAL_WKT, tuple(grid.transform)[:6], -28672,
-                         "average"))  # fmt: skip
-            hrefs[key] = writer.href(path)
-        path = folder / f"{item_id}_state_1km_1.tif"
-        jobs.append(
-            (str(path), state_qa, SINUSOIDAL_WKT, tuple(grid.state_transform)[:6], None, "nearest")
-        )
-        hrefs["state_1km_1"] = writer.href(path)
-        writer.submit(jobs)
-        modis_items.append(
-            publish.modis_item(
-                day, grid.h, grid.v, hrefs, SINUSOIDAL_WKT, grid.transform, grid.shape,
-                grid.state_transform, state_qa.shape, produced,
-            )
-        )  # fmt: skip
-
-        if day in overpasses:
-            when, platform = overpasses[day]
-            sun = sun_position(lat_c, lon_c, when)
-            stacks = [
-                (
-                    canopy.parts,
-                    canopy.reflectance(state, 1),
-                    state.snow,
-                    canopy.water_pixel,
-                    sky.masks(field, indices, sun, height),
-                )
-                for canopy, state, indices in zip(canopies, states, area_indices, strict=True)
-            ]
-            scene = simulate_hls_scene(world, stacks, when, platform, sensor_rng)
-            item_id = f"HLS.L30.{TILE}.{when:%Y%j}T{when:%H%M%S}.v2.0"
-            folder = out / "cogs" / "hls2-l30" / f"{day:%Y}" / item_id
-            jobs, hrefs = [], {}
-            for role, (key, _, _) in publish.HLS_ASSETS.items():
-                path = folder / f"{item_id}.{key}.tif"
-                jobs.append((str(path), scene.bands[role], CRS, hls_transform, -9999, "average"))
-                hrefs[key] = writer.href(path)
-            path = folder / f"{item_id}.Fmask.tif"
-            jobs.append((str(path), scene.fmask, CRS, hls_transform, 255, "nearest"))
-            hrefs["Fmask"] = writer.href(path)
-            writer.submit(jobs)
-            hls_items.append(
-                publish.hls_item(
-                    TILE, when, platform, scene.cloud_cover, hrefs, CRS, world.domain_transform,
-                    world.domain_shape,
-                )
-            )  # fmt: skip
-        if day.day == 1 or index == len(days) - 1:
-            say(f"simulated up to {day} ({index + 1}/{len(days)} days, "
-                f"{len(hls_items)} HLS scenes)")  # fmt: skip
-    towers.write(out / "flux")
-    return hls_items, modis_items

@@ -16,7 +16,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..pipeline import Pipeline, load_pipeline
+from unique_cube.config.pipeline import Pipeline, load_pipeline
+from unique_cube.downscale.evaluate import evaluate_downscaler
+from unique_cube.downscale.train import train_downscaler
+from unique_cube.files import sha256_file
+from unique_cube.gpp.train import train_gpp
+from unique_cube.product.run import product_days, run
+from unique_cube.report import write_report
 
 __all__ = ["demo_pipeline", "run_demo"]
 
@@ -84,12 +90,6 @@ def run_demo(
     dashboard: str | None = None,
 ) -> dict:
     """Stages 2–6 of the demo on a built world (``manifest``); returns the metrics."""
-    from ..daily import product_days, run
-    from ..downscaling import evaluate_downscaler, train_downscaler
-    from ..report import write_report
-    from ..store import sha256_file
-    from ..training import train_gpp
-
     world_id = [manifest.get(k) for k in ("size", "seed", "generator_version", "created")]
     models = Path(pipeline.gpp.output)
     stamp = _stamp(world_id, dataclasses.asdict(pipeline.gpp), dataclasses.asdict(pipeline.flux))

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
-from ..cog import write_cog
+from unique_cube.product.cog import write_cog
+from unique_cube.version import __version__
 
 __all__ = [
     "CogJob",

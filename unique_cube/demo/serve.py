@@ -7,16 +7,19 @@ copied; at serve time they become absolute ``file://`` URIs of where the world i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..stac_server import LocalStacServer
+from unique_cube.config.pipeline import Pipeline
+from unique_cube.errors import ConfigError
+from unique_cube.inputs.stac_server import LocalStacServer
+
 from .build import read_manifest
 
-__all__ = ["serve_world", "world_stac_files"]
+__all__ = ["serve_world", "served", "world_stac_files"]
 
 
 def world_stac_files(world_dir: str | Path, into: str | Path) -> list[Path]:
@@ -49,6 +52,19 @@ def world_stac_files(world_dir: str | Path, into: str | Path) -> list[Path]:
         path.write_text(json.dumps(features))
         files.append(path)
     return files
+
+
+@contextlib.contextmanager
+def served(pipeline: Pipeline) -> Iterator[Pipeline]:
+    """The pipeline with its catalog's STAC API up: a ``serve_world`` (a demo world) is served
+    on 127.0.0.1 for the block and handed over as ``stac_url``, as a deployment hands over
+    the Planetary Computer's URL; the stages never start servers themselves. A pipeline
+    without ``serve_world`` (or with a ``stac_url``) is returned as it is."""
+    if not pipeline.serve_world or pipeline.stac_url:
+        yield pipeline
+        return
+    with serve_world(pipeline.serve_world) as server:
+        yield dataclasses.replace(pipeline, stac_url=server.url)
 
 
 @contextlib.contextmanager

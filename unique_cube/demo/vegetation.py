@@ -22,6 +22,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import xarray as xr
+
+from unique_cube.inputs.static import slope_aspect
 
 from .terrain import fractal_field
 from .weather import DEW_LAPSE_RATE, LAPSE_RATE, AreaSampler, Reanalysis
@@ -109,10 +112,6 @@ class Canopy:
         reanalysis: Reanalysis,
         rng: np.random.Generator,
     ):
-        import xarray as xr
-
-        from ..static import slope_aspect
-
         if len({area.shape[1] for area in areas}) != 1:
             raise ValueError("areas simulated together must have the same width")
         self.reanalysis = reanalysis
@@ -122,7 +121,16 @@ class Canopy:
         for area in areas:
             self.parts.append((world.areas.index(area), slice(row, row + area.shape[0])))
             row += area.shape[0]
-        ny, nx = self.shape = (row, areas[0].shape[1])
+        self.shape = (row, areas[0].shape[1])
+        self._land_cover(areas)
+        self._terrain(world, areas)
+        self._weather_offsets(world, areas, reanalysis)
+        self._plant_traits(rng)
+        self._initial_state()
+
+    def _land_cover(self, areas: list[Area]) -> None:
+        """Land-cover fractions of each 30 m pixel (from the 10 m map) and its dominant type."""
+        ny, nx = self.shape
         pft10 = np.concatenate([area.terrain.pft_10m for area in areas])
         counts = np.stack(
             [(pft10 == code).reshape(ny, 3, nx, 3).mean(axis=(1, 3)) for code in range(9)]
@@ -135,7 +143,8 @@ class Canopy:
         self.pft = np.where(self.frac_veg > 0, vegetated.argmax(axis=0), 0).astype("int8")
         self.water_pixel = self.frac_water >= 0.5
 
-        z = np.concatenate([area.terrain.elevation for area in areas])
+    def _terrain(self, world: World, areas: list[Area]) -> None:
+        """Slope and aspect: the noon sun's incidence and the sky view."""
         slopes, aspects = [], []
         for area in areas:
             xs, ys = world.area_xy(area)
@@ -151,6 +160,9 @@ class Canopy:
         self.sin_slope_south = (np.sin(slope) * np.cos(np.pi - aspect)).astype("float32")
         self.sky_view = ((1 + np.cos(slope)) / 2).astype("float32")
 
+    def _weather_offsets(self, world: World, areas: list[Area], reanalysis: Reanalysis) -> None:
+        """How the reanalysis is sampled, and the lapse-rate offsets of each pixel's elevation."""
+        z = np.concatenate([area.terrain.elevation for area in areas])
         # Weather varies over ~10 km: per 300 m block in the region, once per tower patch.
         block = min(10, *(min(area.shape) for area in areas))
         if len(areas) > 1:
@@ -162,6 +174,10 @@ class Canopy:
         self.rain_factor = np.clip(1 + 0.0005 * dz, 0.5, 2.0).astype("float32")
         self.lat = float(np.mean(reanalysis.lat))
 
+    def _plant_traits(self, rng: np.random.Generator) -> None:
+        """Per-pixel parameters of the pixel's plant type, with spatially varying vigour,
+        green-up and crop calendars."""
+        ny, nx = self.shape
         p = self.pft.astype(int)
         self.eps = _EPS[p].astype("float32")
         self.tmin, self.topt, self.tmax = (a[p].astype("float32") for a in (_TMIN, _TOPT, _TMAX))
@@ -199,6 +215,7 @@ class Canopy:
         self.canopy = canopy
         self.forest = np.isin(self.pft, _FOREST)
 
+    def _initial_state(self) -> None:
         shape = self.shape
         self.gdd = np.zeros(shape, "float32")
         self.green = np.zeros(shape, "float32")

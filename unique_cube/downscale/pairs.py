@@ -1,0 +1,191 @@
+"""Training and test pairs of the downscaler: GPP_L and GPP_M on the same clear HLS dates.
+
+Pairs are the HLS dates of a period with enough of the region clear: the target is GPP_L at
+30 m (the Landsat model), the condition GPP_M of the same day (the MODIS model, 480 m,
+bilinearly upsampled) and, for S2, the static layers of :mod:`unique_cube.inputs.static`.
+The pure-pixel baseline's training rows come from the same GPP_L inputs. Pairs are cached in
+the downscaler's folder: S1, S2 and the baseline train on the same ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from unique_cube.config.catalog import Catalog
+from unique_cube.config.pipeline import Period, Pipeline
+from unique_cube.downscale.conditions import (
+    condition_stack,
+)
+from unique_cube.downscale.purity import Samples, coarse_samples
+from unique_cube.errors import DownscaleError
+from unique_cube.files import write_atomic
+from unique_cube.gpp.features import FEATURES
+from unique_cube.gpp.model import ModelCard
+from unique_cube.gpp.predict import MapInputs, gpp_landsat, gpp_modis
+from unique_cube.grid import COARSE_FACTOR, lonlat_bbox, upsample_bilinear
+from unique_cube.inputs.items import item_time
+from unique_cube.inputs.search import search
+from unique_cube.inputs.static import static_layers, vegetated_codes, vegetation_types
+from unique_cube.inputs.weather import weather_for
+
+__all__ = ["Pairs", "cached_pairs", "make_pairs", "pair_conditions", "static_and_types"]
+
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pairs:
+    dates: list[pd.Timestamp]
+    target: np.ndarray
+    """GPP_L (N, H, W), NaN where not clear."""
+    gpp_m: np.ndarray
+    """GPP_M on the coarse grid (N, cy, cx)."""
+    gpp_m_30m: np.ndarray
+    """GPP_M bilinearly upsampled (N, H, W)."""
+    factor: int
+    rows: Samples | None = None
+    """Pure-pixel training rows of all dates (coarse-aggregated GPP_L inputs → GPP_M)."""
+
+
+def make_pairs(
+    pipeline: Pipeline,
+    catalog: Catalog,
+    period: Period,
+    say: Callable[[str], None] = log.info,
+    *,
+    types: np.ndarray | None = None,
+    clearest: int | None = None,
+    dates_per_compute: int = 4,
+) -> Pairs:
+    """GPP_L / GPP_M pairs over the pipeline's grid for the clear-enough HLS dates; with
+    ``types`` (vegetation type per 30 m pixel) also the pure-pixel training rows, taken from
+    the same GPP_L inputs a few dates at a time (never all dates' 30 m inputs in memory).
+
+    With ``clearest`` only that many of the clearest dates are kept, chosen from the QA before
+    any GPP map is computed, and MODIS is read only around them (the model card's gap-fill
+    span each side, which is all the time interpolation of those days can use)."""
+    import dask
+
+    spec, gpp = pipeline.downscale, pipeline.gpp
+    geobox = pipeline.grid.geobox
+    daily = weather_for(catalog, gpp.weather, geobox, period.start, period.end,
+                        gpp.utc_offset_hours)  # fmt: skip
+    landsat = gpp_landsat(MapInputs.of(pipeline, catalog, "landsat", daily),
+                          period.stac_datetime, keep_features=True)  # fmt: skip
+    clear = landsat["clear"].mean(("y", "x")).compute()
+    keep = clear.values >= spec.min_clear_fraction
+    if not keep.any():
+        raise DownscaleError(f"no HLS date of {period.start}..{period.end} has "
+                         f"{spec.min_clear_fraction:.0%} of the region clear")  # fmt: skip
+    chosen = np.flatnonzero(keep)
+    modis_items = None
+    if clearest is not None:
+        chosen = np.sort(chosen[np.argsort(-clear.values[chosen], kind="stable")[:clearest]])
+        modis_items = _modis_around(pipeline, catalog, landsat["time"].values[chosen], period)
+    landsat = landsat.isel(time=chosen)
+    modis = gpp_modis(MapInputs.of(pipeline, catalog, "modis", daily), period.stac_datetime,
+                      items=modis_items)  # fmt: skip
+    days = landsat["time"].dt.floor("D").values
+    which = f"{len(days)}" if clearest is None else f"the clearest {len(days)} of {int(keep.sum())}"
+    say(f"{which} HLS dates with >= {spec.min_clear_fraction:.0%} clear; computing GPP maps")
+    coarse = modis["gpp"].sel(time=days).compute().values.astype("float32")
+    targets, rows = [], []
+    vegetated = vegetated_codes(catalog.source("worldcover").classes) if types is not None else []
+    for first in range(0, len(days), dates_per_compute):
+        part = slice(first, first + dates_per_compute)
+        wanted = [landsat["gpp"].isel(time=part)]
+        if types is not None:
+            wanted.append(landsat["features"].isel(time=part).sel(feature=list(FEATURES)))
+        done = dask.compute(*wanted)
+        targets.append(done[0].values.astype("float32"))
+        if types is not None:
+            for features, gpp_m in zip(done[1].values, coarse[part], strict=True):
+                rows.append(coarse_samples(features, FEATURES, types, gpp_m, COARSE_FACTOR,
+                                           vegetated))  # fmt: skip
+    pure = Samples.concat(rows) if rows else None
+    if pure is not None:
+        say(f"pure-pixel rows: {len(pure.gpp)} ({pure.counts()} by type)")
+    return Pairs(
+        dates=[pd.Timestamp(d) for d in days],
+        target=np.concatenate(targets),
+        gpp_m=coarse,
+        gpp_m_30m=upsample_bilinear(coarse, COARSE_FACTOR),
+        factor=COARSE_FACTOR,
+        rows=pure,
+    )
+
+
+def _modis_around(pipeline: Pipeline, catalog: Catalog, times, period: Period) -> list:
+    """The MODIS items of ``period`` within the GPP_M model's gap-fill span (plus a day for
+    the solar-day grouping) of any of ``times``."""
+    card = ModelCard.read(Path(pipeline.gpp.output) / "gpp_modis.card.json")
+    span = pd.Timedelta(days=card.gap_fill_days + 1)
+    wanted = pd.DatetimeIndex(times).tz_localize(None)
+    items = search(pipeline.gpp.modis.source, lonlat_bbox(pipeline.grid.geobox),
+                   period.stac_datetime, catalog=catalog)  # fmt: skip
+    near = [abs(wanted - pd.Timestamp(item_time(item)).tz_localize(None)).min() <= span
+            for item in items]  # fmt: skip
+    return [item for item, keep in zip(items, near, strict=True) if keep]
+
+
+def cached_pairs(
+    pipeline: Pipeline,
+    catalog: Catalog,
+    period: Period,
+    say: Callable[[str], None] = log.info,
+    *,
+    types: np.ndarray | None = None,
+    clearest: int | None = None,
+) -> Pairs:
+    """:func:`make_pairs`, kept in the output folder: S1, S2 and the pure-pixel baseline train
+    on the same pairs, and the GPP maps behind them are the slow part. The cache is keyed by
+    the period, the grid, the clear-fraction threshold, the GPP model cards' training-data
+    hashes and the vegetation types."""
+    import hashlib
+
+    spec = pipeline.downscale
+    cards = [Path(pipeline.gpp.output) / f"gpp_{k}.card.json" for k in ("modis", "landsat")]
+    key = json.dumps(
+        ["pairs-2", str(period.start), str(period.end), list(pipeline.grid.bounds),
+         pipeline.grid.resolution, spec.min_clear_fraction,
+         [ModelCard.read(c).training_data_sha256 for c in cards],
+         None if types is None else hashlib.sha256(types.tobytes()).hexdigest(), clearest]
+    )  # fmt: skip
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = Path(spec.output) / f"pairs-{period.start}-{period.end}-{digest}.npz"
+    if path.exists():
+        data = np.load(path)
+        say(f"reusing GPP map pairs from {path}")
+        rows = None
+        if "rows_gpp" in data:
+            rows = Samples(data["rows_features"], data["rows_types"], data["rows_gpp"])
+        return Pairs([pd.Timestamp(d) for d in data["dates"]], data["target"], data["gpp_m"],
+                     data["gpp_m_30m"], int(data["factor"]), rows)  # fmt: skip
+    pairs = make_pairs(pipeline, catalog, period, say, types=types, clearest=clearest)
+    extra = {}
+    if pairs.rows is not None:
+        extra = {"rows_features": pairs.rows.features, "rows_types": pairs.rows.types,
+                 "rows_gpp": pairs.rows.gpp}  # fmt: skip
+    with write_atomic(path) as partial, partial.open("wb") as file:  # complete or absent
+        np.savez(file, dates=np.array([d.strftime("%Y-%m-%d") for d in pairs.dates]),
+                 target=pairs.target, gpp_m=pairs.gpp_m, gpp_m_30m=pairs.gpp_m_30m,
+                 factor=pairs.factor, **extra)  # fmt: skip
+    return pairs
+
+
+def pair_conditions(pairs: Pairs, static: np.ndarray | None, scheme: str) -> np.ndarray:
+    return np.stack([condition_stack(m, static, scheme) for m in pairs.gpp_m_30m])
+
+
+def static_and_types(catalog: Catalog, geobox) -> tuple[np.ndarray, list[str], np.ndarray]:
+    raw, names = static_layers(catalog, geobox)
+    types = vegetation_types(raw, names, catalog.source("worldcover").classes)
+    return raw, names, types

@@ -1,0 +1,422 @@
+"""A supervised pool of downscaler actors: tiles spread over the GPU workers' actors, lost
+actors re-created, lost tiles resubmitted.
+
+When a worker dies its actor dies with it (Dask does not re-create actors), so
+:class:`ActorPool` re-creates the actor on a GPU worker without one and resubmits the tiles
+it held; tiles are seeded by their place in the grid's plan, so a map does not depend on which
+actor sampled which tile. :func:`downscale_distributed` is
+:func:`~unique_cube.downscale.sampling.downscale` on the pool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unique_cube.downscale.actors import DownscalerActor, TileRequest
+from unique_cube.downscale.cluster import GPU, find_gpu_workers
+from unique_cube.downscale.conditions import validate_condition
+from unique_cube.downscale.tiling import blend_tiles, tile_plan
+from unique_cube.errors import ActorPoolError
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ActorPool", "downscale_distributed"]
+
+
+class _ActorLost(Exception):
+    """The worker holding an actor died (or cannot be reached)."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One actor of the pool, replaced in place when its worker dies."""
+
+    future: Future | None = None
+    actor: Any = None
+    address: str | None = None
+    generation: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Run:
+    """The tiles of one :meth:`ActorPool.map` call: a queue, results and retry counts."""
+
+    def __init__(self, count: int) -> None:
+        self.queue: deque[int] = deque(range(count))
+        self.results: list[np.ndarray | None] = [None] * count
+        self.retries = [0] * count
+        self.remaining = count
+        self.error: BaseException | None = None
+        self.cv = threading.Condition()
+
+    def take(self) -> int | None:
+        """The next tile, waiting while others are in flight; ``None`` once all are done."""
+        with self.cv:
+            while not self.queue and self.remaining and self.error is None:
+                self.cv.wait()
+            if self.error is not None or not self.remaining:
+                return None
+            return self.queue.popleft()
+
+    def done(self, index: int, residual: np.ndarray) -> None:
+        with self.cv:
+            self.results[index] = residual
+            self.remaining -= 1
+            self.cv.notify_all()
+
+    def put_back(self, index: int) -> None:
+        with self.cv:
+            self.queue.appendleft(index)
+            self.cv.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self.cv:
+            if self.error is None:
+                self.error = error
+            self.cv.notify_all()
+
+    @property
+    def over(self) -> bool:
+        return self.error is not None or not self.remaining
+
+
+class ActorPool:
+    """One :class:`DownscalerActor` per GPU worker (at most ``max_actors``), supervised.
+
+    Tiles go to whichever actor is free, ``in_flight`` calls per actor (the actor runs them
+    one at a time; the second hides the round trip). When an actor's worker dies, its tiles
+    go back in the queue and the actor is re-created on a GPU worker that holds none of the
+    pool's actors, waiting up to ``worker_timeout`` seconds for one (a restarted worker, a
+    new node) while the other actors carry on; the same timeout bounds loading a model. A
+    tile is resubmitted at most ``max_retries`` times. ``on_result(index, address)`` is
+    called from the pool's threads after each tile. ``recreated`` and ``resubmitted`` count
+    the recoveries; ``scheme`` and ``cond_channels`` describe the checkpoint.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        checkpoint_path: str | Path,
+        *,
+        device: str | None = None,
+        torch_threads: int | None = None,
+        max_actors: int | None = None,
+        in_flight: int = 2,
+        max_retries: int = 3,
+        worker_timeout: float = 60.0,
+        on_result: Callable[[int, str], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.checkpoint_path = str(checkpoint_path)
+        self.device = device
+        self.torch_threads = torch_threads
+        self.in_flight = in_flight
+        self.max_retries = max_retries
+        self.worker_timeout = worker_timeout
+        self.on_result = on_result
+        self.recreated = 0
+        self.resubmitted = 0
+        self._placement = threading.Lock()  # one placement at a time: never two on a worker
+        self._slots: list[_Slot] = []
+        deadline = time.monotonic() + worker_timeout
+        while not (workers := list(find_gpu_workers(client))):
+            if time.monotonic() > deadline:
+                raise ActorPoolError(
+                    f"no worker with the {GPU} resource joined the scheduler "
+                    f"{client.scheduler.address} within {worker_timeout:g} s"
+                )
+            time.sleep(0.25)
+        futures: list[tuple[str, Future]] = []
+        try:
+            for address in workers[:max_actors]:  # all submitted first: the models load at once
+                futures.append((address, self._submit(address)))
+            for address, future in futures:
+                try:
+                    self._slots.append(_Slot(future, self._await(future, address), address))
+                except _ActorLost as lost:
+                    log.warning("no downscaler actor on %s: %s", address, lost)
+            info = self._describe()
+        except BaseException:
+            for _, future in futures:
+                future.release()
+            self.close()
+            raise
+        self.scheme: str = info["scheme"]
+        self.cond_channels: int = info["cond_channels"]
+        log.info("downscaler actors on %s", ", ".join(s.address for s in self._slots))
+
+    def _describe(self) -> dict[str, Any]:
+        """The checkpoint's description from a live actor. An actor whose worker died since it
+        started is dropped; while none is left, one is placed anew on any GPU worker (a
+        restarted one included), for up to ``worker_timeout`` seconds."""
+        deadline = time.monotonic() + self.worker_timeout
+        while True:
+            for slot in list(self._slots):
+                try:
+                    return slot.actor.info().result()
+                # Its worker died after the actor started: "Unable to contact Actor's worker"
+                # (OSError), or "Worker holding Actor was lost" once the scheduler knows.
+                except (OSError, RuntimeError) as err:
+                    log.warning("downscaler actor on %s lost: %s", slot.address, err)
+                    self._drop(slot)
+                    self._slots.remove(slot)
+            if time.monotonic() > deadline:
+                raise ActorPoolError(
+                    f"every GPU worker left while loading {self.checkpoint_path} (waited "
+                    f"{self.worker_timeout:g} s for one to hold a downscaler actor)"
+                )
+            for address in find_gpu_workers(self.client):
+                try:
+                    future = self._submit(address)
+                    self._slots.append(_Slot(future, self._await(future, address), address))
+                    break
+                except _ActorLost as lost:
+                    log.warning("no downscaler actor on %s: %s", address, lost)
+            else:
+                time.sleep(0.25)
+
+    def __enter__(self) -> ActorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the actors (their workers drop the models)."""
+        for slot in self._slots:
+            self._drop(slot)
+        self._slots = []
+
+    def info(self) -> list[dict[str, Any]]:
+        """:meth:`DownscalerActor.info` of every live actor."""
+        calls = [slot.actor.info() for slot in self._slots if slot.actor is not None]
+        return [call.result() for call in calls]
+
+    def map(self, requests: Sequence[TileRequest]) -> list[np.ndarray]:
+        """The residual of every request, in order."""
+        run = _Run(len(requests))
+        if not requests:
+            return []
+        for slot in self._slots:  # actors a previous map() could not re-create in time
+            if slot.actor is None:  # wait for a GPU worker only if no actor is left
+                alive = any(other.actor is not None for other in self._slots)
+                self._replace(slot, slot.generation, run, patience=0.0 if alive else None)
+        threads = [
+            threading.Thread(target=self._drive, args=(slot, requests, run), daemon=True,
+                             name=f"actor-pool-{i}-{j}")
+            for i, slot in enumerate(self._slots) if slot.actor is not None
+            for j in range(self.in_flight)
+        ]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if run.error is not None:
+            raise run.error
+        if run.remaining:
+            raise ActorPoolError(f"{run.remaining} tiles left and no downscaler actor alive")
+        return run.results  # type: ignore[return-value]
+
+    def _drive(self, slot: _Slot, requests: Sequence[TileRequest], run: _Run) -> None:
+        """One caller of one actor: takes tiles until none is left."""
+        try:
+            while (index := run.take()) is not None:
+                with slot.lock:  # waits while another caller re-creates the actor
+                    actor, future, generation = slot.actor, slot.future, slot.generation
+                    address = slot.address
+                if actor is None:  # retired: no GPU worker came back in time
+                    run.put_back(index)
+                    return
+                try:
+                    residual = self._call(actor, future, requests[index])
+                except _ActorLost as lost:
+                    log.warning("downscaler actor on %s lost (%s); resubmitting tile %d",
+                                address, lost, index)  # fmt: skip
+                    if not self._resubmit(index, run) or not self._replace(slot, generation, run):
+                        return
+                    continue
+                run.done(index, residual)
+                if self.on_result is not None:
+                    self.on_result(index, address)
+        except BaseException as err:  # raised by map()
+            run.fail(err)
+
+    @staticmethod
+    def _call(actor: Any, future: Future, request: TileRequest) -> np.ndarray:
+        try:
+            call = actor.sample(request)
+        except RuntimeError as err:  # "Worker holding Actor was lost"
+            raise _ActorLost(err) from err
+        while True:
+            try:
+                return call.result(timeout=0.5)
+            except TimeoutError:
+                # A call to a dead worker may never return: watch the actor's own future.
+                if future.status not in ("pending", "finished"):
+                    raise _ActorLost(f"actor {future.status}") from None
+            except OSError as err:  # CommClosedError, "Unable to contact Actor's worker"
+                raise _ActorLost(err) from err
+
+    def _resubmit(self, index: int, run: _Run) -> bool:
+        with run.cv:
+            run.retries[index] += 1
+            if run.retries[index] > self.max_retries:
+                run.fail(
+                    ActorPoolError(
+                        f"tile {index} lost its actor {run.retries[index]} times "
+                        f"(max_retries={self.max_retries})"
+                    )
+                )
+                return False
+            self.resubmitted += 1
+        run.put_back(index)
+        return True
+
+    def _submit(self, address: str) -> Future:
+        name = self.client.scheduler_info()["workers"].get(address, {}).get("name", address)
+        return self.client.submit(
+            DownscalerActor, self.checkpoint_path, device=self.device,
+            torch_threads=self.torch_threads,
+            key=f"DownscalerActor-{name}-{uuid.uuid4().hex[:8]}", actor=True,
+            resources={GPU: 1}, workers=[address], allow_other_workers=False,
+        )  # fmt: skip
+
+    def _await(self, future: Future, address: str) -> Any:
+        """The actor handle, bound to this pool's client (not to the default one);
+        :class:`_ActorLost` if its worker leaves while the model loads."""
+        from distributed import CancelledError, KilledWorker
+
+        deadline = time.monotonic() + self.worker_timeout
+        try:
+            with self.client.as_current():
+                while True:
+                    try:
+                        return future.result(timeout=0.5)
+                    except TimeoutError:
+                        if address not in find_gpu_workers(self.client):
+                            raise _ActorLost(f"{address} left while loading the model") from None
+                        if time.monotonic() > deadline:
+                            raise ActorPoolError(
+                                f"the downscaler actor on {address} did not start within "
+                                f"{self.worker_timeout:g} s"
+                            ) from None
+                    except (OSError, KilledWorker, CancelledError) as err:
+                        raise _ActorLost(err) from err
+        except BaseException:
+            future.release()
+            raise
+
+    def _replace(
+        self, slot: _Slot, generation: int, run: _Run, patience: float | None = None
+    ) -> bool:
+        """Re-create the slot's actor on a free GPU worker, waiting up to ``patience`` seconds
+        (default ``worker_timeout``) for one; False if the slot's callers should stop."""
+        with slot.lock:
+            if slot.generation != generation:  # another caller of this actor did it
+                return slot.actor is not None
+            lost_on = slot.address
+            self._drop(slot)
+            slot.generation += 1
+            patience = self.worker_timeout if patience is None else patience
+            deadline = time.monotonic() + patience
+            while not run.over:
+                with self._placement:
+                    taken = {lost_on} | {other.address for other in self._slots}
+                    free = [
+                        address for address in find_gpu_workers(self.client) if address not in taken
+                    ]
+                    if free:
+                        try:
+                            future = self._submit(free[0])
+                            slot.actor = self._await(future, free[0])
+                        except _ActorLost as lost:
+                            log.warning("no downscaler actor on %s: %s", free[0], lost)
+                            continue
+                        slot.future, slot.address = future, free[0]
+                        self.recreated += 1
+                        log.warning("downscaler actor re-created on %s (lost on %s)",
+                                    free[0], lost_on)  # fmt: skip
+                        return True
+                if time.monotonic() > deadline:
+                    alive = sum(other.actor is not None for other in self._slots)
+                    if alive:
+                        log.warning("no free GPU worker within %g s; going on with %d actors",
+                                    patience, alive)  # fmt: skip
+                    else:
+                        run.fail(
+                            ActorPoolError(
+                                f"lost the downscaler actor on {lost_on} and no worker with "
+                                f"the {GPU} resource was free within {patience:g} s"
+                            )
+                        )
+                    return False
+                time.sleep(0.25)
+            return False
+
+    @staticmethod
+    def _drop(slot: _Slot) -> None:
+        if slot.future is not None:
+            slot.future.release()
+        slot.future = slot.actor = slot.address = None
+
+
+def downscale_distributed(
+    pool_or_client: ActorPool | Client,
+    checkpoint_path: str | Path,
+    conditions: np.ndarray | Sequence[np.ndarray],
+    *,
+    samples: int = 4,
+    ddim_steps: int = 25,
+    tile: int = 128,
+    overlap: int = 32,
+    seed: int | Sequence[int] = 0,
+) -> np.ndarray | list[np.ndarray]:
+    """:func:`~unique_cube.downscale.sampling.downscale` on the pool's actors, tile by tile.
+
+    ``conditions`` is one stack (C, H, W), giving members (K, H, W), or a list of stacks
+    (several days, one tile queue), giving a list; ``seed`` is one seed for all or one per
+    stack. The result equals ``downscale(ckpt, condition, seed=...)`` with the same
+    arguments. With a client, a pool is made for this call and closed after it.
+    """
+    single = isinstance(conditions, np.ndarray) and conditions.ndim == 3
+    stacks = [conditions] if single else [np.asarray(c) for c in conditions]
+    seeds = [seed] * len(stacks) if isinstance(seed, int) else list(seed)
+    if len(seeds) != len(stacks):
+        raise ValueError(f"{len(seeds)} seeds for {len(stacks)} condition stacks")
+    with ExitStack() as stack:
+        if isinstance(pool_or_client, ActorPool):
+            pool = pool_or_client
+            if Path(pool.checkpoint_path) != Path(checkpoint_path):
+                raise ValueError(f"the pool holds {pool.checkpoint_path}, not {checkpoint_path}")
+        else:
+            pool = stack.enter_context(ActorPool(pool_or_client, checkpoint_path))
+        for condition in stacks:
+            validate_condition(condition, pool.cond_channels, pool.scheme)
+        plans = [tile_plan(c.shape[1], c.shape[2], tile=tile, overlap=overlap) for c in stacks]
+        requests = [
+            TileRequest(np.ascontiguousarray(condition[(slice(None), *t.window)]), samples,
+                        ddim_steps, day_seed, t.ty, t.tx)
+            for condition, day_seed, plan in zip(stacks, seeds, plans, strict=True)
+            for t in plan
+        ]  # fmt: skip
+        residuals = pool.map(requests)
+    maps, start = [], 0
+    for condition, plan in zip(stacks, plans, strict=True):
+        maps.append(blend_tiles(condition, plan, residuals[start : start + len(plan)],
+                                overlap=overlap))  # fmt: skip
+        start += len(plan)
+    return maps[0] if single else maps

@@ -1,0 +1,334 @@
+"""Asset reads that survive a flaky object store: retries, re-signing, and an account of losses.
+
+odc-stac reads every asset through a *reader driver*. :class:`ResilientDriver` is rasterio's
+driver with three changes:
+
+- a failed read is retried ``retries`` times with exponential backoff;
+- before each retry of a remote asset its URL is signed afresh (``ReadPolicy.resign``): a
+  Planetary Computer SAS token that expired during a long run is answered 403, and the next
+  attempt carries a new one;
+- a read that still fails either raises (the default: nothing is silently no data), or, when
+  the policy names a *ledger*, is left as no data **and recorded**: the daily product counts
+  the lost reads, flags their pixels in its QA layer and fails a day that lost too much.
+
+A 403 that persists after re-signing is never a loss: it is an access problem, raised as
+:class:`AccessDeniedError` whatever the policy.
+
+Signed URLs are secrets. Messages and log records name assets with :func:`redact`: the query
+string (where SAS tokens and keys live) and any user:password are cut out.
+
+The policy in force is taken from a context variable when a cube is built
+(:func:`use_read_policy`), so that one ``with`` around a job gives every load the catalog's
+re-signer; the driver carries it into the Dask graph (the policy must pickle: its ``resign``
+is a module-level function).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from odc.loader import RioDriver, RioReader
+
+from unique_cube.errors import ConfigError, LoadError
+
+__all__ = [
+    "LEDGER_TOPIC",
+    "AccessDeniedError",
+    "ReadPolicy",
+    "ResilientDriver",
+    "current_read_policy",
+    "install_redaction",
+    "item_signer",
+    "lost_reads",
+    "redact",
+    "sign_planetary_computer",
+    "strip_query",
+    "url_signer",
+    "use_read_policy",
+]
+
+
+log = logging.getLogger(__name__)
+
+
+LEDGER_TOPIC = "unique-cube-lost-reads"
+
+
+class AccessDeniedError(LoadError):
+    """An asset kept answering 403 (forbidden) although its URL was signed afresh."""
+
+
+@dataclass(frozen=True)
+class ReadPolicy:
+    """How hard to try an asset, how to re-sign its URL, and what to do when it cannot be read."""
+
+    retries: int = 3
+    """Retries per read (so up to ``retries + 1`` attempts)."""
+    backoff: float = 0.5
+    """Seconds before the first retry, doubled before each next one."""
+    http_retries: int = 3
+    """GDAL's own retries of a 429 or 5xx answer within one attempt (its delay: ``backoff``)."""
+    resign: Callable[[str], str] | None = None
+    """Signs an unsigned asset URL (``planetary_computer.sign``); ``None``: URLs are kept."""
+    ledger: str | None = None
+    """When set, a read that still fails is no data and recorded under this id (see
+    :func:`lost_reads`); when ``None`` it raises :class:`~unique_cube.errors.LoadError`."""
+
+
+_POLICY: contextvars.ContextVar[ReadPolicy | None] = contextvars.ContextVar(
+    "unique_cube_read_policy", default=None
+)
+
+
+def current_read_policy() -> ReadPolicy:
+    """The policy that a cube built now reads with."""
+    return _POLICY.get() or ReadPolicy()
+
+
+@contextlib.contextmanager
+def use_read_policy(policy: ReadPolicy | None = None, **changes: Any) -> Iterator[ReadPolicy]:
+    """Cubes built in the block read with ``policy`` (default: the current one) and
+    ``changes`` (``ledger="…"``)."""
+    policy = dataclasses.replace(policy or current_read_policy(), **changes)
+    token = _POLICY.set(policy)
+    try:
+        yield policy
+    finally:
+        _POLICY.reset(token)
+
+
+def sign_planetary_computer(href: str) -> str:
+    """An asset URL signed with a Planetary Computer SAS token (``PC_SDK_SUBSCRIPTION_KEY``)."""
+    import planetary_computer
+
+    return planetary_computer.sign(href)
+
+
+def url_signer(catalog) -> Callable[[str], str] | None:
+    """The function that signs one asset URL of ``catalog`` (see ``Catalog.signing``), or
+    ``None`` when its URLs are not signed."""
+    if catalog.signing == "none":
+        return None
+    if catalog.signing == "planetary-computer":
+        return sign_planetary_computer
+    import importlib
+
+    module, _, name = catalog.signing.partition(":")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"{catalog.path or catalog.name}: signing: cannot import "
+                          f"{catalog.signing!r} ({err})") from None  # fmt: skip
+    if not callable(function):
+        raise ConfigError(f"{catalog.path or catalog.name}: signing: {catalog.signing!r} is "
+                          "not a function")  # fmt: skip
+    return function
+
+
+def item_signer(catalog) -> Callable[[Any], Any] | None:
+    """A pystac-client ``modifier`` signing every asset of what a search returns, or ``None``."""
+    sign = url_signer(catalog)
+    if sign is None:
+        return None
+    if sign is sign_planetary_computer:
+        import planetary_computer
+
+        return planetary_computer.sign_inplace
+    return functools.partial(_sign_assets, sign)
+
+
+def _sign_assets(sign: Callable[[str], str], obj: Any) -> Any:
+    import pystac
+
+    if isinstance(obj, pystac.ItemCollection):
+        for item in obj:
+            _sign_assets(sign, item)
+    elif isinstance(obj, pystac.Item):
+        for asset in obj.assets.values():
+            asset.href = sign(asset.href)
+    elif isinstance(obj, dict):
+        for feature in obj.get("features", [obj]):
+            for asset in feature.get("assets", {}).values():
+                asset["href"] = sign(asset["href"])
+    return obj
+
+
+_QUERY = re.compile(r"\?[A-Za-z0-9_.~%-]+=[^\s'\"<>]*")
+
+
+_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@'\"]+@")
+
+
+def strip_query(url: str) -> str:
+    """``url`` without its query string and fragment (an unsigned URL)."""
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def redact(text: str) -> str:
+    """``text`` with every query string (``?name=…``, where SAS tokens and keys live, with or
+    without the URL's scheme: GDAL names files without it) and user:password cut out."""
+    return _USERINFO.sub(r"\1<redacted>@", _QUERY.sub("?<redacted>", str(text)))
+
+
+def _redacting_record_factory(factory):
+    def make(*args, **kwargs) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record stays as it is, for logging to report
+            return record
+        if "?" in message or "@" in message:
+            clean = redact(message)
+            if clean != message:
+                record.msg, record.args = clean, ()
+        return record
+
+    make.redacting = True  # type: ignore[attr-defined]
+    return make
+
+
+def install_redaction() -> None:
+    """Every log record of this process is redacted when it is made (odc-loader, rasterio and
+    GDAL name the file they failed on with its token). Idempotent; done at import, so in every
+    process that reads assets (Dask workers import this module with the reader driver)."""
+    factory = logging.getLogRecordFactory()
+    if not getattr(factory, "redacting", False):
+        logging.setLogRecordFactory(_redacting_record_factory(factory))
+
+
+install_redaction()
+
+
+def _not_odc_failure(record: logging.LogRecord) -> bool:
+    """odc-loader logs an ERROR for every failed attempt; the reader says what it does next."""
+    return not str(record.msg).startswith("Failed to load")
+
+
+logging.getLogger("odc.loader._rio").addFilter(_not_odc_failure)
+
+
+class ResilientDriver(RioDriver):
+    """odc-stac's rasterio reader driver with retries, re-signing and a ledger of losses."""
+
+    def __init__(self, policy: ReadPolicy | None = None) -> None:
+        super().__init__()
+        self.policy = policy or current_read_policy()
+
+    def capture_env(self) -> dict[str, Any]:
+        env = super().capture_env()
+        env.setdefault("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR")
+        env["GDAL_HTTP_MAX_RETRY"] = str(self.policy.http_retries)
+        env["GDAL_HTTP_RETRY_DELAY"] = str(self.policy.backoff)
+        return env
+
+    def open(self, src, ctx) -> _ResilientReader:
+        return _ResilientReader(src, ctx, self.policy)
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.split("://", 1)[0].lower() in {"http", "https", "s3", "gs", "az", "abfs"}
+
+
+def _denied(err: BaseException) -> bool:
+    text = str(err)
+    return "403" in text and ("HTTP" in text or "Forbidden" in text or "response" in text)
+
+
+class _ResilientReader:
+    def __init__(self, src, ctx, policy: ReadPolicy) -> None:
+        self._src = src
+        self._ctx = ctx
+        self._policy = policy
+
+    def read(self, cfg, dst_geobox, *, dst=None, selection=None):
+        import rasterio.errors
+
+        policy, src = self._policy, self._src
+        cfg = dataclasses.replace(cfg, fail_on_error=True)
+        attempts, error = 0, None
+        for attempt in range(policy.retries + 1):
+            attempts += 1
+            try:
+                reader = RioReader(src, self._ctx)
+                return reader.read(cfg, dst_geobox, dst=dst, selection=selection)
+            except (rasterio.errors.RasterioError, OSError) as err:
+                error = err
+            if attempt == policy.retries:
+                break
+            resign = policy.resign is not None and _is_remote(src.uri)
+            if not (resign and _denied(error)):  # an expired signature: renew it at once
+                time.sleep(policy.backoff * 2**attempt)
+            if resign:
+                try:
+                    src = src.patch(uri=policy.resign(strip_query(src.uri)))
+                except Exception as err:  # the token service failed: retry the old URL
+                    log.warning("signing %s afresh failed: %s", strip_query(src.uri),
+                                redact(str(err))[:200])  # fmt: skip
+        where = f"{redact(src.uri)} (band {src.band})"
+        reason = redact(str(error))[:300]
+        if _denied(error):
+            raise AccessDeniedError(
+                f"access denied to {where} after {attempts} attempts"
+                + (", each with a freshly signed URL" if policy.resign else " (no URL signing is "
+                   "configured for this catalog)") + f": {reason}"
+            )  # fmt: skip
+        if policy.ledger is None:
+            raise LoadError(f"cannot read {where} after {attempts} attempts: {reason}")
+        _record_loss(policy.ledger, {"href": strip_query(src.uri), "band": src.band,
+                                     "attempts": attempts, "reason": reason})  # fmt: skip
+        empty = dst[0:0, 0:0] if dst is not None else np.empty((0, 0), dtype=cfg.dtype)
+        return np.s_[0:0, 0:0], empty
+
+
+_LOCAL: dict[str, list[dict]] = {}
+
+
+_LOCK = threading.Lock()
+
+
+def _record_loss(ledger: str, event: dict) -> None:
+    event = {**event, "ledger": ledger}
+    log.warning("read of %s (band %s) lost after %d attempts: %s", event["href"], event["band"],
+                event["attempts"], event["reason"])  # fmt: skip
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        worker = None
+    if worker is not None:
+        worker.log_event(LEDGER_TOPIC, event)
+        return
+    with _LOCK:
+        _LOCAL.setdefault(ledger, []).append(event)
+
+
+def lost_reads(ledger: str) -> list[dict]:
+    """The reads lost under ``ledger``, in this process and on the workers of the current Dask
+    client; each ``{"href", "band", "attempts", "reason"}`` once (href without query)."""
+    with _LOCK:
+        events = list(_LOCAL.pop(ledger, []))
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None:
+        events += [e for _, e in client.get_events(LEDGER_TOPIC) if e.get("ledger") == ledger]
+    unique: dict[tuple[str, int], dict] = {}
+    for event in events:
+        event = {k: v for k, v in event.items() if k != "ledger"}
+        unique.setdefault((event["href"], event["band"]), event)
+    return list(unique.values())

@@ -1,0 +1,121 @@
+"""Cloud-optimised GeoTIFFs: one writer for the demo world's inputs and the product's outputs.
+
+GDAL's COG driver does the layout (internal tiles, overviews, nodata, ZSTD); the file is
+written beside its final name and renamed into place, so a reader never sees half a COG.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from unique_cube.files import partial_path, write_atomic
+
+__all__ = ["COPY_CACHE_MB", "StagedCog", "write_cog"]
+
+
+#: GDAL's block cache (MB) while a staged raster is copied into a COG.
+COPY_CACHE_MB = 64
+
+
+def write_cog(
+    path: str | Path,
+    array: np.ndarray,
+    crs: str,
+    transform: Iterable[float],
+    nodata: float | None,
+    resampling: str = "nearest",
+    *,
+    tags: dict[str, str] | None = None,
+    blocksize: int = 512,
+) -> None:
+    """Write one single-band COG (ZSTD, ``blocksize`` tiles, overviews when larger than a tile)."""
+    import rasterio
+    from affine import Affine
+
+    path = Path(path)
+    profile = {
+        "driver": "COG",
+        "width": array.shape[1],
+        "height": array.shape[0],
+        "count": 1,
+        "dtype": array.dtype.name,
+        "crs": crs,
+        "transform": Affine(*list(transform)[:6]),
+        "nodata": nodata,
+        "blocksize": blocksize,
+        "compress": "zstd",
+        "overview_resampling": resampling,
+    }
+    with write_atomic(path) as partial, rasterio.open(partial, "w", **profile) as dst:
+        dst.write(array, 1)
+        if tags:
+            dst.update_tags(**tags)
+
+
+class StagedCog:
+    """A COG too large to hold in memory, written window by window.
+
+    The windows go into a tiled GeoTIFF beside the final name (``.NAME.PID.stage.partial``);
+    :meth:`finish` has GDAL's COG driver copy it into a COG (overviews made from the staged
+    file, block by block) and renames that into place. Until then no reader sees the name; a
+    process killed meanwhile leaves only ``.partial`` files, which the next run of the day
+    removes."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        shape: tuple[int, int],
+        dtype: str,
+        crs: str,
+        transform: Iterable[float],
+        nodata: float | None,
+        resampling: str = "nearest",
+        *,
+        tags: dict[str, str] | None = None,
+        blocksize: int = 512,
+    ) -> None:
+        import rasterio
+        from affine import Affine
+
+        self.path = Path(path)
+        self.resampling, self.blocksize = resampling, blocksize
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stage = partial_path(self.path, ".stage")
+        self._dataset = rasterio.open(
+            self.stage, "w", driver="GTiff", width=shape[1], height=shape[0], count=1,
+            dtype=dtype, crs=crs, transform=Affine(*list(transform)[:6]), nodata=nodata,
+            tiled=True, blockxsize=blocksize, blockysize=blocksize, compress="zstd",
+            zstd_level=1, bigtiff="if_safer",
+        )  # fmt: skip
+        if tags:
+            self._dataset.update_tags(**tags)
+
+    def write(self, array: np.ndarray, rows: slice, cols: slice) -> None:
+        """Pixels ``rows × cols`` of the raster."""
+        from rasterio.windows import Window
+
+        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+        self._dataset.write(array, 1, window=window)
+
+    def finish(self) -> None:
+        """The COG in place under its name; the staged file removed."""
+        import rasterio.shutil
+
+        self._dataset.close()
+        try:
+            # GDAL's block cache is 5 % of the machine's memory by default; the copy reads the
+            # staged file once in block order, so a small cache bounds memory and costs nothing.
+            with write_atomic(self.path) as partial, rasterio.Env(GDAL_CACHEMAX=COPY_CACHE_MB):
+                rasterio.shutil.copy(self.stage, partial, driver="COG", blocksize=self.blocksize,
+                                     compress="zstd", overview_resampling=self.resampling,
+                                     bigtiff="if_safer")  # fmt: skip
+        finally:
+            self.stage.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Nothing of this COG is left."""
+        self._dataset.close()
+        self.stage.unlink(missing_ok=True)

@@ -1,0 +1,324 @@
+"""``unique-cube run``: the daily 30 m GPP product, one day or a backfill.
+
+For each block of days: GPP_M on the coarse grid (:mod:`unique_cube.product.coarse`); for
+each day, under its lock: the day planned and made window by window
+(:mod:`unique_cube.product.day`) into the store (:mod:`unique_cube.product.store`), its STAC
+item (:mod:`unique_cube.product.stac`), then its completion marker. Downscaler tiles are
+sampled by supervised, GPU-pinned Dask actors (:mod:`unique_cube.downscale.actors`).
+
+A skipped day is recorded with its reason in the run log and the STAC collection; a failed day
+never stops a backfill. A day is done only when its completion marker is written, so a run that
+dies mid-day leaves it to the next run; the day lock keeps two runs of one day apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import re
+import resource
+import time
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from unique_cube.config.catalog import Catalog
+from unique_cube.config.pipeline import Pipeline, ProductSpec
+from unique_cube.downscale.cluster import dask_client
+from unique_cube.downscale.pool import ActorPool
+from unique_cube.errors import (
+    CatalogError,
+    ConfigError,
+    EmptySearchError,
+    LockBusyError,
+    UniqueCubeError,
+)
+from unique_cube.files import write_json
+from unique_cube.grid import (
+    coarse_geobox,
+    lonlat_bbox,
+)
+from unique_cube.inputs.search import open_catalog
+from unique_cube.inputs.weather import weather_items
+from unique_cube.product.coarse import CoarseDays, block_inputs, gpp_m_block
+from unique_cube.product.day import (
+    DaySkipped,
+    RunContext,
+    Sampler,
+    day_layout,
+    make_windows,
+    plan_day,
+)
+from unique_cube.product.models import ProductModels, check_models
+from unique_cube.product.stac import day_item
+from unique_cube.product.static import StaticLayers, static_for
+from unique_cube.product.store import ProductStore
+from unique_cube.version import __version__
+
+__all__ = ["DayResult", "parse_day", "product_days", "run"]
+
+
+log = logging.getLogger(__name__)
+
+
+def parse_day(text: str, time_zone: str = "UTC", option: str | None = None) -> dt.date:
+    """``YYYY-MM-DD``, ``today`` or ``yesterday`` (in ``time_zone``, computed now); an error
+    names ``option`` (``--date``) when given, and tells an impossible day (``2023-02-30``)
+    from a date in another format."""
+    today = dt.datetime.now(zoneinfo.ZoneInfo(time_zone)).date()
+    if text == "today":
+        return today
+    if text == "yesterday":
+        return today - dt.timedelta(days=1)
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as why:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):  # the form is right, the day is not
+            where = f"{option} " if option else ""
+            raise ConfigError(f"{where}{text}: no such day ({why})") from None
+        where = f"{option}: " if option else ""
+        raise ConfigError(
+            f"{where}unknown date {text!r}: expected YYYY-MM-DD, 'today' or 'yesterday'"
+        ) from None
+
+
+def product_days(start: dt.date, end: dt.date) -> list[dt.date]:
+    if end < start:
+        raise ConfigError(f"--end {end} is before --start {start}")
+    return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_mb() -> float:
+    """Resident memory now. For Dask workers: their ru_maxrss starts at the peak of the
+    process they were forked from, so it says nothing of their own peak."""
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+@dataclass
+class DayResult:
+    day: dt.date
+    status: str
+    """``done``, ``already done``, ``skipped`` or ``failed``."""
+    reason: str = ""
+    seconds: float = 0.0
+    details: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"day": self.day.isoformat(), "status": self.status, "reason": self.reason,
+                "seconds": round(self.seconds, 2), **self.details}  # fmt: skip
+
+
+def run(
+    pipeline: Pipeline,
+    days: list[dt.date],
+    *,
+    force: bool = False,
+    sampler: Sampler | None = None,
+    say: Callable[[str], None] = log.info,
+) -> dict:
+    """Produce ``days``; a done day is kept unless ``force``. Returns the run log (also
+    written to ``<output>/runs/``): each day's status, reason and seconds."""
+    pipeline.require("grid", "product", command="unique-cube run")
+    spec = pipeline.product
+    today = dt.datetime.now(zoneinfo.ZoneInfo(spec.time_zone)).date()
+    future = [d for d in days if d >= today]
+    if future:
+        raise ConfigError(f"{future[0]} has not ended yet in {spec.time_zone}; its inputs "
+                          "cannot exist (the latest day is yesterday)")  # fmt: skip
+    models = check_models(pipeline)
+    geobox = pipeline.grid.geobox
+    store = ProductStore(spec.output, geobox, coarse_geobox(geobox),
+                         lock_timeout=spec.lock_timeout_s)  # fmt: skip
+    started = dt.datetime.now(dt.UTC)
+    log_path = store.root / "runs" / f"{started:%Y%m%dT%H%M%S}-{os.getpid()}.json"
+    results: list[DayResult] = []
+    todo = [d for d in days if force or not store.is_done(d)]
+    results += [DayResult(d, "already done") for d in days if d not in todo]
+    if results:
+        say(f"{len(results)} of {len(days)} days already done (kept; --force redoes them)")
+    with contextlib.ExitStack() as stack:
+        prepared = _prepare(stack, pipeline, models, store, todo, sampler, say)
+        gap = max(models.card.gap_fill_days, spec.max_gap_days)
+        for block_start in range(0, len(todo), spec.block_days):
+            block = todo[block_start : block_start + spec.block_days]
+            say(f"GPP_M for {block[0]}..{block[-1]}")
+            try:
+                inputs = block_inputs(pipeline, prepared.catalog, block, gap)
+                coarse = gpp_m_block(pipeline, prepared.catalog, models.card_path, inputs)
+            except UniqueCubeError as err:  # the block's days fail; the backfill goes on
+                log.exception("GPP_M for %s..%s failed", block[0], block[-1])
+                say(f"{block[0]}..{block[-1]}: failed: {err}")
+                results += [DayResult(d, "failed", f"GPP_M: {err}") for d in block]
+                _write_run_log(log_path, pipeline, started, results)
+                continue
+            for day in block:
+                results.append(_one_day(prepared.context, store, coarse, day, force, say))
+                _write_run_log(log_path, pipeline, started, results)
+        sampler = prepared.context.sampler
+        client = getattr(sampler, "client", None)
+        workers = client.run(_rss_mb) if client is not None else {}
+    report = _write_run_log(log_path, pipeline, started, results, workers)
+    counts = report["counts"]
+    say(f"run log: {log_path} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    return report
+
+
+@dataclass
+class _Prepared:
+    context: RunContext
+    catalog: Catalog | None
+
+
+def _prepare(stack, pipeline: Pipeline, models: ProductModels, store: ProductStore,
+             todo: list[dt.date], sampler: Sampler | None, say) -> _Prepared:  # fmt: skip
+    """What every day of the run shares; the catalog, the cluster and the static layers only
+    when there are days to make."""
+    spec = pipeline.product
+    static, catalog = StaticLayers({}, {}), None
+    layout = day_layout(pipeline)
+    if todo:  # else nothing to make: no catalog, no cluster
+        if sampler is None and spec.scheme != "bilinear":
+            sampler = _actor_sampler(stack, spec, models, say)
+        catalog = stack.enter_context(open_catalog(pipeline))
+        _check_coverage(pipeline, catalog, todo)
+        if spec.scheme == "s2":
+            static = static_for(catalog, pipeline.grid.geobox, layout.extents,
+                                store.root / "cache" / "static", spec.read_retries)  # fmt: skip
+    if static.problem:
+        say(f"warning: {static.problem}; days fall back to S1")
+    if len(layout.windows) > 1:
+        say(f"each day in {len(layout.windows)} windows of at most {spec.window} px")
+    return _Prepared(RunContext(pipeline, models, static, layout, sampler), catalog)
+
+
+def _actor_sampler(
+    stack: contextlib.ExitStack, spec: ProductSpec, models: ProductModels, say
+) -> Sampler:
+    """Tiles sampled by GPU-pinned Dask actors (one per GPU worker, supervised): the cluster
+    named by ``$DASK_SCHEDULER_ADDRESS``, or a local one (its dashboard link is said)."""
+    client = stack.enter_context(dask_client(cpu_threads=spec.cpu_threads, say=say))
+    pools: dict[str, ActorPool] = {}
+
+    def sample(ckpt, requests: list) -> list[np.ndarray]:
+        if ckpt.scheme not in pools:
+            pools[ckpt.scheme] = stack.enter_context(
+                ActorPool(client, models.paths[ckpt.scheme], torch_threads=spec.torch_threads)
+            )
+        return pools[ckpt.scheme].map(requests)
+
+    sample.client = client  # type: ignore[attr-defined]
+    return sample
+
+
+def _check_coverage(pipeline: Pipeline, catalog, days: list[dt.date]) -> None:
+    """A run whose days the reanalysis does not cover at all is a mistake, not a bad day."""
+    try:
+        weather_items(catalog, pipeline.gpp.weather, pipeline.grid.geobox, min(days), max(days))
+    except EmptySearchError:
+        bbox = [round(v, 3) for v in lonlat_bbox(pipeline.grid.geobox)]
+        raise CatalogError(
+            f"{min(days)}..{max(days)} over the grid (bbox {bbox}) is outside the inputs' "
+            f"coverage: catalog {catalog.name} has no {pipeline.gpp.weather} reanalysis for "
+            "these dates or this area"
+        ) from None
+
+
+def _one_day(
+    run: RunContext, store: ProductStore, coarse: CoarseDays, day: dt.date, force: bool, say
+) -> DayResult:
+    """Make one day under its lock (or say why not): never raises for a bad day."""
+    began = time.perf_counter()
+    if day in coarse.skipped:
+        return _skip(store, day, coarse.skipped[day], say)
+    try:
+        with store.day_lock(day):
+            if store.is_done(day) and not force:
+                return DayResult(day, "already done", "finished by another run meanwhile")
+            store.forget(day)
+            details = _make_day(run, store, coarse, day, began)
+    except DaySkipped as why:
+        return _skip(store, day, str(why), say)
+    except LockBusyError as err:
+        return _skip(store, day, str(err), say, record=False)
+    except UniqueCubeError as err:
+        log.exception("%s failed", day)
+        say(f"{day}: failed: {err}")
+        return DayResult(day, "failed", str(err), time.perf_counter() - began)
+    seconds = time.perf_counter() - began
+    before, after = details["coarse_mismatch_before"], details["coarse_mismatch_after"]
+    say(f"{day}: done in {seconds:.1f} s ({details['scheme']}; 480 m mismatch with GPP_M "
+        f"{before:.3f} → {after:.3f} gC m-2 d-1)")  # fmt: skip
+    keep = ("scheme", "coarse_mismatch_before", "coarse_mismatch_after", "qa_fractions",
+            "lost_inputs")  # fmt: skip
+    return DayResult(day, "done", "", seconds, {k: details[k] for k in keep if k in details})
+
+
+def _make_day(
+    run: RunContext, store: ProductStore, coarse: CoarseDays, day: dt.date, began: float
+) -> dict:
+    """The day's maps, COGs, item and marker (the day is done once it is written); returns
+    what the day's item says of it."""
+    pipeline = run.pipeline
+    i = coarse.days.index(day)
+    plan = plan_day(run, day, coarse.gpp[i], coarse.gap[i], coarse.out_of_range[i],
+                    coarse.lost.get(day))  # fmt: skip
+    tags = {"date": day.isoformat(), "software": "unique-cube"}
+    with store.open_day(day, tags) as writer:
+        make_windows(run, plan, writer.write)
+        cogs = writer.finish(plan.gpp_m)
+    span = dt.timedelta(days=max(run.models.card.gap_fill_days, pipeline.product.max_gap_days))
+    provenance = {
+        pipeline.gpp.modis.source: sorted(
+            iid for when, iid in coarse.modis_items if abs(when - day) <= span
+        ),
+        pipeline.gpp.weather: coarse.weather_items,
+        **run.static.items,
+    }
+    item = day_item(pipeline, store, day, cogs, provenance, plan.details, run.models.hashes)
+    marker = {"day": day.isoformat(), "seconds": round(time.perf_counter() - began, 2),
+              "finished": dt.datetime.now(dt.UTC).isoformat(),
+              "item": str(store.item_path(day).relative_to(store.root)),
+              "checksums": {k: a["file:checksum"] for k, a in item["assets"].items()
+                            if "file:checksum" in a}}  # fmt: skip
+    store.commit(day, item, marker)
+    return plan.details
+
+
+def _skip(store, day, reason: str, say, record: bool = True) -> DayResult:
+    say(f"{day}: skipped: {reason}")
+    if record:
+        store.record_skip(day, reason)
+    return DayResult(day, "skipped", reason)
+
+
+def _write_run_log(
+    path: Path, pipeline: Pipeline, started, results: list[DayResult], workers: dict | None = None
+) -> dict:
+
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    done = [r for r in results if r.status == "done"]
+    report = {
+        "pipeline": pipeline.path,
+        "software": {"unique-cube": __version__},
+        "started": started.isoformat(),
+        "days": [r.as_dict() for r in sorted(results, key=lambda r: r.day)],
+        "counts": counts,
+        "seconds_per_day": round(float(np.mean([r.seconds for r in done])), 2) if done else None,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "worker_rss_mb": {k: round(v, 1) for k, v in (workers or {}).items()},
+    }
+    write_json(path, report)
+    return report
