@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -321,19 +322,6 @@ gpp:
 {extra}"""
 
 
-@pytest.fixture(scope="session")
-def trained_models(demo_world: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Both GPP models trained on the small demo world (4 spatial folds): their folder."""
-    from unique_cube.cli import main
-
-    world = demo_world[0]
-    folder = tmp_path_factory.mktemp("models")
-    spec = folder / "pipeline.yaml"
-    spec.write_text(small_pipeline(world, folder))
-    assert main(["train-gpp", str(spec)]) == 0
-    return folder
-
-
 def downscale_sections(world: Path, manifest: dict, out: Path, product: str = "") -> str:
     """Grid and downscale sections for the small world (a few training steps: mechanics only),
     and ``product`` as the body of a product section when given."""
@@ -358,23 +346,70 @@ downscale:
     return text
 
 
+@dataclass
+class DemoRun:
+    """``unique-cube demo`` run once on the small world (see :func:`demo_run`)."""
+
+    argv: list[str]
+    """The command's arguments (a second run with them reuses every stage)."""
+    out: Path
+    """Its output folder: ``models/``, ``ds/``, ``product/``, ``report/``."""
+    said: str
+    """What the run wrote on stderr."""
+
+
+#: The product section of the demo run: 3 days of the small world.
+DEMO_PRODUCT = """
+output: demo-output/product
+samples: 2
+ddim_steps: 3
+tile: 96
+overlap: 16
+period: {start: 2023-08-01, end: 2023-08-03}
+"""
+
+
 @pytest.fixture(scope="session")
-def trained_downscalers(
-    demo_world: tuple[Path, dict], trained_models: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """S1, S2 and the pure-pixel baseline trained on the small world (a few steps): the folder
-    whose ``ds/`` holds them; ``pipeline.yaml`` there is the pipeline that trained them."""
+def demo_run(demo_world: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """`unique-cube demo` on the small world with a pipeline made for it (4 spatial folds, a
+    few downscaler training steps: mechanics only), once per session: both GPP models, S1, S2
+    and the pure-pixel baseline, their evaluation, 3 product days and the report. Its trained
+    models are every other test's (``trained_models``, ``trained_downscalers``)."""
     from unique_cube.cli import main
 
-    world, manifest = demo_world
-    folder = tmp_path_factory.mktemp("downscalers")
-    spec = folder / "pipeline.yaml"
+    path, manifest = demo_world
+    folder = tmp_path_factory.mktemp("demo-run")
+    spec = folder / "small.yaml"
     spec.write_text(
-        small_pipeline(world, trained_models, downscale_sections(world, manifest, folder))
+        small_pipeline(Path("demo-world"), Path("demo-output/models"),
+                       downscale_sections(Path("demo-world"), manifest, Path("demo-output"),
+                                          DEMO_PRODUCT))
+    )  # fmt: skip
+    out = folder / "out"
+    argv = ["demo", "--world", str(path), "--size", "small", "--seed", str(manifest["seed"]),
+            "--pipeline", str(spec), "--output", str(out)]  # fmt: skip
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):
+        code = main(argv)
+    assert code == 0, said.getvalue()[-3000:]
+    # The pipeline of its models in the form the other tests write theirs.
+    (out / "pipeline.yaml").write_text(
+        small_pipeline(path, out / "models", downscale_sections(path, manifest, out))
     )
-    for scheme in ("s1", "s2", "pure_pixel"):
-        assert main(["train-downscaler", str(spec), "--scheme", scheme]) == 0
-    return folder
+    return DemoRun(argv, out, said.getvalue())
+
+
+@pytest.fixture(scope="session")
+def trained_models(demo_run: DemoRun) -> Path:
+    """Both GPP models trained on the small demo world (4 spatial folds): their folder."""
+    return demo_run.out / "models"
+
+
+@pytest.fixture(scope="session")
+def trained_downscalers(demo_run: DemoRun) -> Path:
+    """S1, S2 and the pure-pixel baseline trained on the small world (a few steps): the folder
+    whose ``ds/`` holds them; ``pipeline.yaml`` there is the pipeline that trained them."""
+    return demo_run.out
 
 
 #: Fixtures that start a server or a cluster, build a world or train a model. A test that uses
@@ -386,6 +421,7 @@ INTEGRATION_FIXTURES = {
     "demo_server",
     "trained_models",
     "trained_downscalers",
+    "demo_run",
     "cluster",
     "flaky",
     "model_card",

@@ -57,34 +57,14 @@ def test_search_exit_codes(stac_world, capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.integration
-def test_demo_runs_the_main_job_end_to_end_and_reuses_it(
-    demo_world, tmp_path: Path, capsys
-) -> None:
-    """`unique-cube demo` on the small world with a pipeline made for it (a few training
-    steps): every stage, the product, the report and metrics.json; a second run reuses all."""
-    from conftest import downscale_sections, small_pipeline
-
-    path, manifest = demo_world
-    product = """
-output: demo-output/product
-samples: 2
-ddim_steps: 3
-tile: 96
-overlap: 16
-period: {start: 2023-08-01, end: 2023-08-03}
-"""
-    text = small_pipeline(Path("demo-world"), Path("demo-output/models"),
-                          downscale_sections(Path("demo-world"), manifest, Path("demo-output"),
-                                             product))  # fmt: skip
-    spec = tmp_path / "small.yaml"
-    spec.write_text(text)
-    out = tmp_path / "out"
-    args = ["demo", "--world", str(path), "--size", "small", "--seed", str(manifest["seed"]),
-            "--pipeline", str(spec), "--output", str(out)]  # fmt: skip
-    assert main(args) == 0
-    err = capsys.readouterr().err
+def test_demo_runs_the_main_job_end_to_end_and_reuses_it(demo_run, capsys) -> None:
+    """`unique-cube demo` on the small world (run once per session by the ``demo_run``
+    fixture): every stage, the product, the report and metrics.json; a second run reuses
+    all."""
+    err, out = demo_run.said, demo_run.out
     for stage in range(1, 7):
         assert f"[{stage}/6]" in err
+    assert "GPP models: training" in err and "downscaler s2: training" in err
     assert "dashboard http" in err
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     for model in ("modis", "landsat"):
@@ -103,7 +83,7 @@ period: {start: 2023-08-01, end: 2023-08-03}
     assert html.count("data:image/png;base64,") >= 4
     assert len(list((out / "product/stac/unique-cube-gpp/items").glob("*.json"))) == 3
 
-    assert main(args) == 0  # everything reused: no training, no day made again
+    assert main(demo_run.argv) == 0  # everything reused: no training, no day made again
     err = capsys.readouterr().err
     assert "GPP models: reusing" in err and "downscaler s2: reusing" in err
     assert "evaluation: reusing" in err and "3 of 3 days already done" in err

@@ -172,14 +172,15 @@ def test_evaluation_pairs_of_the_clearest_dates_equal_those_of_the_whole_period(
     every clear date of the period."""
     from unique_cube.config.pipeline import load_pipeline
     from unique_cube.demo.serve import served
-    from unique_cube.downscale.pairs import make_pairs
+    from unique_cube.downscale.pairs import make_pairs, pair_inputs
     from unique_cube.inputs.search import open_catalog
 
     pipeline = load_pipeline(trained_downscalers / "pipeline.yaml")
     period = pipeline.downscale.test
     with served(pipeline) as pipeline, open_catalog(pipeline) as catalog:
-        every = make_pairs(pipeline, catalog, period)
-        few = make_pairs(pipeline, catalog, period, clearest=2)
+        inputs = pair_inputs(pipeline, catalog, period)
+        every = make_pairs(pipeline, inputs)
+        few = make_pairs(pipeline, inputs, clearest=2)
     assert len(every.dates) > 2 and len(few.dates) == 2
     assert set(few.dates) <= set(every.dates)
     expected = [every.dates.index(d) for d in few.dates]

@@ -38,7 +38,10 @@ from unique_cube.product.variables import QA_FLAGS
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 KEY = "fake-subscription-key-5b1e0c7d"
-DAYS = ["2023-08-01", "2023-08-02"]
+# Early June: clear MODIS within 16 days of each pixel-day, so the runs read a month of MODIS
+# (product.max_gap_days 16, below) instead of the monsoon's three (the default 45): the
+# faults are the same, the module an order of minutes faster.
+DAYS = ["2023-06-01", "2023-06-02"]
 
 
 TIMINGS: list[dict] = []
@@ -97,7 +100,8 @@ def signed(demo_world, tmp_path_factory):
 
 def _pipeline(demo_world, models, downscalers, out: Path, signed=None, **extra) -> Path:
     world, manifest = demo_world
-    extra = {"lock_timeout_s": 300, **extra}  # the second of two runs at once waits
+    # The second of two runs at once waits; GPP_M reads MODIS within 16 days of the days.
+    extra = {"lock_timeout_s": 300, "max_gap_days": 16, **extra}
     product = PRODUCT.format(out=out, extra="\n".join(f"{k}: {v}" for k, v in extra.items()))
     text = small_pipeline(world, models, downscale_sections(world, manifest, downscalers, product))
     if signed is not None:

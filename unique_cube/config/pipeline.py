@@ -92,7 +92,8 @@ class GppSpec:
     folds: int = 20
     learners: tuple[str, ...] = LEARNERS
     threads: int = 2
-    """LightGBM threads in training."""
+    """Threads of LightGBM training and of the local Dask computations of GPP maps (tower
+    tables, the downscaler's pairs)."""
 
     def _check(self) -> str | None:
         unknown = [name for name in self.learners if name not in LEARNERS]
@@ -324,10 +325,7 @@ def validate_pipeline(path: str | Path) -> list[str]:
                      f"({nx * ny / 1e6:.1f} Mpx)")  # fmt: skip
     product = pipeline.product
     if product is not None:
-        if pipeline.grid is None:
-            raise ConfigError(f"{path}: product needs a grid section")
-        if product.scheme != "bilinear" and pipeline.downscale is None:
-            raise ConfigError(f"{path}: product.scheme {product.scheme} needs a downscale section")
+        pipeline.require("grid", "product", command="unique-cube run")
         out = Path(product.output)
         parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
         if not parent.is_dir() or not os.access(parent, os.W_OK):

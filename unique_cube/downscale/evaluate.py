@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import dask
 import numpy as np
 import xarray as xr
 
@@ -103,7 +104,7 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
         raise DownscaleError(f"no downscaler checkpoint in {output}; run train-downscaler first")
     pure_path = output / "pure_pixel.pt"
     pure_model = PurePixelModel.load(pure_path) if pure_path.exists() else None
-    with open_catalog(pipeline) as catalog:
+    with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
         raw, _, types = static_and_types(catalog, pipeline.grid.geobox)
         # No pure-pixel rows needed; only the clearest dates' GPP maps are computed.
         pairs = cached_pairs(pipeline, catalog, spec.test, say, clearest=spec.max_eval_dates)

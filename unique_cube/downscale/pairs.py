@@ -9,14 +9,17 @@ the downscaler's folder: S1, S2 and the baseline train on the same ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from unique_cube.config.catalog import Catalog
 from unique_cube.config.pipeline import Period, Pipeline
@@ -35,7 +38,15 @@ from unique_cube.inputs.search import search
 from unique_cube.inputs.static import static_layers, vegetated_codes, vegetation_types
 from unique_cube.inputs.weather import weather_for
 
-__all__ = ["Pairs", "cached_pairs", "make_pairs", "pair_conditions", "static_and_types"]
+__all__ = [
+    "PairInputs",
+    "Pairs",
+    "cached_pairs",
+    "make_pairs",
+    "pair_conditions",
+    "pair_inputs",
+    "static_and_types",
+]
 
 
 log = logging.getLogger(__name__)
@@ -55,50 +66,70 @@ class Pairs:
     """Pure-pixel training rows of all dates (coarse-aggregated GPP_L inputs → GPP_M)."""
 
 
-def make_pairs(
-    pipeline: Pipeline,
-    catalog: Catalog,
-    period: Period,
-    say: Callable[[str], None] = log.info,
-    *,
-    types: np.ndarray | None = None,
-    clearest: int | None = None,
-    dates_per_compute: int = 4,
-) -> Pairs:
-    """GPP_L / GPP_M pairs over the pipeline's grid for the clear-enough HLS dates; with
-    ``types`` (vegetation type per 30 m pixel) also the pure-pixel training rows, taken from
-    the same GPP_L inputs a few dates at a time (never all dates' 30 m inputs in memory).
+@dataclass
+class PairInputs:
+    """The lazy inputs of a period's pairs, searched once (:func:`pair_inputs`)."""
 
-    With ``clearest`` only that many of the clearest dates are kept, chosen from the QA before
-    any GPP map is computed, and MODIS is read only around them (the model card's gap-fill
-    span each side, which is all the time interpolation of those days can use)."""
-    import dask
+    period: Period
+    landsat: xr.Dataset
+    """GPP_L with the model's inputs (``features``) on every HLS date of the period (lazy)."""
+    modis: MapInputs
+    """Where GPP_M comes from (the weather of the period included)."""
+    modis_items: list
+    """The MODIS items of the period."""
 
-    spec, gpp = pipeline.downscale, pipeline.gpp
-    geobox = pipeline.grid.geobox
+
+def pair_inputs(pipeline: Pipeline, catalog: Catalog, period: Period) -> PairInputs:
+    """The items and lazy cubes of a period's pairs: the weather, GPP_L on its HLS dates and
+    the MODIS items (nothing is computed)."""
+    gpp, geobox = pipeline.gpp, pipeline.grid.geobox
     daily = weather_for(catalog, gpp.weather, geobox, period.start, period.end,
                         gpp.utc_offset_hours)  # fmt: skip
     landsat = gpp_landsat(MapInputs.of(pipeline, catalog, "landsat", daily),
                           period.stac_datetime, keep_features=True)  # fmt: skip
+    modis_items = search(gpp.modis.source, lonlat_bbox(geobox), period.stac_datetime,
+                         catalog=catalog)  # fmt: skip
+    return PairInputs(period, landsat, MapInputs.of(pipeline, catalog, "modis", daily),
+                      modis_items)  # fmt: skip
+
+
+def make_pairs(
+    pipeline: Pipeline,
+    inputs: PairInputs,
+    say: Callable[[str], None] = log.info,
+    *,
+    types: np.ndarray | None = None,
+    vegetated: Sequence[int] = (),
+    clearest: int | None = None,
+    dates_per_compute: int = 4,
+) -> Pairs:
+    """GPP_L / GPP_M pairs over the pipeline's grid for the clear-enough HLS dates; with
+    ``types`` (vegetation type per 30 m pixel) also the pure-pixel training rows of the
+    ``vegetated`` types, taken from the same GPP_L inputs a few dates at a time (never all
+    dates' 30 m inputs in memory).
+
+    With ``clearest`` only that many of the clearest dates are kept, chosen from the QA before
+    any GPP map is computed, and MODIS is read only around them (the model card's gap-fill
+    span each side, which is all the time interpolation of those days can use)."""
+    spec, period, landsat = pipeline.downscale, inputs.period, inputs.landsat
     clear = landsat["clear"].mean(("y", "x")).compute()
     keep = clear.values >= spec.min_clear_fraction
     if not keep.any():
         raise DownscaleError(f"no HLS date of {period.start}..{period.end} has "
                          f"{spec.min_clear_fraction:.0%} of the region clear")  # fmt: skip
     chosen = np.flatnonzero(keep)
-    modis_items = None
+    modis_items = inputs.modis_items
     if clearest is not None:
         chosen = np.sort(chosen[np.argsort(-clear.values[chosen], kind="stable")[:clearest]])
-        modis_items = _modis_around(pipeline, catalog, landsat["time"].values[chosen], period)
+        span = ModelCard.read(inputs.modis.card_path).gap_fill_days
+        modis_items = _items_around(modis_items, landsat["time"].values[chosen], span)
     landsat = landsat.isel(time=chosen)
-    modis = gpp_modis(MapInputs.of(pipeline, catalog, "modis", daily), period.stac_datetime,
-                      items=modis_items)  # fmt: skip
+    modis = gpp_modis(inputs.modis, period.stac_datetime, items=modis_items)
     days = landsat["time"].dt.floor("D").values
     which = f"{len(days)}" if clearest is None else f"the clearest {len(days)} of {int(keep.sum())}"
     say(f"{which} HLS dates with >= {spec.min_clear_fraction:.0%} clear; computing GPP maps")
     coarse = modis["gpp"].sel(time=days).compute().values.astype("float32")
     targets, rows = [], []
-    vegetated = vegetated_codes(catalog.source("worldcover").classes) if types is not None else []
     for first in range(0, len(days), dates_per_compute):
         part = slice(first, first + dates_per_compute)
         wanted = [landsat["gpp"].isel(time=part)]
@@ -123,14 +154,10 @@ def make_pairs(
     )
 
 
-def _modis_around(pipeline: Pipeline, catalog: Catalog, times, period: Period) -> list:
-    """The MODIS items of ``period`` within the GPP_M model's gap-fill span (plus a day for
-    the solar-day grouping) of any of ``times``."""
-    card = ModelCard.read(Path(pipeline.gpp.output) / "gpp_modis.card.json")
-    span = pd.Timedelta(days=card.gap_fill_days + 1)
+def _items_around(items: list, times, days: int) -> list:
+    """The items within ``days`` (plus a day for the solar-day grouping) of any of ``times``."""
+    span = pd.Timedelta(days=days + 1)
     wanted = pd.DatetimeIndex(times).tz_localize(None)
-    items = search(pipeline.gpp.modis.source, lonlat_bbox(pipeline.grid.geobox),
-                   period.stac_datetime, catalog=catalog)  # fmt: skip
     near = [abs(wanted - pd.Timestamp(item_time(item)).tz_localize(None)).min() <= span
             for item in items]  # fmt: skip
     return [item for item, keep in zip(items, near, strict=True) if keep]
@@ -149,7 +176,6 @@ def cached_pairs(
     on the same pairs, and the GPP maps behind them are the slow part. The cache is keyed by
     the period, the grid, the clear-fraction threshold, the GPP model cards' training-data
     hashes and the vegetation types."""
-    import hashlib
 
     spec = pipeline.downscale
     cards = [Path(pipeline.gpp.output) / f"gpp_{k}.card.json" for k in ("modis", "landsat")]
@@ -169,7 +195,9 @@ def cached_pairs(
             rows = Samples(data["rows_features"], data["rows_types"], data["rows_gpp"])
         return Pairs([pd.Timestamp(d) for d in data["dates"]], data["target"], data["gpp_m"],
                      data["gpp_m_30m"], int(data["factor"]), rows)  # fmt: skip
-    pairs = make_pairs(pipeline, catalog, period, say, types=types, clearest=clearest)
+    vegetated = vegetated_codes(catalog.source("worldcover").classes) if types is not None else []
+    pairs = make_pairs(pipeline, pair_inputs(pipeline, catalog, period), say, types=types,
+                       vegetated=vegetated, clearest=clearest)  # fmt: skip
     extra = {}
     if pairs.rows is not None:
         extra = {"rows_features": pairs.rows.features, "rows_types": pairs.rows.types,

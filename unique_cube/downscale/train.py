@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import dask
 import numpy as np
 import torch
 
@@ -124,7 +125,7 @@ def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None]
     spec = pipeline.downscale
     output = Path(spec.output)
     output.mkdir(parents=True, exist_ok=True)
-    with open_catalog(pipeline) as catalog:
+    with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
         raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
         period = spec.train or pipeline.gpp.train
         pairs = cached_pairs(pipeline, catalog, period, say, types=types)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import dask
 import numpy as np
 import pandas as pd
 
@@ -183,7 +184,7 @@ def train_gpp(pipeline: Pipeline, say: Callable[[str], None] = log.info) -> dict
     spec = pipeline.gpp
     output = Path(spec.output)
     output.mkdir(parents=True, exist_ok=True)
-    with open_catalog(pipeline) as catalog:
+    with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
         tables, sites = training_tables(pipeline, catalog, say)
     report = {}
     for key in MODELS:

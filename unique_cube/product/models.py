@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from unique_cube.config.pipeline import Pipeline
-from unique_cube.downscale.checkpoint import load_checkpoint
+from unique_cube.downscale.checkpoint import Checkpoint, load_checkpoint
 from unique_cube.errors import (
-    ConfigError,
     DownscaleError,
     MissingModelError,
 )
@@ -21,17 +20,24 @@ from unique_cube.gpp.model import ModelCard
 __all__ = ["ProductModels", "check_models"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ProductModels:
+    """The checked models of a product run."""
+
     card: ModelCard
+    """The GPP_M model's card."""
     card_path: Path
     hashes: dict[str, str]
-    checkpoints: dict  # scheme -> Checkpoint
-    paths: dict = field(default_factory=dict)  # scheme -> checkpoint file
+    """SHA-256 of each model file, by model name (the days' provenance)."""
+    checkpoints: dict[str, Checkpoint]
+    """The downscaler checkpoints by scheme (S2 and its S1 fallback, or S1)."""
+    paths: dict[str, Path] = field(default_factory=dict)
+    """The checkpoint files by scheme (the actors load them)."""
 
 
 def check_models(pipeline: Pipeline) -> ProductModels:
     """The GPP_M model and the downscaler(s) the product needs, or a clear error."""
+    pipeline.require("grid", "product", command="unique-cube run")
     spec = pipeline.product
     models = Path(pipeline.gpp.output)
     card_path, model_path = models / "gpp_modis.card.json", models / "gpp_modis.model"
@@ -41,12 +47,10 @@ def check_models(pipeline: Pipeline) -> ProductModels:
                 f"{pipeline.path}: gpp.output names {models}, which has no {path.name}; "
                 f"run `unique-cube train-gpp {pipeline.path}` first"
             )
+    card = ModelCard.read(card_path)
     hashes = {"gpp_modis": sha256_file(model_path)}
     checkpoints, paths = {}, {}
     if spec.scheme != "bilinear":
-        if pipeline.downscale is None or pipeline.grid is None:
-            raise ConfigError(f"{pipeline.path}: product.scheme {spec.scheme} needs the grid "
-                              "and downscale sections")  # fmt: skip
         folder = Path(pipeline.downscale.output)
         wanted = ["s2", "s1"] if spec.scheme == "s2" else ["s1"]
         for scheme in wanted:
@@ -65,4 +69,4 @@ def check_models(pipeline: Pipeline) -> ProductModels:
                 raise MissingModelError(str(err)) from err
             hashes[f"downscaler_{scheme}"] = sha256_file(path)
             paths[scheme] = path
-    return ProductModels(ModelCard.read(card_path), card_path, hashes, checkpoints, paths)
+    return ProductModels(card, card_path, hashes, checkpoints, paths)
