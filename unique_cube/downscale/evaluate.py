@@ -21,9 +21,7 @@ import xarray as xr
 from unique_cube.config.catalog import Catalog
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import load_checkpoint
-from unique_cube.downscale.conditions import (
-    apply_static_normalisation,
-)
+from unique_cube.downscale.conditions import apply_static_normalisation
 from unique_cube.downscale.consistency import coarse_mismatch, make_consistent
 from unique_cube.downscale.pairs import Pairs, cached_pairs, pair_conditions, static_and_types
 from unique_cube.downscale.pure_pixel import PurePixelModel

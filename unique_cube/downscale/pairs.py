@@ -23,9 +23,7 @@ import xarray as xr
 
 from unique_cube.config.catalog import Catalog
 from unique_cube.config.pipeline import Period, Pipeline
-from unique_cube.downscale.conditions import (
-    condition_stack,
-)
+from unique_cube.downscale.conditions import condition_stack
 from unique_cube.downscale.purity import Samples, coarse_samples
 from unique_cube.errors import DownscaleError
 from unique_cube.files import write_atomic

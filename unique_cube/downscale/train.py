@@ -19,10 +19,7 @@ import torch
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import Checkpoint, save_checkpoint
-from unique_cube.downscale.conditions import (
-    GPP_SCALE,
-    normalise_static,
-)
+from unique_cube.downscale.conditions import GPP_SCALE, normalise_static
 from unique_cube.downscale.network import ConditionalUNet
 from unique_cube.downscale.pairs import Pairs, cached_pairs, pair_conditions, static_and_types
 from unique_cube.downscale.pure_pixel import PurePixelModel

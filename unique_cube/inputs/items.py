@@ -12,10 +12,7 @@ from typing import Any
 import pystac
 
 from unique_cube.config.catalog import Source
-from unique_cube.errors import (
-    CatalogError,
-    ConfigError,
-)
+from unique_cube.errors import CatalogError, ConfigError
 
 __all__ = [
     "deduplicate",

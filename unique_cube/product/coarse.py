@@ -19,21 +19,18 @@ import pandas as pd
 import xarray as xr
 
 from unique_cube.config.pipeline import Pipeline
-from unique_cube.errors import (
-    EmptySearchError,
-)
+from unique_cube.errors import EmptySearchError
 from unique_cube.gpp.predict import MapInputs, gpp_modis
-from unique_cube.grid import (
-    coarse_geobox,
-    lonlat_bbox,
-)
+from unique_cube.grid import coarse_geobox, lonlat_bbox
 from unique_cube.inputs.reads import lost_reads, strip_query, use_read_policy
 from unique_cube.inputs.search import search
 from unique_cube.inputs.weather import weather_for, weather_items
 
 __all__ = [
+    "BlockInputs",
     "CoarseDays",
     "Lost",
+    "block_inputs",
     "gpp_m_block",
     "lost_inputs",
     "lost_read",

@@ -28,12 +28,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unique_cube.config.catalog import Catalog
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.actors import TileRequest
-from unique_cube.downscale.conditions import (
-    condition_stack,
-    validate_condition,
-)
+from unique_cube.downscale.conditions import condition_stack, validate_condition
 from unique_cube.downscale.consistency import coarse_errors, make_consistent
 from unique_cube.downscale.tiling import (
     ResidualCache,
@@ -118,6 +116,14 @@ class RunContext:
     """How each day is cut into windows and tiles."""
     sampler: Sampler | None = None
     """Samples downscaler tiles (the actor pool); ``None`` for a bilinear product."""
+    catalog: Catalog | None = None
+    """The inputs' catalog (``None`` when the run has no day to make)."""
+
+    @property
+    def gap_days(self) -> int:
+        """Index gaps of GPP_M are filled in time across up to this many days: the model
+        card's ``gap_fill_days`` or ``product.max_gap_days`` (flagged beyond the card's)."""
+        return max(self.models.card.gap_fill_days, self.pipeline.product.max_gap_days)
 
 
 def day_seed(seed: int, day: dt.date) -> int:

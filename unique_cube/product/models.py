@@ -10,10 +10,7 @@ from pathlib import Path
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import Checkpoint, load_checkpoint
-from unique_cube.errors import (
-    DownscaleError,
-    MissingModelError,
-)
+from unique_cube.errors import DownscaleError, MissingModelError
 from unique_cube.files import sha256_file
 from unique_cube.gpp.model import ModelCard
 
@@ -36,8 +33,8 @@ class ProductModels:
 
 
 def check_models(pipeline: Pipeline) -> ProductModels:
-    """The GPP_M model and the downscaler(s) the product needs, or a clear error."""
-    pipeline.require("grid", "product", command="unique-cube run")
+    """The GPP_M model and the downscaler(s) of a pipeline's product (its sections checked by
+    :meth:`~unique_cube.config.pipeline.Pipeline.require`), or a clear error."""
     spec = pipeline.product
     models = Path(pipeline.gpp.output)
     card_path, model_path = models / "gpp_modis.card.json", models / "gpp_modis.model"

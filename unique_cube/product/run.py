@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from unique_cube.config.catalog import Catalog
 from unique_cube.config.pipeline import Pipeline, ProductSpec
 from unique_cube.downscale.cluster import dask_client
 from unique_cube.downscale.pool import ActorPool
@@ -39,10 +38,7 @@ from unique_cube.errors import (
     UniqueCubeError,
 )
 from unique_cube.files import write_json
-from unique_cube.grid import (
-    coarse_geobox,
-    lonlat_bbox,
-)
+from unique_cube.grid import coarse_geobox, lonlat_bbox
 from unique_cube.inputs.search import open_catalog
 from unique_cube.inputs.weather import weather_items
 from unique_cube.product.coarse import CoarseDays, block_inputs, gpp_m_block
@@ -148,14 +144,13 @@ def run(
     if results:
         say(f"{len(results)} of {len(days)} days already done (kept; --force redoes them)")
     with contextlib.ExitStack() as stack:
-        prepared = _prepare(stack, pipeline, models, store, todo, sampler, say)
-        gap = max(models.card.gap_fill_days, spec.max_gap_days)
+        context = _prepare(stack, pipeline, models, store, todo, sampler, say)
         for block_start in range(0, len(todo), spec.block_days):
             block = todo[block_start : block_start + spec.block_days]
             say(f"GPP_M for {block[0]}..{block[-1]}")
             try:
-                inputs = block_inputs(pipeline, prepared.catalog, block, gap)
-                coarse = gpp_m_block(pipeline, prepared.catalog, models.card_path, inputs)
+                inputs = block_inputs(pipeline, context.catalog, block, context.gap_days)
+                coarse = gpp_m_block(pipeline, context.catalog, models.card_path, inputs)
             except UniqueCubeError as err:  # the block's days fail; the backfill goes on
                 log.exception("GPP_M for %s..%s failed", block[0], block[-1])
                 say(f"{block[0]}..{block[-1]}: failed: {err}")
@@ -163,10 +158,9 @@ def run(
                 _write_run_log(log_path, pipeline, started, results)
                 continue
             for day in block:
-                results.append(_one_day(prepared.context, store, coarse, day, force, say))
+                results.append(_one_day(context, store, coarse, day, force, say))
                 _write_run_log(log_path, pipeline, started, results)
-        sampler = prepared.context.sampler
-        client = getattr(sampler, "client", None)
+        client = getattr(context.sampler, "client", None)
         workers = client.run(_rss_mb) if client is not None else {}
     report = _write_run_log(log_path, pipeline, started, results, workers)
     counts = report["counts"]
@@ -174,14 +168,8 @@ def run(
     return report
 
 
-@dataclass
-class _Prepared:
-    context: RunContext
-    catalog: Catalog | None
-
-
 def _prepare(stack, pipeline: Pipeline, models: ProductModels, store: ProductStore,
-             todo: list[dt.date], sampler: Sampler | None, say) -> _Prepared:  # fmt: skip
+             todo: list[dt.date], sampler: Sampler | None, say) -> RunContext:  # fmt: skip
     """What every day of the run shares; the catalog, the cluster and the static layers only
     when there are days to make."""
     spec = pipeline.product
@@ -199,7 +187,7 @@ def _prepare(stack, pipeline: Pipeline, models: ProductModels, store: ProductSto
         say(f"warning: {static.problem}; days fall back to S1")
     if len(layout.windows) > 1:
         say(f"each day in {len(layout.windows)} windows of at most {spec.window} px")
-    return _Prepared(RunContext(pipeline, models, static, layout, sampler), catalog)
+    return RunContext(pipeline, models, static, layout, sampler, catalog)
 
 
 def _actor_sampler(
@@ -277,7 +265,7 @@ def _make_day(
     with store.open_day(day, tags) as writer:
         make_windows(run, plan, writer.write)
         cogs = writer.finish(plan.gpp_m)
-    span = dt.timedelta(days=max(run.models.card.gap_fill_days, pipeline.product.max_gap_days))
+    span = dt.timedelta(days=run.gap_days)
     provenance = {
         pipeline.gpp.modis.source: sorted(
             iid for when, iid in coarse.modis_items if abs(when - day) <= span

@@ -12,12 +12,7 @@ import os
 from pathlib import Path
 
 from unique_cube.files import sha256_file
-from unique_cube.product.variables import (
-    COARSE_VARIABLES,
-    COG_TYPE,
-    COLLECTION_ID,
-    VARIABLES,
-)
+from unique_cube.product.variables import COARSE_VARIABLES, COG_TYPE, COLLECTION_ID, VARIABLES
 from unique_cube.version import __version__
 
 __all__ = [

@@ -17,18 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from unique_cube.downscale.conditions import (
-    apply_static_normalisation,
-)
-from unique_cube.errors import (
-    CatalogError,
-    DownscaleError,
-    LoadError,
-)
+from unique_cube.downscale.conditions import apply_static_normalisation
+from unique_cube.errors import CatalogError, DownscaleError, LoadError
 from unique_cube.files import write_atomic
-from unique_cube.grid import (
-    Window,
-)
+from unique_cube.grid import Window
 from unique_cube.inputs.reads import lost_reads, use_read_policy
 from unique_cube.inputs.static import static_items, static_layers
 from unique_cube.product.coarse import lost_read, named_reads, read_owners
