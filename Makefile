@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo test test-fast test-under-load lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -28,6 +28,14 @@ test: $(STAMP)
 # Pure unit tests: no server, cluster, world or training (tests marked `integration` are out).
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not integration"
+
+# The tests of faults, retries, locks and worker supervision, beside two processes that keep
+# both CPUs of a CI machine busy (started and stopped by pytest: tests/conftest.py).
+LOAD_TESTS = tests/test_faults_daily.py tests/test_faults_reads.py tests/test_faults_stac.py \
+	tests/test_distributed.py tests/test_retries.py tests/test_store.py \
+	tests/test_stac_server.py tests/test_gpp.py
+test-under-load: $(STAMP)
+	$(PY) -m pytest --cpu-burners 2 $(LOAD_TESTS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check unique_cube tests benchmarks

@@ -76,6 +76,7 @@ def one_size(side: int, window: int, tile: int, folder: Path) -> dict:
     with store.open_day(day, {"date": day.isoformat()}) as writer:
         make_windows(run, plan, writer.write)
         writer.finish(plan.gpp_m)
+        store.commit(writer, {"id": day.isoformat()}, {"day": day.isoformat()})
     seconds = time.perf_counter() - began
     assert COARSE_FACTOR == 16
     return {

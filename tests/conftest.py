@@ -12,6 +12,9 @@ import contextlib
 import datetime as dt
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -432,7 +435,54 @@ INTEGRATION_FIXTURES = {
 }
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+    _scale_timeouts(config, items)
+
+
+# ------------------------------------------------------------------------------ load
+
+#: A process that keeps one CPU busy until pytest (its parent) is gone, however pytest ends.
+_BURN = """
+import os, sys
+parent = int(sys.argv[1])
+while os.getppid() == parent:
+    sum(range(10**5))
+"""
+_BURNERS = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cpu-burners", type=int, default=0, metavar="N",
+        help="run the tests beside N processes that each keep a CPU busy (make test-under-load)",
+    )  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    burners = config.getoption("--cpu-burners", 0)
+    config.stash[_BURNERS] = [
+        subprocess.Popen([sys.executable, "-c", _BURN, str(os.getpid())]) for _ in range(burners)
+    ]
+
+
+def _scale_timeouts(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Beside N burners the tests get about 1/(N + 1) of the CPUs: their timeouts (guards
+    against a hang, not limits on speed) grow N + 1 times."""
+    burners = config.getoption("--cpu-burners", 0)
+    if not burners:
+        return
+    default = float(config.getini("timeout") or 0)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        seconds = float(marker.args[0]) if marker and marker.args else default
+        if seconds:
+            item.add_marker(pytest.mark.timeout(seconds * (burners + 1)), append=False)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for burner in config.stash.get(_BURNERS, []):
+        burner.kill()
+        burner.wait()

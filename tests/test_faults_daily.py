@@ -2,8 +2,9 @@
 
 One Dask cluster serves the module (a CPU worker, two "GPU" workers), named to every run by
 ``$DASK_SCHEDULER_ADDRESS``, so undisturbed and disturbed runs sample with the same workers and
-must give the same maps. Faults: signed asset URLs that expire, a lost MODIS read, a worker
-killed mid-run (a CPU worker and the worker holding the downscaler actor), the process killed
+must give the same maps. Faults: signed asset URLs that expire, a lost MODIS read, workers
+killed mid-run (a CPU worker, and downscaler actors' workers as the pool starts and as it
+samples, each at a set step), the process killed
 at several points of a day's write, and two runs of one day at once. After each, the store and
 its STAC catalog are checked for consistency, and outputs and logs for secrets.
 """
@@ -11,12 +12,12 @@ its STAC catalog are checked for consistency, and outputs and logs for secrets.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import xarray as xr
 from conftest import downscale_sections, small_pipeline
 from signed_assets import SignedAssetServer
 from test_daily import PRODUCT
+from worker_faults import die_at_tile, kill_at_actor_start, undo_die_at_tile
 
 from unique_cube.cli import main
 from unique_cube.config.catalog import CATALOG_DIR
@@ -186,11 +188,21 @@ def _assert_no_secrets(out: Path, *texts: str, tokens=()) -> None:
 
 
 def test_signed_urls_that_expire_change_nothing_and_leak_nothing(
-    setup, signed, reference, cluster, tmp_path, capfd, caplog
+    setup, signed, reference, cluster, tmp_path, capfd, caplog, monkeypatch
 ) -> None:
     assets = signed[0]
     before = assets.status[403]
     out = tmp_path / "product"
+    # Tokens live 1 s; however fast the run, every token issued at search time is dead when
+    # GPP_M reads its MODIS (no race to win).
+    run_module = importlib.import_module("unique_cube.product.run")  # the package's `run` is
+    real_block = run_module.gpp_m_block  # the function
+
+    def expired_first(*args, **kwargs):
+        assets.expire_all()
+        return real_block(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "gpp_m_block", expired_first)
     with caplog.at_level("DEBUG"):
         argv = ["-v", "run", str(setup(out, signed)), "--start", DAYS[0], "--end", DAYS[-1]]
         code = _timed("signed URLs, every token expiring after 1 s", argv, 2)
@@ -296,45 +308,35 @@ class _KillOnce:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _kill_the_actor_worker(client, stop: threading.Event, killed: list) -> None:
-    """SIGKILL the first GPU worker seen holding an actor (the downscaler's)."""
-    while not stop.is_set() and not killed:
-        try:
-            held = client.run(lambda dask_worker: len(dask_worker.state.actors),
-                              workers=list(find_gpu_workers(client)))  # fmt: skip
-            pids = client.run(os.getpid)
-        except Exception:  # a worker coming back: try again
-            held = {}
-        for address, count in held.items():
-            if count:
-                os.kill(pids[address], signal.SIGKILL)
-                killed.append(address)
-                return
-        time.sleep(0.05)
-
-
 def test_killed_workers_lose_nothing(setup, reference, cluster, tmp_path) -> None:
+    """Three workers die during one run, each at a set step (:mod:`worker_faults`): a CPU
+    worker at its fifth task, a GPU worker once its actor's model has loaded (the pool is
+    starting), and the worker of an actor asked for its second tile. The run makes both days,
+    the same as the undisturbed run."""
     from distributed.diagnostics.plugin import WorkerPlugin
 
-    plugin = type("KillOnce", (_KillOnce, WorkerPlugin), {})(str(tmp_path / "killed"))
+    markers = {k: tmp_path / f"killed-{k}" for k in ("cpu", "actor-start", "actor-tile")}
+    plugin = type("KillOnce", (_KillOnce, WorkerPlugin), {})(str(markers["cpu"]))
     cluster.register_plugin(plugin, name="kill-once")
-    stop, killed = threading.Event(), []
-    watcher = threading.Thread(target=_kill_the_actor_worker, args=(cluster, stop, killed))
-    watcher.start()
+    gpus = list(find_gpu_workers(cluster))
+    cluster.run(die_at_tile, str(markers["actor-tile"]), 2, workers=gpus)
     try:
-        out = tmp_path / "product"
-        argv = ["run", str(setup(out)), "--start", DAYS[0], "--end", DAYS[-1]]
-        assert _timed("a CPU worker and the actor's worker killed", argv, 2) == 0
+        with kill_at_actor_start(cluster, markers["actor-start"], "memory"):
+            out = tmp_path / "product"
+            argv = ["run", str(setup(out)), "--start", DAYS[0], "--end", DAYS[-1]]
+            code = _timed("a CPU worker and two actors' workers killed", argv, 2)
     finally:
-        stop.set()
-        watcher.join()
         cluster.unregister_worker_plugin("kill-once")
-    assert (tmp_path / "killed").exists(), "no CPU-side task was interrupted"
-    assert killed, "the actor's worker was not killed"
+        cluster.run(undo_die_at_tile, workers=list(find_gpu_workers(cluster)))
+    assert code == 0
+    assert markers["cpu"].exists(), "no CPU-side task was interrupted"
+    assert markers["actor-start"].read_text() in gpus, "no actor's worker died at start-up"
+    assert markers["actor-tile"].read_text() in gpus, "no actor's worker died mid-map"
     _assert_same_maps(out, reference)
     _assert_consistent(out, DAYS)
-    deadline = time.monotonic() + 60  # the Nannies bring the workers back for the next tests
-    while len(cluster.scheduler_info()["workers"]) < 3 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 180  # the Nannies bring the workers back for the next tests
+    while len(cluster.scheduler_info()["workers"]) < 3:
+        assert time.monotonic() < deadline, "the killed workers did not come back"
         time.sleep(0.2)
 
 
@@ -412,3 +414,79 @@ def test_two_runs_of_one_day_at_once_corrupt_nothing(setup, reference, tmp_path)
     assert statuses == ["already done", "done"]  # one made it, the other waited and kept it
     _assert_consistent(out, [DAYS[0]])
     _assert_same_maps(out, reference, [DAYS[0]])
+
+
+# ------------------------------------------------------------------------------ write failures
+
+FAIL_AT = """
+import errno, resource, signal, sys
+from unique_cube.errors import LoadError
+from unique_cube.product import day, store
+
+fault = sys.argv[1]
+if fault == "full-disk":  # from when the product folder is opened, no file can pass 64 KB
+    real_init = store.ProductStore.__init__
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, resource.RLIM_INFINITY))
+    store.ProductStore.__init__ = init
+elif fault == "corrupt-input":  # a day's input turns out unreadable while it is made
+    def window_arrays(*args, **kwargs):
+        raise LoadError("a corrupt input (injected)")
+    day.window_arrays = window_arrays
+elif fault == "read-only-stac":
+    real_staged = store.staged_json
+    def staged_json(path, data):
+        if "stac" in path.parts:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_staged(path, data)
+    store.staged_json = staged_json
+from unique_cube.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _failing_run(fault: str, argv: list[str]) -> tuple[int, str]:
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", FAIL_AT, fault, *argv], text=True,
+                          capture_output=True, timeout=600)  # fmt: skip
+    TIMINGS.append({"fault": fault, "days": len(DAYS), "seconds": time.perf_counter() - began,
+                    "exit": done.returncode})  # fmt: skip
+    return done.returncode, done.stderr
+
+
+def _published(out: Path) -> dict[str, bytes]:
+    """Every published file of a product folder but the datacube and the run logs."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.parts[len(out.parts)] in ("cogs", "stac", "state")
+            and "locks" not in p.parts}  # fmt: skip
+
+
+def test_write_failures_fail_their_days_and_a_failed_force_keeps_the_day(
+    setup, reference, tmp_path
+) -> None:
+    out = tmp_path / "product"
+    spec = setup(out)
+    both = ["run", str(spec), "--start", DAYS[0], "--end", DAYS[-1]]
+    code, err = _failing_run("full-disk", both)
+    assert code == 6, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    (run_log,) = (out / "runs").glob("*.json")  # written whole although the disk was "full"
+    days = json.loads(run_log.read_text())["days"]
+    assert [d["status"] for d in days] == ["failed", "failed"]  # the backfill went on
+    # GDAL's write errors carry no errno (EFBIG when zarr or Python writes first)
+    assert all("staging its COGs" in d["reason"] or "EFBIG" in d["reason"] for d in days), days
+    assert not list(out.rglob("*.partial")) and not list(out.glob("state/*.json"))
+    assert _timed("a rerun after a full disk", both, 2) == 0  # room again: both days made
+    _assert_consistent(out, DAYS)
+    _assert_same_maps(out, reference)
+
+    published = _published(out)
+    for fault in ("corrupt-input", "read-only-stac"):
+        code, err = _failing_run(fault, ["run", str(spec), "--date", DAYS[0], "--force"])
+        assert code == 6, err[-3000:]
+        assert "corrupt input" in err if fault == "corrupt-input" else "EROFS" in err
+        assert _published(out) == published, fault  # the old day: published, done, unchanged
+        _assert_consistent(out, DAYS)
+        _assert_same_maps(out, reference)

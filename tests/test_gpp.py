@@ -65,10 +65,19 @@ def test_spatial_folds_hold_out_whole_neighbourhoods() -> None:
     assert spatial_folds(sites.head(5), 20) == {s: i for i, s in enumerate(sites.head(5)["site"])}
 
 
+#: LightGBM threads for the tests' training. Its OpenMP threads meet at a barrier several times
+#: per tree; with more threads than cores free, each meeting waits for a descheduled thread. On
+#: a 2-core machine the 7 fits x 400 trees below take 4 s with 1 or 2 threads when it is quiet;
+#: beside four CPU-burning processes, 18 s with 1 thread and more than 190 s with 2 (a loaded
+#: CI run hit the 300 s timeout).
+TRAIN_THREADS = 1
+
+
 def test_train_writes_model_and_card(tmp_path: Path) -> None:
     sites = _sites(24)
     table = _table(sites)
-    _, card = train(table, sites, tmp_path, "gpp_test", learners=["lightgbm", "linear"], n_folds=6)
+    _, card = train(table, sites, tmp_path, "gpp_test", learners=["lightgbm", "linear"],
+                    n_folds=6, threads=TRAIN_THREADS)  # fmt: skip
     assert set(card.learner_comparison) == {"lightgbm", "linear"}
     rmse = {k: v["rmse"] for k, v in card.learner_comparison.items()}
     assert card.learner == min(rmse, key=rmse.get)
@@ -96,7 +105,8 @@ def test_train_writes_model_and_card(tmp_path: Path) -> None:
 def model_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sites = _sites(12)
     folder = tmp_path_factory.mktemp("model")
-    train(_table(sites), sites, folder, "gpp_m", learners=["lightgbm"], n_folds=3)
+    train(_table(sites), sites, folder, "gpp_m", learners=["lightgbm"], n_folds=3,
+          threads=TRAIN_THREADS)  # fmt: skip
     return folder / "gpp_m.card.json"
 
 

@@ -23,6 +23,8 @@ import signal
 import sys
 import threading
 import time
+import traceback
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +41,7 @@ from unique_cube.gpp.train import train_gpp
 from unique_cube.inputs.search import search
 from unique_cube.inputs.stac_server import LocalStacServer
 from unique_cube.product.run import parse_day, product_days, run
+from unique_cube.redact import install_redaction, redact
 from unique_cube.version import __version__
 
 __all__ = ["WORLD_SIZES", "main"]
@@ -76,7 +79,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         method=args.method,
     )
     if args.json:
-        # Hrefs are printed unsigned: a signed URL carries a token.
+        # Hrefs are printed without their secrets: a signed asset URL carries a token, and the
+        # root link is the --stac-url as given (user:password, a signed query).
         print(json.dumps([_unsigned(it.to_dict()) for it in items], indent=1))
     else:
         for item in items:
@@ -90,9 +94,16 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _unsigned(item: dict) -> dict:
-    for asset in item.get("assets", {}).values():
-        asset["href"] = asset["href"].split("?", 1)[0]
+    for entry in [*item.get("assets", {}).values(), *item.get("links", [])]:
+        entry["href"] = _without_secrets(entry["href"])
     return item
+
+
+def _without_secrets(url: str) -> str:
+    """``url`` without user:password, query string and fragment."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -181,7 +192,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(json.dumps({"counts": report["counts"], "seconds_per_day": report["seconds_per_day"],
                       "peak_rss_mb": report["peak_rss_mb"],
                       "workers_rss_mb": round(sum(workers.values()), 1)}))  # fmt: skip
-    return 6 if report["counts"].get("failed") else 0
+    if report["counts"].get("failed"):
+        return 6
+    return 5 if "run_log_error" in report else 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -338,11 +351,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dask.config.set({"logging.distributed": logging.getLevelName(level).lower()})
     logging.getLogger("distributed").setLevel(level)
+    install_redaction()
     try:
         return args.func(args)
     except UniqueCubeError as err:
-        print(f"unique-cube {args.command}: error: {err}", file=sys.stderr)
+        print(f"unique-cube {args.command}: error: {redact(err)}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a file that cannot be read or written outside a day's outputs
+        print(f"unique-cube {args.command}: error: {redact(err)}", file=sys.stderr)
+        return 5
+    except Exception as err:  # a bug or an unforeseen failure: its traceback, redacted
+        # (it may quote a URL with its token), and exit 1 as an uncaught exception gives.
+        trace = "".join(traceback.format_exception(err))
+        print(redact(trace), end="", file=sys.stderr)
+        print(f"unique-cube {args.command}: error: unexpected {type(err).__name__}: "
+              f"{redact(err)}", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

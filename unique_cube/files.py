@@ -11,10 +11,20 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["partial_path", "sha256_file", "write_atomic", "write_json"]
+__all__ = [
+    "local_path",
+    "partial_path",
+    "partial_pid",
+    "pid_alive",
+    "sha256_file",
+    "staged_json",
+    "write_atomic",
+    "write_json",
+]
 
 
 def partial_path(path: Path, tag: str = "") -> Path:
@@ -38,8 +48,39 @@ def write_atomic(path: Path) -> Iterator[Path]:
 
 def write_json(path: Path, data: dict) -> None:
     """``data`` as indented JSON at ``path``, written whole or not at all."""
+    with staged_json(path, data):
+        pass
+
+
+@contextlib.contextmanager
+def staged_json(path: Path, data: dict) -> Iterator[Path]:
+    """``data`` written as JSON beside ``path`` before the block runs (a full disk fails
+    here), renamed to ``path`` when the block ends, removed if it raises."""
     with write_atomic(path) as partial:
         partial.write_text(json.dumps(data, indent=1, default=str))
+        yield partial
+
+
+_PARTIAL = re.compile(r"\.(?P<pid>\d+)(?:\.[A-Za-z0-9_-]+)?\.partial$")
+
+
+def partial_pid(path: Path) -> int | None:
+    """The process id in a :func:`partial_path` name, or ``None``."""
+    match = _PARTIAL.search(path.name)
+    return int(match["pid"]) if match else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process ``pid`` runs on this machine (``None``: unknown, so assumed alive)."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def sha256_file(path: Path) -> str:
@@ -49,3 +90,21 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def local_path(href: str) -> Path | None:
+    """The local file an asset href names, or ``None`` for a remote one (``https://``,
+    ``s3://`` …). A ``file://`` URI (as ``Path.as_uri()`` writes it) is percent-decoded:
+    ``file:///data/d%C3%A9%20mo/x.tif`` is ``/data/dé mo/x.tif``; a plain path is itself."""
+    import urllib.parse
+    import urllib.request
+
+    scheme = href.split("://", 1)[0].lower() if "://" in href else ""
+    if not scheme:
+        return Path(href)
+    if scheme != "file":
+        return None
+    parts = urllib.parse.urlsplit(href)
+    if parts.netloc not in ("", "localhost"):  # file://server/share/x: a UNC path
+        return Path(urllib.request.url2pathname(f"//{parts.netloc}{parts.path}"))
+    return Path(urllib.request.url2pathname(parts.path))

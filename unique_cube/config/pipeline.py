@@ -1,14 +1,17 @@
 """Pipeline specs (``pipelines/*.yaml``): what a run reads, trains and writes.
 
 Loaded into frozen dataclasses by :mod:`unique_cube.config.yamlconf`, so a bad file fails with the
-file, the key and what was expected. Relative paths are relative to the working directory
-(the repository root when run through ``make``).
+file, the key and what was expected. Every number is checked against the range the code can
+use (:class:`_Range`; NaN and infinities are refused everywhere), and the grid against the
+coarse grid the models work on (30 m pixels in whole 480 m blocks). Relative paths are relative
+to the working directory (the repository root when run through ``make``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +19,12 @@ from pathlib import Path
 from unique_cube.config.catalog import load_catalog
 from unique_cube.config.yamlconf import build, read_yaml
 from unique_cube.errors import ConfigError
+from unique_cube.grid import COARSE_FACTOR
 
 __all__ = [
+    "COARSE_M",
     "LEARNERS",
+    "PIXEL_M",
     "DownscaleSpec",
     "FluxSpec",
     "GppSpec",
@@ -33,6 +39,81 @@ __all__ = [
 
 
 LEARNERS = ("lightgbm", "lightgbm_rf", "linear")
+
+PIXEL_M = 30.0
+"""The product's pixel size in metres: the GPP models and the downscaler are made for it."""
+
+COARSE_M = PIXEL_M * COARSE_FACTOR
+"""The coarse grid's pixel size (480 m): GPP_M is made on it, the downscaler learnt from it."""
+
+MAX_SEED = 9_999_999
+"""The largest seed: a day's tile generators are seeded with about seed x 10^12 (the day and
+the tile's place are mixed in), which must fit in torch's 64 bits."""
+
+_TILE_WHY = "one 480 m block of 30 m pixels: a smaller tile sees less than one GPP_M pixel"
+
+
+@dataclass(frozen=True)
+class _Range:
+    """The values a numeric key accepts: ``low <= value <= high`` (an end left ``None`` is
+    open), and ``why`` said with the range."""
+
+    low: float | None = None
+    high: float | None = None
+    why: str = ""
+
+    def problem(self, value: float) -> str | None:
+        if (
+            not math.isfinite(value)
+            or (self.low is not None and value < self.low)
+            or (self.high is not None and value > self.high)
+        ):
+            why = f" ({self.why})" if self.why else ""
+            return f"must be {self.text}{why}, got {value}"
+        return None
+
+    @property
+    def text(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"within [{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"at least {self.low}"
+        return f"at most {self.high}" if self.high is not None else "a finite number"
+
+
+_FRACTION = _Range(0, 1)
+_ONE_OR_MORE = _Range(1)
+_NONE_OR_MORE = _Range(0)
+_SEED = _Range(0, MAX_SEED, "a day's and a tile's generator seeds are made from it in 64 bits")
+_GAP_DAYS = _Range(0, 366, "a longer gap would interpolate across a whole seasonal cycle")
+
+
+def _out_of_range(spec, ranges: dict[str, _Range]) -> tuple[str, str] | None:
+    """The first field of ``spec`` that is not a finite number (every float field, and the
+    numbers of tuples) or is outside its range in ``ranges``: ``(field, message)``."""
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        numbers = value if isinstance(value, tuple) else (value,)
+        for number in numbers:
+            if isinstance(number, float) and not math.isfinite(number):
+                return f.name, f"must be a finite number, got {number}"
+        if f.name in ranges:
+            problem = ranges[f.name].problem(value)
+            if problem:
+                return f.name, problem
+    return None
+
+
+def _tiling_problem(spec) -> tuple[str, str] | None:
+    """``tile`` and ``overlap`` of a downscaler's tiled inference (``downscale``, ``product``)."""
+    if spec.tile < COARSE_FACTOR:
+        return "tile", f"must be at least {COARSE_FACTOR} px ({_TILE_WHY}), got {spec.tile}"
+    if not 0 <= spec.overlap <= spec.tile // 2:
+        return "overlap", (
+            f"must be within [0, tile / 2 = {spec.tile // 2}] px (the blend ramps of a tile's "
+            f"two sides meet at its middle; tiles step by tile - overlap), got {spec.overlap}"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -62,7 +143,11 @@ class FluxSpec:
     """Site table (SITE_ID, LOCATION_LAT, LOCATION_LONG, IGBP)."""
     target: str = "GPP_NT_VUT_REF"
     min_qc: float = 0.5
-    """Days with NEE_VUT_REF_QC below this are dropped."""
+    """Days with NEE_VUT_REF_QC (the fraction of good half-hours, 0-1) below this are
+    dropped."""
+
+    def _check(self) -> tuple[str, str] | None:
+        return _out_of_range(self, {"min_qc": _FRACTION})
 
 
 @dataclass(frozen=True)
@@ -72,9 +157,13 @@ class ModelSpec:
     source: str
     """Source name in the pipeline's catalog."""
     min_clear: int = 1
-    """Clear pixels (of the 3×3 window) a day needs."""
+    """Clear pixels (of the 3×3 window) a day needs: 1 to 9."""
     gap_fill_days: int = 0
-    """Fill index gaps in time up to this many days (0: clear days only)."""
+    """Fill index gaps in time up to this many days (0: clear days only; at most 366)."""
+
+    def _check(self) -> tuple[str, str] | None:
+        return _out_of_range(self, {"min_clear": _Range(1, 9, "pixels of the 3×3 window"),
+                                    "gap_fill_days": _GAP_DAYS})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -89,45 +178,73 @@ class GppSpec:
     weather: str = "era5"
     """Source name of the reanalysis."""
     utc_offset_hours: float = 9.0
+    """The local day of the meteorology (hours east of UTC, -12 to 14)."""
     folds: int = 20
+    """Folds of the spatial cross-validation (at least 2)."""
     learners: tuple[str, ...] = LEARNERS
     threads: int = 2
     """Threads of LightGBM training and of the local Dask computations of GPP maps (tower
     tables, the downscaler's pairs)."""
 
-    def _check(self) -> str | None:
+    def _check(self) -> str | tuple[str, str] | None:
         unknown = [name for name in self.learners if name not in LEARNERS]
         if unknown:
             return f"unknown learner(s) {unknown}; expected some of {list(LEARNERS)}"
-        if self.folds < 2:
-            return f"folds must be at least 2, got {self.folds}"
-        return None
+        if not self.learners:
+            return "learners", f"must name at least one of {list(LEARNERS)}"
+        return _out_of_range(self, {
+            "utc_offset_hours": _Range(-12, 14, "hours east of UTC"),
+            "folds": _Range(2, why="folds of whole sites held out"),
+            "threads": _ONE_OR_MORE,
+        })  # fmt: skip
 
 
 @dataclass(frozen=True)
 class GridSpec:
-    """The output grid: a CRS, bounds (left, bottom, right, top) and a pixel size."""
+    """The output grid: a CRS, bounds (left, bottom, right, top) and a pixel size.
+
+    GPP_M is made on the coarse grid, the same origin zoomed out 16 times (480 m pixels), so
+    the grid must be whole 480 m blocks: its width and height are multiples of 480 m (at
+    least one block: 16 x 16 pixels)."""
 
     crs: str
     """A projected CRS in metres (``EPSG:32652``, ``EPSG:5179``, WKT): the grid is in metres."""
     bounds: tuple[float, ...]
-    resolution: float = 30.0
-    """Pixel size in metres."""
+    """left, bottom, right, top in metres of ``crs``; width and height multiples of 480 m."""
+    resolution: float = PIXEL_M
+    """Pixel size in metres: 30 (the models are made for 30 m pixels in 480 m blocks)."""
 
     def _check(self) -> str | tuple[str, str] | None:
         problem = _metric_crs_problem(self.crs)
         if problem:
             return "crs", problem
-        if not self.resolution > 0:
-            return "resolution", f"must be a positive number of metres, got {self.resolution}"
+        problem = _out_of_range(self, {})
+        if problem:
+            return problem
+        if self.resolution != PIXEL_M:
+            return "resolution", (
+                f"must be {PIXEL_M:g} m, got {self.resolution:g}: the GPP models and the "
+                f"downscaler are made for {PIXEL_M:g} m pixels and a {COARSE_M:g} m coarse grid "
+                f"({COARSE_FACTOR} x {PIXEL_M:g} m)"
+            )
         if len(self.bounds) != 4:
-            return f"bounds must be [left, bottom, right, top], got {list(self.bounds)}"
+            return "bounds", f"must be [left, bottom, right, top], got {list(self.bounds)}"
         left, bottom, right, top = self.bounds
         if right <= left or top <= bottom:
-            return f"bounds {list(self.bounds)} are empty (right <= left or top <= bottom)"
-        for size in (right - left, top - bottom):
-            if abs(size / self.resolution - round(size / self.resolution)) > 1e-6:
-                return f"bounds are not a whole number of {self.resolution} m pixels"
+            return "bounds", f"{list(self.bounds)} is empty (right <= left or top <= bottom)"
+        width, height = right - left, top - bottom
+        if not (_whole(width / COARSE_M) and _whole(height / COARSE_M)):
+            fit = [
+                left,
+                bottom,
+                left + _blocks(width) * COARSE_M,
+                bottom + _blocks(height) * COARSE_M,
+            ]
+            return "bounds", (
+                f"the grid is {width:g} m x {height:g} m; its width and height must be whole "
+                f"multiples of {COARSE_M:g} m (the coarse grid of GPP_M: {COARSE_FACTOR} x "
+                f"{PIXEL_M:g} m pixels), e.g. {[round(v, 3) for v in fit]}"
+            )
         return None
 
     @property
@@ -139,6 +256,15 @@ class GridSpec:
         shape = (round((top - bottom) / self.resolution), round((right - left) / self.resolution))
         transform = Affine(self.resolution, 0, left, 0, -self.resolution, top)
         return GeoBox(shape, transform, self.crs)
+
+
+def _whole(blocks: float) -> bool:
+    return abs(blocks - round(blocks)) <= 1e-6
+
+
+def _blocks(size: float) -> int:
+    """The whole number of coarse blocks nearest ``size`` metres (at least one)."""
+    return max(1, round(size / COARSE_M))
 
 
 def _metric_crs_problem(text: str) -> str | None:
@@ -174,22 +300,40 @@ class DownscaleSpec:
     truth: str | None = None
     """A demo world's truth store (evaluation only)."""
     min_clear_fraction: float = 0.3
-    """HLS dates used as pairs need this much of the region clear."""
+    """HLS dates used as pairs need this much of the region clear (0-1)."""
     steps: int = 1500
+    """Training steps (at least 1)."""
     batch: int = 8
     patch: int = 64
+    """Side of the square training patches in 30 m pixels (at least 16: one 480 m block)."""
     base: int = 24
+    """Channels of the network's first level: a multiple of 8 (its group norms split every
+    level's channels in 8 groups)."""
     samples: int = 4
     ddim_steps: int = 25
     tile: int = 128
+    """Side of the square inference tiles in pixels (at least 16: one 480 m block)."""
     overlap: int = 32
+    """Pixels shared by neighbouring tiles, blended: 0 to ``tile / 2``."""
     seed: int = 0
+    """0 to 9 999 999."""
     max_eval_dates: int = 6
     """Evaluate on at most this many test dates (the clearest)."""
     threads: int = 1
     """torch threads for training and evaluation. Set, not inherited: beside busy Dask
     workers on a 2-core machine, torch's default (all cores) made a training step 4.6–5.8
     times slower than one thread."""
+
+    def _check(self) -> tuple[str, str] | None:
+        if self.base < 8 or self.base % 8:
+            return "base", (f"must be a multiple of 8 (the network's group norms split every "
+                            f"level's channels in 8 groups), got {self.base}")  # fmt: skip
+        return _out_of_range(self, {
+            "min_clear_fraction": _FRACTION, "steps": _ONE_OR_MORE, "batch": _ONE_OR_MORE,
+            "patch": _Range(COARSE_FACTOR, why=_TILE_WHY.replace("tile", "patch")),
+            "samples": _ONE_OR_MORE, "ddim_steps": _ONE_OR_MORE, "seed": _SEED,
+            "max_eval_dates": _ONE_OR_MORE, "threads": _ONE_OR_MORE,
+        }) or _tiling_problem(self)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -204,18 +348,23 @@ class ProductSpec:
     """Ensemble members per day: the mean is the product, their spread its uncertainty."""
     ddim_steps: int = 10
     tile: int = 256
+    """Side of the square inference tiles in pixels (at least 16: one 480 m block)."""
     overlap: int = 32
+    """Pixels shared by neighbouring tiles, blended: 0 to ``tile / 2``."""
     seed: int = 0
-    """Sampling seed; each day's seed is derived from it and the date (re-runs are identical)."""
+    """Sampling seed (0 to 9 999 999); each day's seed is derived from it and the date
+    (re-runs are identical)."""
     coarse_consistency: bool = False
     """Shift each 480 m block of the 30 m map so that its mean equals GPP_M (the mismatch
     before and after is recorded either way)."""
     max_gap_days: int = 45
     """When clear MODIS days are further apart than the GPP model's ``gap_fill_days`` (a
-    monsoon), indices are still interpolated across gaps up to this long (flagged)."""
+    monsoon), indices are still interpolated across gaps up to this long (flagged; 0-366)."""
     max_missing_fraction: float = 0.5
     """Skip a day when GPP_M is missing (no MODIS within the gap-fill window) on more of the
-    grid than this; below it, missing coarse pixels take their nearest neighbour's GPP_M."""
+    grid inside the MODIS footprints than this; below it, missing coarse pixels take their
+    nearest neighbour's GPP_M. A run refuses a grid with more than this outside every MODIS
+    footprint; the pixels outside (below it) are left empty, never filled."""
     max_lost_fraction: float = 0.05
     """A day fails (and is redone by the next run) when input reads that stayed unreadable after
     their retries (a 404, a corrupt or truncated file) cover more of its grid than this; below
@@ -223,7 +372,13 @@ class ProductSpec:
     read_retries: int = 3
     """Retries of a failed asset read (each with a freshly signed URL) before it is lost."""
     block_days: int = 31
-    """GPP_M is computed for this many consecutive days at once in a backfill."""
+    """GPP_M is computed for this many consecutive days at once in a backfill (at least 1)."""
+    max_backfill_days: int = 366
+    """A run whose days span more than this is refused before anything is done (the
+    ``product.period`` of ``unique-cube demo`` too). 366: a whole year, leap or not, in one
+    run, the unit the datacube grows by; a longer span is more often a mistyped ``--start``
+    (1923 for 2023: thousands of skipped days) than a plan. Run a longer backfill year by
+    year: each run keeps the days already done."""
     window: int = 2048
     """A day is made in square windows of this many 30 m pixels, so memory follows the window,
     not the grid; the maps do not depend on it. A multiple of the datacube's 128 px chunks; a
@@ -233,30 +388,43 @@ class ProductSpec:
     period: Period | None = None
     """Days ``unique-cube demo`` produces (a run names its own days)."""
     lock_timeout_s: float = 600.0
+    """How long a run waits for a day (or the shared store) held by another run (at least 0
+    seconds)."""
     cpu_threads: int = 2
     """Threads of each Dask CPU worker of a local cluster (array work)."""
     torch_threads: int = 2
     """torch threads of a downscaler actor sampling on the CPU (ignored on a GPU)."""
 
-    def _check(self) -> str | None:
+    def _check(self) -> str | tuple[str, str] | None:
         if self.scheme not in ("s1", "s2", "bilinear"):
-            return f"scheme must be s1, s2 or bilinear, got {self.scheme!r}"
-        if self.samples < 1 or self.ddim_steps < 1:
-            return "samples and ddim_steps must be at least 1"
-        if not 0 <= self.max_missing_fraction <= 1:
-            return f"max_missing_fraction must be within [0, 1], got {self.max_missing_fraction}"
-        if not 0 <= self.max_lost_fraction <= 1:
-            return f"max_lost_fraction must be within [0, 1], got {self.max_lost_fraction}"
-        if self.read_retries < 0:
-            return f"read_retries must be at least 0, got {self.read_retries}"
+            return "scheme", f"must be s1, s2 or bilinear, got {self.scheme!r}"
+        problem = _out_of_range(self, {
+            "samples": _ONE_OR_MORE, "ddim_steps": _ONE_OR_MORE, "seed": _SEED,
+            "max_gap_days": _GAP_DAYS, "max_missing_fraction": _FRACTION,
+            "max_lost_fraction": _FRACTION, "read_retries": _NONE_OR_MORE,
+            "block_days": _ONE_OR_MORE, "max_backfill_days": _ONE_OR_MORE,
+            "lock_timeout_s": _NONE_OR_MORE, "cpu_threads": _ONE_OR_MORE,
+            "torch_threads": _ONE_OR_MORE,
+        }) or _tiling_problem(self)  # fmt: skip
+        if problem:
+            return problem
         if self.window < 128 or self.window % 128:
-            return f"window must be a multiple of 128 (the datacube's chunks), got {self.window}"
+            return "window", (f"window must be a multiple of 128 (the datacube's chunks), got "
+                              f"{self.window}")  # fmt: skip
+        if self.period is not None:
+            span = (self.period.end - self.period.start).days + 1
+            if span > self.max_backfill_days:
+                return "period", (f"spans {span} days, more than max_backfill_days "
+                                  f"({self.max_backfill_days})")  # fmt: skip
         try:
             import zoneinfo
 
             zoneinfo.ZoneInfo(self.time_zone)
         except Exception:
-            return f"unknown time zone {self.time_zone!r} (an IANA name like Asia/Seoul)"
+            return (
+                "time_zone",
+                f"unknown time zone {self.time_zone!r} (an IANA name like Asia/Seoul)",
+            )
         return None
 
 
@@ -299,9 +467,12 @@ def load_pipeline(path: str | Path) -> Pipeline:
 
 
 def validate_pipeline(path: str | Path) -> list[str]:
-    """Check a pipeline without running it: keys and types, the catalog and every source the
-    stages name, the grid's CRS, the time zone, the product folder. Returns a summary; raises
-    :class:`~unique_cube.errors.ConfigError` at the first problem."""
+    """Check a pipeline without running it: keys, types and ranges, the catalog and every
+    source the stages name, the grid's CRS and its 480 m blocks, the time zone, the product
+    folder and ``product.period`` against ``product.max_backfill_days``. Returns a summary;
+    raises :class:`~unique_cube.errors.ConfigError` at the first problem. What needs the STAC
+    API (whether the inputs cover the grid and the days) is checked by ``run`` before it
+    makes a day."""
     from pyproj import CRS
 
     pipeline = load_pipeline(path)
@@ -321,8 +492,9 @@ def validate_pipeline(path: str | Path) -> list[str]:
     if pipeline.grid is not None:
         crs = CRS.from_user_input(pipeline.grid.crs)  # checked when loaded
         ny, nx = pipeline.grid.geobox.shape
-        lines.append(f"grid: {crs.to_string()}, {nx} x {ny} pixels of {pipeline.grid.resolution} m "
-                     f"({nx * ny / 1e6:.1f} Mpx)")  # fmt: skip
+        lines.append(f"grid: {crs.to_string()}, {nx} x {ny} pixels of {PIXEL_M:g} m "
+                     f"({nx * ny / 1e6:.1f} Mpx; GPP_M on {nx // COARSE_FACTOR} x "
+                     f"{ny // COARSE_FACTOR} pixels of {COARSE_M:g} m)")  # fmt: skip
     product = pipeline.product
     if product is not None:
         pipeline.require("grid", "product", command="unique-cube run")
@@ -333,7 +505,8 @@ def validate_pipeline(path: str | Path) -> list[str]:
         rows, cols = (-(-n // product.window) for n in pipeline.grid.geobox.shape)
         lines.append(f"product: {out} ({product.scheme}, {product.samples} members, "
                      f"time zone {product.time_zone}; a day in {rows} x {cols} windows of "
-                     f"{product.window} px)")  # fmt: skip
+                     f"{product.window} px; backfills of at most {product.max_backfill_days} "
+                     "days)")  # fmt: skip
     models = Path(gpp.output)
     trained = [p.name for p in [models / "gpp_modis.model", models / "gpp_landsat.model"]
                if p.exists()]  # fmt: skip

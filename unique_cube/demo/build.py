@@ -41,7 +41,7 @@ __all__ = ["GENERATOR_VERSION", "MANIFEST", "build_world", "read_manifest"]
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the generator's output changes; a world of another version is rebuilt.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: items declare where and when they hold data
 MANIFEST = "world.json"
 _OWNED = ("stac", "cogs", "era5", "flux", "truth", MANIFEST)
 COLLECTION_TEXT = {
@@ -304,5 +304,6 @@ def _publish_era5(reanalysis: Reanalysis, out: Path) -> list[dict]:
             "lon": {"type": "spatial", "axis": "x", "extent": [float(lon.min()), float(lon.max())],
                     "step": step},
         }  # fmt: skip
-        items.append(publish.era5_item(month_date, hrefs, bbox, grid))
+        stamps = times[pick].astype("datetime64[us]").astype(dt.datetime)
+        items.append(publish.era5_item(month_date, hrefs, bbox, grid, (stamps[0], stamps[-1])))
     return items

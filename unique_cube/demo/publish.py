@@ -90,9 +90,16 @@ def stac_item(
     shape: tuple[int, int],
     properties: dict,
     assets: dict,
+    footprint: dict | None = None,
 ) -> dict:
-    """A STAC item whose geometry, bbox and ``proj:*`` fields come from its grid."""
+    """A STAC item whose geometry, bbox and ``proj:*`` fields come from its grid, or whose
+    geometry is ``footprint`` (GeoJSON in degrees: where its rasters hold data)."""
     geometry, bbox = _footprint(crs, transform, shape)
+    if footprint is not None:
+        import shapely
+
+        geometry = footprint
+        bbox = [round(v, 6) for v in shapely.geometry.shape(footprint).bounds]
     proj = {"proj:epsg": int(crs.split(":")[1])} if crs.startswith("EPSG:") else {"proj:wkt2": crs}
     return {
         "type": "Feature",
@@ -158,8 +165,10 @@ def modis_item(
     state_transform,
     state_shape: tuple[int, int],
     produced: dt.datetime,
+    footprint: dict | None = None,
 ) -> dict:
-    """A ``modis-09GA-061`` item (Terra daily surface reflectance, one sinusoidal tile)."""
+    """A ``modis-09GA-061`` item (Terra daily surface reflectance, one sinusoidal tile);
+    ``footprint``: where the tile holds data, when not all of it does (the demo world)."""
     item_id = f"MOD09GA.A{day:%Y%j}.h{h:02d}v{v:02d}.061.{produced:%Y%j%H%M%S}"
     assets = {}
     for key, (common, wavelength, title) in MODIS_ASSETS.items():
@@ -198,7 +207,8 @@ def modis_item(
         "modis:vertical-tile": v,
         "modis:tile-id": f"510{h:02d}0{v:02d}",
     }
-    return stac_item(item_id, "modis-09GA-061", crs, transform, shape, properties, assets)
+    return stac_item(item_id, "modis-09GA-061", crs, transform, shape, properties, assets,
+                     footprint)  # fmt: skip
 
 
 def static_item(
@@ -226,10 +236,14 @@ def static_item(
     return stac_item(item_id, collection_id, crs, transform, shape, props, assets)
 
 
-def era5_item(month: dt.date, hrefs: Mapping[str, str], bbox: list[float], grid: dict) -> dict:
-    """An ``era5-pds`` item: one month, one Zarr store per variable (``xarray:open_kwargs``)."""
+def era5_item(month: dt.date, hrefs: Mapping[str, str], bbox: list[float], grid: dict,
+              span: tuple[dt.datetime, dt.datetime] | None = None) -> dict:  # fmt: skip
+    """An ``era5-pds`` item: one month, one Zarr store per variable (``xarray:open_kwargs``);
+    ``span``: its first and last hourly stamps when it does not hold the whole month."""
     start = dt.datetime(month.year, month.month, 1)
     end = dt.datetime(month.year + month.month // 12, month.month % 12 + 1, 1)
+    if span is not None:
+        start, end = span[0], span[1] + dt.timedelta(microseconds=1)
     w, s, e, n = bbox
     assets = {
         key: {

@@ -161,6 +161,7 @@ class _Sensors:
         self.rng = rng[5]
         self.water_blocks = [block_mean(c.frac_water, ModisGrid.BLOCK) for c in self.canopies]
         self.centre = float(reanalysis.lat.mean()), float(reanalysis.lon.mean())
+        self.modis_footprint = _footprint(world)
 
     def modis_day(self, index: int, day: dt.date, states, field, height: float) -> dict:
         """The day's MOD09GA-like granule (Terra, ~10:30 solar time), written and its item."""
@@ -204,7 +205,7 @@ class _Sensors:
         self.writer.submit(jobs)
         return publish.modis_item(
             day, grid.h, grid.v, hrefs, SINUSOIDAL_WKT, grid.transform, grid.shape,
-            grid.state_transform, state_qa.shape, produced,
+            grid.state_transform, state_qa.shape, produced, self.modis_footprint,
         )  # fmt: skip
 
     def hls_scene(self, when: dt.datetime, platform: str, states, field, height: float) -> dict:
@@ -234,3 +235,13 @@ class _Sensors:
             TILE, when, platform, scene.cloud_cover, hrefs, CRS, world.domain_transform,
             world.domain_shape,
         )  # fmt: skip
+
+
+def _footprint(world: World) -> dict:
+    """Where the world's MODIS tiles hold data: its areas (the region, the tower patches), as
+    a GeoJSON MultiPolygon in degrees (a grid outside them has no GPP_M, and must be told)."""
+    import shapely
+
+    parts = [shapely.geometry.shape(world.area_geobox(area).extent.to_crs("EPSG:4326").json)
+             for area in world.areas]  # fmt: skip
+    return shapely.geometry.mapping(shapely.union_all(parts))

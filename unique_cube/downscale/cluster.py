@@ -143,8 +143,9 @@ def dask_client(
 
 
 def find_gpu_workers(client: Client) -> dict[str, dict]:
-    """Running workers with the GPU resource, by address, in the order of their names."""
-    workers = client.scheduler_info()["workers"]
+    """Running workers with the GPU resource, by address, in the order of their names (none
+    while the client has lost its scheduler: its information then has no workers at all)."""
+    workers = client.scheduler_info().get("workers", {})
     found = {
         address: info
         for address, info in workers.items()

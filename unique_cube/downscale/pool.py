@@ -3,21 +3,25 @@ actors re-created, lost tiles resubmitted.
 
 When a worker dies its actor dies with it (Dask does not re-create actors), so
 :class:`ActorPool` re-creates the actor on a GPU worker without one and resubmits the tiles
-it held; tiles are seeded by their place in the grid's plan, so a map does not depend on which
-actor sampled which tile. :func:`downscale_distributed` is
-:func:`~unique_cube.downscale.sampling.downscale` on the pool.
+it held, whether the worker died while the pool was starting or while it was mapping
+(:func:`actor_lost` says which errors mean a lost actor); tiles are seeded by their place in
+the grid's plan, so a map does not depend on which actor sampled which tile.
+:func:`downscale_distributed` is :func:`~unique_cube.downscale.sampling.downscale` on the pool.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import CancelledError
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,16 +38,57 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ActorPool", "downscale_distributed"]
+__all__ = ["ActorPool", "actor_lost", "downscale_distributed"]
+
+
+#: How often a wait on an actor looks whether its worker is still there (seconds).
+_POLL_S = 0.5
+
+#: The scheduler's verdict on an actor whose worker left (distributed/scheduler.py).
+_LOST_ACTOR = "Worker holding Actor was lost"
 
 
 class _ActorLost(Exception):
     """The worker holding an actor died (or cannot be reached)."""
 
 
+def actor_lost(error: BaseException) -> bool:
+    """Whether ``error`` says that an actor's worker died or cannot be reached (the actor is
+    gone and may be made again on another worker), not that the actor's own code failed.
+
+    What distributed raises for a lost actor depends on the moment the loss is met:
+
+    * ``RuntimeError("Worker holding Actor was lost")``: the scheduler's verdict once the
+      worker has left, from the actor's future (the worker died after the actor started, before
+      the client took the handle) or from ``actor.<method>`` (the future has erred);
+    * ``KilledWorker``: the actor's task started on more workers than
+      ``distributed.scheduler.allowed-failures`` allows, and each of them died;
+    * ``NoValidWorkerError``, ``NoWorkerError``: the task, pinned to a worker that left, waited
+      longer than ``distributed.scheduler.no-workers-timeout``;
+    * ``CancelledError`` (``FutureCancelledError``; asyncio's own): the task was released, or
+      the client lost the scheduler and with it its futures;
+    * ``OSError``: the way to the worker is closed: ``CommClosedError``, "Unable to contact
+      Actor's worker", a refused or reset connection, a connect timeout. The actor's own code
+      raises none (a checkpoint it cannot read is a ``DownscaleError``), so an ``OSError`` is
+      always the way, never the work.
+    """
+    from distributed import KilledWorker
+    from distributed.scheduler import NoValidWorkerError, NoWorkerError
+
+    lost = (_ActorLost, KilledWorker, NoValidWorkerError, NoWorkerError, CancelledError,
+            asyncio.CancelledError, OSError)  # fmt: skip
+    if isinstance(error, lost):
+        return True
+    return isinstance(error, RuntimeError) and str(error).startswith(_LOST_ACTOR)
+
+
+def _sample(actor: Any, request: TileRequest) -> Any:
+    return actor.sample(request)  # looking up ``sample`` raises for a lost actor: in the wait
+
+
 @dataclass(eq=False)
 class _Slot:
-    """One actor of the pool, replaced in place when its worker dies."""
+    """One actor of the pool, replaced in place when its worker dies (empty meanwhile)."""
 
     future: Future | None = None
     actor: Any = None
@@ -98,13 +143,15 @@ class ActorPool:
     """One :class:`DownscalerActor` per GPU worker (at most ``max_actors``), supervised.
 
     Tiles go to whichever actor is free, ``in_flight`` calls per actor (the actor runs them
-    one at a time; the second hides the round trip). When an actor's worker dies, its tiles
-    go back in the queue and the actor is re-created on a GPU worker that holds none of the
-    pool's actors, waiting up to ``worker_timeout`` seconds for one (a restarted worker, a
-    new node) while the other actors carry on; the same timeout bounds loading a model. A
-    tile is resubmitted at most ``max_retries`` times. ``on_result(index, address)`` is
-    called from the pool's threads after each tile. ``recreated`` and ``resubmitted`` count
-    the recoveries; ``scheme`` and ``cond_channels`` describe the checkpoint.
+    one at a time; the second hides the round trip). When an actor's worker dies, whether the
+    pool is starting or mapping (:func:`actor_lost` says what counts as a loss), its tiles go
+    back in the queue and the actor is re-created on a GPU worker that holds none of the
+    pool's actors, waiting up to ``worker_timeout`` seconds for one (a restarted worker, a new
+    node) while the other actors carry on; the same timeout bounds loading a model (an actor
+    that has not loaded within it counts as lost), and starting with no actor alive. A tile
+    is resubmitted at most ``max_retries`` times. ``on_result(index, address)`` is called
+    from the pool's threads after each tile. ``recreated`` and ``resubmitted`` count the
+    recoveries; ``scheme`` and ``cond_channels`` describe the checkpoint.
     """
 
     def __init__(
@@ -120,6 +167,8 @@ class ActorPool:
         worker_timeout: float = 60.0,
         on_result: Callable[[int, str], None] | None = None,
     ) -> None:
+        if max_actors is not None and max_actors < 1:
+            raise ValueError(f"max_actors must be at least 1 (or None), not {max_actors}")
         self.client = client
         self.checkpoint_path = str(checkpoint_path)
         self.device = device
@@ -132,61 +181,61 @@ class ActorPool:
         self.resubmitted = 0
         self._placement = threading.Lock()  # one placement at a time: never two on a worker
         self._slots: list[_Slot] = []
-        deadline = time.monotonic() + worker_timeout
-        while not (workers := list(find_gpu_workers(client))):
-            if time.monotonic() > deadline:
-                raise ActorPoolError(
-                    f"no worker with the {GPU} resource joined the scheduler "
-                    f"{client.scheduler.address} within {worker_timeout:g} s"
-                )
-            time.sleep(0.25)
-        futures: list[tuple[str, Future]] = []
+        self._failed: set[str] = set()  # workers that lost an actor while the pool started
+        self._last_loss = "none"  # said when start-up gives up
         try:
-            for address in workers[:max_actors]:  # all submitted first: the models load at once
-                futures.append((address, self._submit(address)))
-            for address, future in futures:
-                try:
-                    self._slots.append(_Slot(future, self._await(future, address), address))
-                except _ActorLost as lost:
-                    log.warning("no downscaler actor on %s: %s", address, lost)
-            info = self._describe()
+            info = self._start(max_actors)
         except BaseException:
-            for _, future in futures:
-                future.release()
             self.close()
             raise
         self.scheme: str = info["scheme"]
         self.cond_channels: int = info["cond_channels"]
-        log.info("downscaler actors on %s", ", ".join(s.address for s in self._slots))
+        live = [slot.address for slot in self._slots if slot.actor is not None]
+        log.info("downscaler actors on %s", ", ".join(live))
 
-    def _describe(self) -> dict[str, Any]:
-        """The checkpoint's description from a live actor. An actor whose worker died since it
-        started is dropped; while none is left, one is placed anew on any GPU worker (a
-        restarted one included), for up to ``worker_timeout`` seconds."""
+    def _start(self, max_actors: int | None) -> dict[str, Any]:
+        """Place the actors and ask one of them for the checkpoint's description.
+
+        All are submitted first, so that the models load at once. A worker may die at any
+        moment of this (before or while its model loads, once it has loaded but before the
+        scheduler or this client heard, after the handle came back): its slot is left empty,
+        for :meth:`map` to fill when a GPU worker is free. While no actor is alive, one is
+        placed on any free GPU worker (a restarted one included); after ``worker_timeout``
+        seconds without one, :class:`ActorPoolError`."""
+        deadline = time.monotonic() + self.worker_timeout
+        while not (workers := list(find_gpu_workers(self.client))):
+            if time.monotonic() > deadline:
+                scheduler = self.client.scheduler  # None once the client lost it
+                raise ActorPoolError(
+                    f"no worker with the {GPU} resource joined the scheduler "
+                    f"{scheduler.address if scheduler else '(lost)'} within "
+                    f"{self.worker_timeout:g} s"
+                )
+            time.sleep(0.25)
+        for address in workers[:max_actors]:
+            self._slots.append(_Slot(self._submit(address), None, address))
+        for slot in self._slots:
+            self._load(slot)
         deadline = time.monotonic() + self.worker_timeout
         while True:
-            for slot in list(self._slots):
+            for slot in self._slots:
+                if slot.actor is None:
+                    continue
                 try:
-                    return slot.actor.info().result()
-                # Its worker died after the actor started: "Unable to contact Actor's worker"
-                # (OSError), or "Worker holding Actor was lost" once the scheduler knows.
-                except (OSError, RuntimeError) as err:
-                    log.warning("downscaler actor on %s lost: %s", slot.address, err)
-                    self._drop(slot)
-                    self._slots.remove(slot)
+                    return self._wait(lambda s=slot: s.actor.info(), slot.future, slot.address)
+                except _ActorLost as lost:  # its worker died after the actor started
+                    log.warning("downscaler actor on %s lost: %s", slot.address, lost)
+                    self._lost(slot, lost)
             if time.monotonic() > deadline:
                 raise ActorPoolError(
-                    f"every GPU worker left while loading {self.checkpoint_path} (waited "
-                    f"{self.worker_timeout:g} s for one to hold a downscaler actor)"
+                    f"could not start a downscaler actor of {self.checkpoint_path} on any GPU "
+                    f"worker within {self.worker_timeout:g} s; the last one was lost "
+                    f"{self._last_loss}"
                 )
-            for address in find_gpu_workers(self.client):
-                try:
-                    future = self._submit(address)
-                    self._slots.append(_Slot(future, self._await(future, address), address))
-                    break
-                except _ActorLost as lost:
-                    log.warning("no downscaler actor on %s: %s", address, lost)
-            else:
+            free = self._free_workers(self._failed)  # a restarted worker has a new address
+            if free and self._place(self._slots[0], free[0]):  # every slot is empty here
+                self.recreated += 1
+            elif not free:
                 time.sleep(0.25)
 
     def __enter__(self) -> ActorPool:
@@ -202,16 +251,23 @@ class ActorPool:
         self._slots = []
 
     def info(self) -> list[dict[str, Any]]:
-        """:meth:`DownscalerActor.info` of every live actor."""
-        calls = [slot.actor.info() for slot in self._slots if slot.actor is not None]
-        return [call.result() for call in calls]
+        """:meth:`DownscalerActor.info` of every live actor (one lost meanwhile left out)."""
+        answers = []
+        for slot in self._slots:
+            if slot.actor is None:
+                continue
+            try:
+                answers.append(self._wait(lambda s=slot: s.actor.info(), slot.future, slot.address))
+            except _ActorLost as lost:
+                log.warning("downscaler actor on %s lost: %s", slot.address, lost)
+        return answers
 
     def map(self, requests: Sequence[TileRequest]) -> list[np.ndarray]:
         """The residual of every request, in order."""
         run = _Run(len(requests))
         if not requests:
             return []
-        for slot in self._slots:  # actors a previous map() could not re-create in time
+        for slot in self._slots:  # actors lost at start-up or not re-created in time since
             if slot.actor is None:  # wait for a GPU worker only if no actor is left
                 alive = any(other.actor is not None for other in self._slots)
                 self._replace(slot, slot.generation, run, patience=0.0 if alive else None)
@@ -242,7 +298,8 @@ class ActorPool:
                     run.put_back(index)
                     return
                 try:
-                    residual = self._call(actor, future, requests[index])
+                    call = partial(_sample, actor, requests[index])
+                    residual = self._wait(call, future, address)
                 except _ActorLost as lost:
                     log.warning("downscaler actor on %s lost (%s); resubmitting tile %d",
                                 address, lost, index)  # fmt: skip
@@ -255,21 +312,43 @@ class ActorPool:
         except BaseException as err:  # raised by map()
             run.fail(err)
 
-    @staticmethod
-    def _call(actor: Any, future: Future, request: TileRequest) -> np.ndarray:
+    def _wait(
+        self,
+        start: Callable[[], Any],
+        future: Future,
+        address: str,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """The result of ``start()``, an actor's call or the actor's own future, once it comes;
+        :class:`_ActorLost` if the actor's worker is lost first, whatever distributed raises
+        for that (:func:`actor_lost`), or with a ``timeout`` (s), if none came within it (a
+        stuck worker is as good as lost)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            call = actor.sample(request)
-        except RuntimeError as err:  # "Worker holding Actor was lost"
-            raise _ActorLost(err) from err
-        while True:
-            try:
-                return call.result(timeout=0.5)
-            except TimeoutError:
-                # A call to a dead worker may never return: watch the actor's own future.
-                if future.status not in ("pending", "finished"):
-                    raise _ActorLost(f"actor {future.status}") from None
-            except OSError as err:  # CommClosedError, "Unable to contact Actor's worker"
-                raise _ActorLost(err) from err
+            with self.client.as_current():  # an actor's handle binds to this pool's client
+                call = start()
+                while True:
+                    try:
+                        return call.result(timeout=_POLL_S)
+                    except TimeoutError:
+                        if call.done():  # the call's own outcome, not the poll's
+                            raise
+                    # A call to a dead worker may never return: watch the actor's task, and its
+                    # worker while the task is pinned there but not yet done.
+                    status = future.status
+                    if status not in ("pending", "finished"):
+                        raise _ActorLost(f"its task is {status}")
+                    if status == "pending" and address not in find_gpu_workers(self.client):
+                        raise _ActorLost(f"{address} left before the actor started")
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise _ActorLost(f"no answer within {timeout:g} s (stuck or too slow)")
+        except _ActorLost:
+            raise
+        except (Exception, asyncio.CancelledError) as err:
+            if actor_lost(err):
+                raise _ActorLost(f"{type(err).__name__}: {err}") from err
+            raise
 
     def _resubmit(self, index: int, run: _Run) -> bool:
         with run.cv:
@@ -287,7 +366,8 @@ class ActorPool:
         return True
 
     def _submit(self, address: str) -> Future:
-        name = self.client.scheduler_info()["workers"].get(address, {}).get("name", address)
+        workers = self.client.scheduler_info().get("workers", {})
+        name = workers.get(address, {}).get("name", address)
         return self.client.submit(
             DownscalerActor, self.checkpoint_path, device=self.device,
             torch_threads=self.torch_threads,
@@ -295,30 +375,34 @@ class ActorPool:
             resources={GPU: 1}, workers=[address], allow_other_workers=False,
         )  # fmt: skip
 
-    def _await(self, future: Future, address: str) -> Any:
-        """The actor handle, bound to this pool's client (not to the default one);
-        :class:`_ActorLost` if its worker leaves while the model loads."""
-        from distributed import CancelledError, KilledWorker
-
-        deadline = time.monotonic() + self.worker_timeout
+    def _load(self, slot: _Slot) -> bool:
+        """Wait up to ``worker_timeout`` for the slot's submitted actor (its model loading);
+        False, with the slot emptied, if its worker is lost (or stuck) first."""
+        future, address = slot.future, slot.address
         try:
-            with self.client.as_current():
-                while True:
-                    try:
-                        return future.result(timeout=0.5)
-                    except TimeoutError:
-                        if address not in find_gpu_workers(self.client):
-                            raise _ActorLost(f"{address} left while loading the model") from None
-                        if time.monotonic() > deadline:
-                            raise ActorPoolError(
-                                f"the downscaler actor on {address} did not start within "
-                                f"{self.worker_timeout:g} s"
-                            ) from None
-                    except (OSError, KilledWorker, CancelledError) as err:
-                        raise _ActorLost(err) from err
-        except BaseException:
-            future.release()
-            raise
+            slot.actor = self._wait(lambda: future, future, address, timeout=self.worker_timeout)
+        except _ActorLost as lost:
+            log.warning("no downscaler actor on %s: %s", address, lost)
+            self._lost(slot, lost)
+            return False
+        return True
+
+    def _lost(self, slot: _Slot, lost: _ActorLost) -> None:
+        """Empty the slot of a lost actor, and remember where (start-up tries elsewhere)."""
+        if slot.address is not None:
+            self._failed.add(slot.address)
+        self._last_loss = f"on {slot.address}: {lost}"
+        self._drop(slot)
+
+    def _place(self, slot: _Slot, address: str) -> bool:
+        """Make the (empty) slot's actor on ``address``: see :meth:`_load`."""
+        slot.future, slot.address = self._submit(address), address
+        return self._load(slot)
+
+    def _free_workers(self, exclude: set[str | None] = frozenset()) -> list[str]:
+        """GPU workers holding none of the pool's actors (nor being given one)."""
+        taken = exclude | {slot.address for slot in self._slots}
+        return [address for address in find_gpu_workers(self.client) if address not in taken]
 
     def _replace(
         self, slot: _Slot, generation: int, run: _Run, patience: float | None = None
@@ -335,18 +419,8 @@ class ActorPool:
             deadline = time.monotonic() + patience
             while not run.over:
                 with self._placement:
-                    taken = {lost_on} | {other.address for other in self._slots}
-                    free = [
-                        address for address in find_gpu_workers(self.client) if address not in taken
-                    ]
-                    if free:
-                        try:
-                            future = self._submit(free[0])
-                            slot.actor = self._await(future, free[0])
-                        except _ActorLost as lost:
-                            log.warning("no downscaler actor on %s: %s", free[0], lost)
-                            continue
-                        slot.future, slot.address = future, free[0]
+                    free = self._free_workers({lost_on})
+                    if free and self._place(slot, free[0]):
                         self.recreated += 1
                         log.warning("downscaler actor re-created on %s (lost on %s)",
                                     free[0], lost_on)  # fmt: skip
@@ -364,7 +438,8 @@ class ActorPool:
                             )
                         )
                     return False
-                time.sleep(0.25)
+                if not free:
+                    time.sleep(0.25)
             return False
 
     @staticmethod

@@ -3,16 +3,24 @@
 :func:`fit_learner` fits one on rows of features; :class:`Fitted` predicts. A new learner is
 a name here (its parameters in :data:`LEARNER_PARAMS`, its fit in :func:`fit_learner`) and in
 ``config.pipeline.LEARNERS``; the spatial CV of :mod:`unique_cube.gpp.train` compares it with
-the others.
+the others. :func:`save_model` writes a fitted model in its learner's file format, with the
+feature names it takes (checked against its card when loaded, :mod:`unique_cube.gpp.model`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LEARNER_PARAMS", "Fitted", "fit_learner"]
+from unique_cube.errors import ModelError
+from unique_cube.files import write_atomic
+
+__all__ = ["LEARNER_PARAMS", "Fitted", "fit_learner", "save_model"]
 
 
 LEARNER_PARAMS = {
@@ -58,7 +66,16 @@ class Fitted:
         return z @ self.coef[1:] + self.coef[0]
 
 
-def fit_learner(learner: str, x: np.ndarray, y: np.ndarray, threads: int, seed: int) -> Fitted:
+def fit_learner(
+    learner: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    threads: int,
+    seed: int,
+    features: Sequence[str] | None = None,
+) -> Fitted:
+    """``learner`` fitted on rows ``x`` (columns ``features``, whose names LightGBM keeps in
+    its model) and targets ``y``."""
     if learner == "linear":
         mean = np.nanmean(x, axis=0)
         scale = np.nanstd(x, axis=0)
@@ -74,5 +91,26 @@ def fit_learner(learner: str, x: np.ndarray, y: np.ndarray, threads: int, seed: 
     params = dict(LEARNER_PARAMS[learner])
     rounds = params.pop("num_boost_round")
     params.update({"verbose": -1, "num_threads": threads, "seed": seed, "deterministic": True})
-    booster = lgb.train(params, lgb.Dataset(x, y, free_raw_data=False), num_boost_round=rounds)
+    names = list(features) if features is not None else "auto"
+    data = lgb.Dataset(x, y, feature_name=names, free_raw_data=False)
+    booster = lgb.train(params, data, num_boost_round=rounds)
     return Fitted(learner, booster=booster)
+
+
+def save_model(model: Fitted, path: Path, features: Sequence[str]) -> str:
+    """Write ``model`` to ``path`` whole or not at all — LightGBM's text format, or the ridge
+    coefficients as JSON with the ``features`` they take — and return the file's SHA-256."""
+    if model.booster is not None:
+        names = model.booster.feature_name()
+        if names != list(features):
+            raise ModelError(f"{path}: the booster's features {names} are not {list(features)}")
+        text = model.booster.model_to_string()
+    else:
+        text = json.dumps(
+            {"features": list(features), "coef": model.coef.tolist(),
+             "mean": model.mean.tolist(), "scale": model.scale.tolist()}
+        )  # fmt: skip
+    data = text.encode()
+    with write_atomic(Path(path)) as partial:
+        partial.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()

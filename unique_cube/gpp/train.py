@@ -25,7 +25,7 @@ import pandas as pd
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.errors import ModelError
 from unique_cube.gpp.features import FEATURES
-from unique_cube.gpp.learners import LEARNER_PARAMS, Fitted, fit_learner
+from unique_cube.gpp.learners import LEARNER_PARAMS, Fitted, fit_learner, save_model
 from unique_cube.gpp.model import ModelCard
 from unique_cube.gpp.towers import MODELS, training_tables
 from unique_cube.inputs.search import open_catalog
@@ -77,7 +77,7 @@ def cross_validate(
         predicted = np.full(len(table), np.nan)
         for k in np.unique(fold):
             held = fold == k
-            model = fit_learner(learner, x[~held], y[~held], threads, seed)
+            model = fit_learner(learner, x[~held], y[~held], threads, seed, features)
             predicted[held] = model.predict(x[held])
         out[learner] = table.assign(predicted=predicted, fold=fold)
     return out
@@ -129,20 +129,12 @@ def train(
     reports = {learner: _report(frame) for learner, frame in oof.items()}
     best = min(reports, key=lambda k: reports[k]["overall"]["rmse"])
     x = table[list(features)].to_numpy(np.float64)
-    model = fit_learner(best, x, table["gpp"].to_numpy(np.float64), threads, seed)
+    model = fit_learner(best, x, table["gpp"].to_numpy(np.float64), threads, seed, features)
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     model_path = output / f"{name}.model"
-    if model.booster is not None:
-        model.booster.save_model(str(model_path))
-    else:
-        model_path.write_text(
-            json.dumps(
-                {"coef": model.coef.tolist(), "mean": model.mean.tolist(),
-                 "scale": model.scale.tolist()}
-            )
-        )  # fmt: skip
+    model_sha256 = save_model(model, model_path, features)
     digest = hashlib.sha256(
         pd.util.hash_pandas_object(table[["site", "date", "gpp", *features]], index=False).values
     ).hexdigest()
@@ -151,6 +143,7 @@ def train(
         name=name,
         learner=best,
         model_file=model_path.name,
+        model_sha256=model_sha256,
         features=tuple(features),
         feature_ranges={
             f: (float(np.nanmin(table[f])), float(np.nanmax(table[f]))) for f in features

@@ -14,8 +14,9 @@ driver with three changes:
 A 403 that persists after re-signing is never a loss: it is an access problem, raised as
 :class:`AccessDeniedError` whatever the policy.
 
-Signed URLs are secrets. Messages and log records name assets with :func:`redact`: the query
-string (where SAS tokens and keys live) and any user:password are cut out.
+Signed URLs are secrets. Messages and log records name assets with
+:func:`unique_cube.redact.redact` (re-exported here): the query string (where SAS tokens and
+keys live) and any user:password are cut out.
 
 The policy in force is taken from a context variable when a cube is built
 (:func:`use_read_policy`), so that one ``with`` around a job gives every load the catalog's
@@ -30,7 +31,6 @@ import contextvars
 import dataclasses
 import functools
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +41,8 @@ import numpy as np
 from odc.loader import RioDriver, RioReader
 
 from unique_cube.errors import ConfigError, LoadError
+from unique_cube.files import local_path
+from unique_cube.redact import install_redaction, redact
 
 __all__ = [
     "LEDGER_TOPIC",
@@ -164,49 +166,14 @@ def _sign_assets(sign: Callable[[str], str], obj: Any) -> Any:
     return obj
 
 
-_QUERY = re.compile(r"\?[A-Za-z0-9_.~%-]+=[^\s'\"<>]*")
-
-
-_USERINFO = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@'\"]+@")
-
-
 def strip_query(url: str) -> str:
     """``url`` without its query string and fragment (an unsigned URL)."""
     return url.split("?", 1)[0].split("#", 1)[0]
 
 
-def redact(text: str) -> str:
-    """``text`` with every query string (``?name=…``, where SAS tokens and keys live, with or
-    without the URL's scheme: GDAL names files without it) and user:password cut out."""
-    return _USERINFO.sub(r"\1<redacted>@", _QUERY.sub("?<redacted>", str(text)))
-
-
-def _redacting_record_factory(factory):
-    def make(*args, **kwargs) -> logging.LogRecord:
-        record = factory(*args, **kwargs)
-        try:
-            message = record.getMessage()
-        except Exception:  # a malformed record stays as it is, for logging to report
-            return record
-        if "?" in message or "@" in message:
-            clean = redact(message)
-            if clean != message:
-                record.msg, record.args = clean, ()
-        return record
-
-    make.redacting = True  # type: ignore[attr-defined]
-    return make
-
-
-def install_redaction() -> None:
-    """Every log record of this process is redacted when it is made (odc-loader, rasterio and
-    GDAL name the file they failed on with its token). Idempotent; done at import, so in every
-    process that reads assets (Dask workers import this module with the reader driver)."""
-    factory = logging.getLogRecordFactory()
-    if not getattr(factory, "redacting", False):
-        logging.setLogRecordFactory(_redacting_record_factory(factory))
-
-
+# Done at import, so in every process that reads assets (Dask workers import this module
+# with the reader driver): odc-loader, rasterio and GDAL name the file they failed on with
+# its token.
 install_redaction()
 
 
@@ -240,6 +207,14 @@ def _is_remote(uri: str) -> bool:
     return uri.split("://", 1)[0].lower() in {"http", "https", "s3", "gs", "az", "abfs"}
 
 
+def _opened_as(src):
+    """The source as GDAL opens it: a ``file://`` URI as its (percent-decoded) path, which
+    GDAL does not decode itself (a world under ``dé mo/``). The ledger and messages keep the
+    href as the item has it."""
+    path = local_path(src.uri)
+    return src if path is None or "://" not in src.uri else src.patch(uri=str(path))
+
+
 def _denied(err: BaseException) -> bool:
     text = str(err)
     return "403" in text and ("HTTP" in text or "Forbidden" in text or "response" in text)
@@ -260,7 +235,7 @@ class _ResilientReader:
         for attempt in range(policy.retries + 1):
             attempts += 1
             try:
-                reader = RioReader(src, self._ctx)
+                reader = RioReader(_opened_as(src), self._ctx)
                 return reader.read(cfg, dst_geobox, dst=dst, selection=selection)
             except (rasterio.errors.RasterioError, OSError) as err:
                 error = err

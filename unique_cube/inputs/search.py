@@ -13,6 +13,9 @@ or raises: a page that still fails after the retry budget is a :class:`SearchFai
 never a shorter list. The item helpers (bbox and datetime parsing, cloud filter,
 de-duplication) are in :mod:`unique_cube.inputs.items`; :func:`open_catalog` gives a
 pipeline's catalog.
+
+Messages name the API and quote its errors with their secrets redacted
+(:func:`unique_cube.redact.redact`): a ``stac_url`` may carry a user:password or a signed query.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from unique_cube.inputs.items import (
     parse_datetime,
 )
 from unique_cube.inputs.reads import item_signer, url_signer, use_read_policy
+from unique_cube.redact import redact
 
 __all__ = ["RetryPolicy", "open_catalog", "open_client", "search", "short_error"]
 
@@ -174,7 +178,7 @@ def open_client(
                 catalog.stac_url, modifier=signer, stac_io=stac_io, timeout=retry.timeout
             ),
             retry,
-            f"opening {catalog.stac_url}",
+            f"opening {redact(catalog.stac_url)}",
         )
     except (
         APIError,
@@ -184,7 +188,7 @@ def open_client(
         ValueError,
     ) as err:
         raise SearchFailedError(
-            f"cannot open the STAC API of catalog {catalog.name!r} at {catalog.stac_url} "
+            f"cannot open the STAC API of catalog {catalog.name!r} at {redact(catalog.stac_url)} "
             f"(after up to {retry.retries} retries): {short_error(err)}"
         ) from err
 
@@ -241,7 +245,7 @@ def search(
     start, end = parse_datetime(datetime)
     interval = f"{iso_utc(start)}/{iso_utc(end)}"
     where = (
-        f"collection {src.collection!r} (source {source!r}) at {catalog.stac_url}, "
+        f"collection {src.collection!r} (source {source!r}) at {redact(catalog.stac_url)}, "
         f"bbox {list(bbox)}, datetime {interval}"
     )
     if client is None:
@@ -334,7 +338,9 @@ def _raise_empty(client: Client, src: Source, where: str) -> None:
 
 
 def short_error(err: BaseException, limit: int = 300) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
+    """``err``'s text on one line, its secrets redacted (it may quote the URL it failed on),
+    cut to ``limit`` characters."""
+    text = redact(" ".join(str(err).split())) or type(err).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

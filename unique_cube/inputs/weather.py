@@ -17,9 +17,10 @@ import xarray as xr
 
 from unique_cube.config.catalog import Catalog, Source
 from unique_cube.errors import LoadError
+from unique_cube.files import local_path
 from unique_cube.grid import lonlat_bbox
-from unique_cube.inputs.reads import redact
 from unique_cube.inputs.search import search
+from unique_cube.redact import redact
 
 __all__ = ["DAILY_UNITS", "at_points", "daily_weather", "on_geobox", "weather_for", "weather_items"]
 
@@ -41,12 +42,15 @@ def _open_asset(item, key: str) -> xr.DataArray:
     kwargs = dict(asset.extra_fields.get("xarray:open_kwargs", {}))
     kwargs.setdefault("engine", "zarr")
     kwargs.setdefault("chunks", {})
+    # Neither xarray nor zarr decodes a file:// URI (a world under "dé mo/" is
+    # "d%C3%A9%20mo/"): a local store is opened by its path.
+    local = local_path(asset.href)
     # A signed Zarr asset carries its credential here (the Planetary Computer's SAS token).
     storage = asset.extra_fields.get("xarray:storage_options")
-    if storage:
+    if storage and local is None:
         kwargs.setdefault("storage_options", storage)
     try:
-        ds = xr.open_dataset(asset.href, **kwargs)
+        ds = xr.open_dataset(asset.href if local is None else local, **kwargs)
     except Exception as err:
         raise LoadError(f"cannot open {key} of item {item.id} ({redact(asset.href)}): "
                         f"{redact(str(err))}") from err  # fmt: skip

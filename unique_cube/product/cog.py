@@ -56,13 +56,14 @@ def write_cog(
 
 
 class StagedCog:
-    """A COG too large to hold in memory, written window by window.
+    """A COG too large to hold in memory, written window by window, put in place at commit.
 
     The windows go into a tiled GeoTIFF beside the final name (``.NAME.PID.stage.partial``);
-    :meth:`finish` has GDAL's COG driver copy it into a COG (overviews made from the staged
-    file, block by block) and renames that into place. Until then no reader sees the name; a
-    process killed meanwhile leaves only ``.partial`` files, which the next run of the day
-    removes."""
+    :meth:`finish` has GDAL's COG driver copy it into a COG beside the name
+    (``.NAME.PID.ready.partial``; overviews made from the staged file, block by block);
+    :meth:`place` renames that into place. Until then no reader sees the name (an older COG
+    stays); a process killed meanwhile leaves only ``.partial`` files, which the next run of
+    the day removes. The staged file can be read back (:meth:`read`) until it is placed."""
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class StagedCog:
         self.resampling, self.blocksize = resampling, blocksize
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stage = partial_path(self.path, ".stage")
+        self.ready = partial_path(self.path, ".ready")
         self._dataset = rasterio.open(
             self.stage, "w", driver="GTiff", width=shape[1], height=shape[0], count=1,
             dtype=dtype, crs=crs, transform=Affine(*list(transform)[:6]), nodata=nodata,
@@ -95,27 +97,42 @@ class StagedCog:
 
     def write(self, array: np.ndarray, rows: slice, cols: slice) -> None:
         """Pixels ``rows × cols`` of the raster."""
-        from rasterio.windows import Window
+        self._dataset.write(array, 1, window=_window(rows, cols))
 
-        window = Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
-        self._dataset.write(array, 1, window=window)
-
-    def finish(self) -> None:
-        """The COG in place under its name; the staged file removed."""
+    def finish(self) -> Path:
+        """The COG beside its name (:attr:`ready`), made from the staged file, which is kept
+        for :meth:`read`; returns where the COG is."""
         import rasterio.shutil
 
         self._dataset.close()
-        try:
-            # GDAL's block cache is 5 % of the machine's memory by default; the copy reads the
-            # staged file once in block order, so a small cache bounds memory and costs nothing.
-            with write_atomic(self.path) as partial, rasterio.Env(GDAL_CACHEMAX=COPY_CACHE_MB):
-                rasterio.shutil.copy(self.stage, partial, driver="COG", blocksize=self.blocksize,
-                                     compress="zstd", overview_resampling=self.resampling,
-                                     bigtiff="if_safer")  # fmt: skip
-        finally:
-            self.stage.unlink(missing_ok=True)
+        # GDAL's block cache is 5 % of the machine's memory by default; the copy reads the
+        # staged file once in block order, so a small cache bounds memory and costs nothing.
+        with write_atomic(self.ready) as partial, rasterio.Env(GDAL_CACHEMAX=COPY_CACHE_MB):
+            rasterio.shutil.copy(self.stage, partial, driver="COG", blocksize=self.blocksize,
+                                 compress="zstd", overview_resampling=self.resampling,
+                                 bigtiff="if_safer")  # fmt: skip
+        return self.ready
+
+    def read(self, rows: slice, cols: slice) -> np.ndarray:
+        """Pixels ``rows × cols`` of the staged raster (after :meth:`finish`)."""
+        import rasterio
+
+        with rasterio.open(self.stage) as src:
+            return src.read(1, window=_window(rows, cols))
+
+    def place(self) -> None:
+        """The finished COG under its name (replacing an older one); the staged file removed."""
+        self.ready.replace(self.path)
+        self.stage.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        """Nothing of this COG is left."""
+        """Nothing of this COG is left (an older COG under its name is kept)."""
         self._dataset.close()
         self.stage.unlink(missing_ok=True)
+        self.ready.unlink(missing_ok=True)
+
+
+def _window(rows: slice, cols: slice):
+    from rasterio.windows import Window
+
+    return Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)

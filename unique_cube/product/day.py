@@ -15,8 +15,13 @@ Fallback chain when inputs are missing (each step sets its QA bit; see
    the model card's ``gap_fill_days`` apart (``gpp_m_gap_filled``), or up to
    ``product.max_gap_days`` (``gpp_m_long_gap_filled``).
 3. Still missing → the nearest coarse pixel's GPP_M (``gpp_m_neighbour_filled``), as long as
-   at most ``product.max_missing_fraction`` of the grid needs it; else the day is skipped.
+   at most ``product.max_missing_fraction`` of the grid inside the MODIS footprints needs it;
+   else the day is skipped.
 4. S2 without its static layers (no DEM or land-cover item) → S1, when its checkpoint exists.
+
+Coarse pixels outside every MODIS item's footprint (``RunContext.outside``, found before the
+run makes a day) have no GPP_M to fill from: they are left empty (NaN GPP, GPP_M and spread,
+QA 0), never neighbour-filled.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ __all__ = [
     "Sampler",
     "day_layout",
     "day_seed",
+    "gap_fill_span",
     "make_windows",
     "plan_day",
     "window_arrays",
@@ -118,12 +124,19 @@ class RunContext:
     """Samples downscaler tiles (the actor pool); ``None`` for a bilinear product."""
     catalog: Catalog | None = None
     """The inputs' catalog (``None`` when the run has no day to make)."""
+    outside: np.ndarray | None = None
+    """Coarse pixels outside every MODIS footprint (left empty); ``None``: none."""
 
     @property
     def gap_days(self) -> int:
-        """Index gaps of GPP_M are filled in time across up to this many days: the model
-        card's ``gap_fill_days`` or ``product.max_gap_days`` (flagged beyond the card's)."""
-        return max(self.models.card.gap_fill_days, self.pipeline.product.max_gap_days)
+        """:func:`gap_fill_span` of the run."""
+        return gap_fill_span(self.pipeline, self.models.card)
+
+
+def gap_fill_span(pipeline: Pipeline, card) -> int:
+    """Index gaps of GPP_M are filled in time across up to this many days: the model card's
+    ``gap_fill_days`` or ``product.max_gap_days`` (flagged beyond the card's)."""
+    return max(card.gap_fill_days, pipeline.product.max_gap_days)
 
 
 def day_seed(seed: int, day: dt.date) -> int:
@@ -144,6 +157,8 @@ class DayPlan:
     """Coarse pixels under input reads lost after their retries."""
     scheme: str
     details: dict
+    outside: np.ndarray | None = None
+    """Coarse pixels outside every MODIS footprint: left empty."""
 
 
 def plan_day(
@@ -166,12 +181,16 @@ def plan_day(
             f"the grid, more than product.max_lost_fraction ({spec.max_lost_fraction:.0%}): "
             f"{named_reads(lost.reads)}; the day is not written and the next run redoes it"
         )
-    missing = ~np.isfinite(gpp_m)
-    if missing.all():
+    outside = run.outside if run.outside is not None else np.zeros(gpp_m.shape, dtype=bool)
+    gpp_m = np.where(outside, np.nan, gpp_m)
+    missing = ~np.isfinite(gpp_m) & ~outside
+    if not np.isfinite(gpp_m).any():
         raise DaySkipped("no GPP_M at all on the grid")
-    if missing.mean() > spec.max_missing_fraction:
+    share = missing.sum() / (~outside).sum()
+    if share > spec.max_missing_fraction:
+        inside = " inside the MODIS footprints" if outside.any() else ""
         raise DaySkipped(
-            f"GPP_M missing on {missing.mean():.0%} of the coarse grid (no clear MODIS within "
+            f"GPP_M missing on {share:.0%} of the coarse grid{inside} (no clear MODIS within "
             f"{spec.max_gap_days} days); at most {spec.max_missing_fraction:.0%} is filled"
         )
     coarse_qa = np.zeros(gpp_m.shape, dtype="uint8")
@@ -181,6 +200,7 @@ def plan_day(
     coarse_qa[long_gap] |= QA_FLAGS["gpp_m_long_gap_filled"]
     coarse_qa[missing] |= QA_FLAGS["gpp_m_neighbour_filled"]
     coarse_qa[out_of_range] |= QA_FLAGS["gpp_m_out_of_range"]
+    coarse_qa[outside] = 0
 
     scheme = spec.scheme
     if scheme == "s2" and run.static.problem:
@@ -198,10 +218,11 @@ def plan_day(
         "gpp_m_neighbour_filled": float(missing.mean()),
         "gpp_m_out_of_range": float(out_of_range.mean()),
         "input_lost": lost_fraction,
+        "outside_inputs": float(outside.mean()),
     }
     return DayPlan(day, gpp_m.astype("float32"), fill_nearest(gpp_m).astype("float32"),
-                    coarse_qa, lost.mask if lost is not None else None, scheme,
-                    details)  # fmt: skip
+                   coarse_qa, lost.mask if lost is not None else None, scheme, details,
+                   outside if outside.any() else None)  # fmt: skip
 
 
 def make_windows(run: RunContext, plan: DayPlan, write: Callable[..., None]) -> None:
@@ -263,6 +284,10 @@ def window_arrays(
     qa = blocks_window(plan.coarse_qa, factor, window) | QA_FLAGS[path]
     if plan.lost is not None:
         qa[blocks_window(plan.lost, factor, window)] |= QA_FLAGS["input_lost"]
+    if plan.outside is not None:  # no GPP_M there: the gap-free field only conditions tiles
+        empty = blocks_window(plan.outside, factor, window)
+        gpp, spread = np.where(empty, np.nan, gpp), np.where(empty, np.nan, spread)
+        qa[empty] = 0
     # Windows start on 480 m block edges, so these are the window's own coarse pixels.
     coarse = plan.filled[window.y0 // factor : -(-window.y1 // factor),
                          window.x0 // factor : -(-window.x1 // factor)]  # fmt: skip

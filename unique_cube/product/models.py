@@ -1,6 +1,7 @@
 """The trained models a product day needs, checked before any day is made: the GPP_M model and
-its card, the downscaler checkpoint(s) of the pipeline's scheme (and S1 as S2's fallback), and
-the hash of each file for the days' provenance.
+its card (against each other, and loaded once in a child process so that a damaged model file
+cannot crash the run), the downscaler checkpoint(s) of the pipeline's scheme (and S1 as S2's
+fallback), and the hash of each file for the days' provenance.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import Checkpoint, load_checkpoint
 from unique_cube.errors import DownscaleError, MissingModelError
 from unique_cube.files import sha256_file
-from unique_cube.gpp.model import ModelCard
+from unique_cube.gpp.model import ModelCard, check_model, load_in_child
 
 __all__ = ["ProductModels", "check_models"]
 
@@ -25,7 +26,8 @@ class ProductModels:
     """The GPP_M model's card."""
     card_path: Path
     hashes: dict[str, str]
-    """SHA-256 of each model file, by model name (the days' provenance)."""
+    """SHA-256 of each model file by model name, and of the GPP_M card (``gpp_modis_card``):
+    the days' provenance."""
     checkpoints: dict[str, Checkpoint]
     """The downscaler checkpoints by scheme (S2 and its S1 fallback, or S1)."""
     paths: dict[str, Path] = field(default_factory=dict)
@@ -44,8 +46,10 @@ def check_models(pipeline: Pipeline) -> ProductModels:
                 f"{pipeline.path}: gpp.output names {models}, which has no {path.name}; "
                 f"run `unique-cube train-gpp {pipeline.path}` first"
             )
-    card = ModelCard.read(card_path)
-    hashes = {"gpp_modis": sha256_file(model_path)}
+    checked = check_model(card_path)  # before LightGBM reads the file: hash, structure, names
+    load_in_child(checked)  # then LightGBM, where a crash cannot take the run with it
+    card = checked.card
+    hashes = {"gpp_modis": checked.model_sha256, "gpp_modis_card": checked.card_sha256}
     checkpoints, paths = {}, {}
     if spec.scheme != "bilinear":
         folder = Path(pipeline.downscale.output)

@@ -31,29 +31,30 @@ from unique_cube.config.pipeline import Pipeline, ProductSpec
 from unique_cube.downscale.cluster import dask_client
 from unique_cube.downscale.pool import ActorPool
 from unique_cube.errors import (
-    CatalogError,
     ConfigError,
-    EmptySearchError,
     LockBusyError,
+    StoreError,
     UniqueCubeError,
 )
 from unique_cube.files import write_json
-from unique_cube.grid import coarse_geobox, lonlat_bbox
+from unique_cube.grid import coarse_geobox
 from unique_cube.inputs.search import open_catalog
-from unique_cube.inputs.weather import weather_items
 from unique_cube.product.coarse import CoarseDays, block_inputs, gpp_m_block
+from unique_cube.product.coverage import check_coverage
 from unique_cube.product.day import (
     DaySkipped,
     RunContext,
     Sampler,
     day_layout,
+    gap_fill_span,
     make_windows,
     plan_day,
 )
 from unique_cube.product.models import ProductModels, check_models
 from unique_cube.product.stac import day_item
 from unique_cube.product.static import StaticLayers, static_for
-from unique_cube.product.store import ProductStore
+from unique_cube.product.store import ProductStore, marker_path
+from unique_cube.redact import redact
 from unique_cube.version import __version__
 
 __all__ = ["DayResult", "parse_day", "product_days", "run"]
@@ -111,7 +112,7 @@ class DayResult:
     details: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"day": self.day.isoformat(), "status": self.status, "reason": self.reason,
+        return {"day": self.day.isoformat(), "status": self.status, "reason": redact(self.reason),
                 "seconds": round(self.seconds, 2), **self.details}  # fmt: skip
 
 
@@ -132,27 +133,43 @@ def run(
     if future:
         raise ConfigError(f"{future[0]} has not ended yet in {spec.time_zone}; its inputs "
                           "cannot exist (the latest day is yesterday)")  # fmt: skip
+    span = (max(days) - min(days)).days + 1 if days else 0
+    if span > spec.max_backfill_days:
+        raise ConfigError(
+            f"{pipeline.path or pipeline.name}: product.max_backfill_days: {min(days)}.."
+            f"{max(days)} spans {span} days, more than the {spec.max_backfill_days} a run may "
+            "make; run the backfill in parts (days already done are kept) or raise the limit"
+        )
     models = check_models(pipeline)
+    outside = _check_coverage(pipeline, days, models, force)  # before anything is written
     geobox = pipeline.grid.geobox
     store = ProductStore(spec.output, geobox, coarse_geobox(geobox),
                          lock_timeout=spec.lock_timeout_s)  # fmt: skip
     started = dt.datetime.now(dt.UTC)
     log_path = store.root / "runs" / f"{started:%Y%m%dT%H%M%S}-{os.getpid()}.json"
+    try:
+        removed = store.clean_leftovers()
+    except (OSError, LockBusyError) as err:  # a read-only folder fails its days below
+        say(f"warning: the leftovers of earlier runs were not cleaned: {err}")
+    else:
+        if removed:
+            say(f"removed {len(removed)} file(s) left by runs that were killed while writing")
+            log.info("removed: %s", ", ".join(removed))
     results: list[DayResult] = []
     todo = [d for d in days if force or not store.is_done(d)]
     results += [DayResult(d, "already done") for d in days if d not in todo]
     if results:
         say(f"{len(results)} of {len(days)} days already done (kept; --force redoes them)")
     with contextlib.ExitStack() as stack:
-        context = _prepare(stack, pipeline, models, store, todo, sampler, say)
+        context = _prepare(stack, pipeline, models, store, todo, sampler, say, outside)
         for block_start in range(0, len(todo), spec.block_days):
             block = todo[block_start : block_start + spec.block_days]
             say(f"GPP_M for {block[0]}..{block[-1]}")
             try:
                 inputs = block_inputs(pipeline, context.catalog, block, context.gap_days)
                 coarse = gpp_m_block(pipeline, context.catalog, models.card_path, inputs)
-            except UniqueCubeError as err:  # the block's days fail; the backfill goes on
-                log.exception("GPP_M for %s..%s failed", block[0], block[-1])
+            except (UniqueCubeError, OSError) as err:  # the block's days fail; the backfill goes on
+                log.debug("GPP_M for %s..%s failed", block[0], block[-1], exc_info=True)
                 say(f"{block[0]}..{block[-1]}: failed: {err}")
                 results += [DayResult(d, "failed", f"GPP_M: {err}") for d in block]
                 _write_run_log(log_path, pipeline, started, results)
@@ -163,15 +180,19 @@ def run(
         client = getattr(context.sampler, "client", None)
         workers = client.run(_rss_mb) if client is not None else {}
     report = _write_run_log(log_path, pipeline, started, results, workers)
-    counts = report["counts"]
-    say(f"run log: {log_path} ({', '.join(f'{v} {k}' for k, v in counts.items())})")
+    counts = ", ".join(f"{v} {k}" for k, v in report["counts"].items())
+    if "run_log_error" in report:
+        say(f"error: the run log could not be written ({report['run_log_error']}); {counts}")
+    else:
+        say(f"run log: {log_path} ({counts})")
     return report
 
 
 def _prepare(stack, pipeline: Pipeline, models: ProductModels, store: ProductStore,
-             todo: list[dt.date], sampler: Sampler | None, say) -> RunContext:  # fmt: skip
+             todo: list[dt.date], sampler: Sampler | None, say,
+             outside: np.ndarray | None = None) -> RunContext:  # fmt: skip
     """What every day of the run shares; the catalog, the cluster and the static layers only
-    when there are days to make."""
+    when there are days to make; ``outside``: the coarse pixels the days leave empty."""
     spec = pipeline.product
     static, catalog = StaticLayers({}, {}), None
     layout = day_layout(pipeline)
@@ -179,15 +200,17 @@ def _prepare(stack, pipeline: Pipeline, models: ProductModels, store: ProductSto
         if sampler is None and spec.scheme != "bilinear":
             sampler = _actor_sampler(stack, spec, models, say)
         catalog = stack.enter_context(open_catalog(pipeline))
-        _check_coverage(pipeline, catalog, todo)
         if spec.scheme == "s2":
             static = static_for(catalog, pipeline.grid.geobox, layout.extents,
                                 store.root / "cache" / "static", spec.read_retries)  # fmt: skip
     if static.problem:
         say(f"warning: {static.problem}; days fall back to S1")
+    if outside is not None:
+        say(f"warning: {outside.mean():.0%} of the grid is outside every "
+            f"{pipeline.gpp.modis.source} item; its pixels are left empty")  # fmt: skip
     if len(layout.windows) > 1:
         say(f"each day in {len(layout.windows)} windows of at most {spec.window} px")
-    return RunContext(pipeline, models, static, layout, sampler, catalog)
+    return RunContext(pipeline, models, static, layout, sampler, catalog, outside)
 
 
 def _actor_sampler(
@@ -209,17 +232,19 @@ def _actor_sampler(
     return sample
 
 
-def _check_coverage(pipeline: Pipeline, catalog, days: list[dt.date]) -> None:
-    """A run whose days the reanalysis does not cover at all is a mistake, not a bad day."""
-    try:
-        weather_items(catalog, pipeline.gpp.weather, pipeline.grid.geobox, min(days), max(days))
-    except EmptySearchError:
-        bbox = [round(v, 3) for v in lonlat_bbox(pipeline.grid.geobox)]
-        raise CatalogError(
-            f"{min(days)}..{max(days)} over the grid (bbox {bbox}) is outside the inputs' "
-            f"coverage: catalog {catalog.name} has no {pipeline.gpp.weather} reanalysis for "
-            "these dates or this area"
-        ) from None
+def _check_coverage(
+    pipeline: Pipeline, days: list[dt.date], models: ProductModels, force: bool
+) -> np.ndarray | None:
+    """A run whose first or last day to make the reanalysis does not cover, or whose grid is
+    mostly outside the MODIS items, is a mistake, not bad days: a
+    :class:`~unique_cube.errors.CatalogError` before the product folder is touched. Returns
+    the coarse pixels outside every MODIS footprint, which the days leave empty (``None``
+    when there is none, or no day to make)."""
+    todo = [d for d in days if force or not marker_path(pipeline.product.output, d).exists()]
+    if not todo:
+        return None
+    with open_catalog(pipeline) as catalog:
+        return check_coverage(pipeline, catalog, todo, gap_fill_span(pipeline, models.card))
 
 
 def _one_day(
@@ -233,14 +258,14 @@ def _one_day(
         with store.day_lock(day):
             if store.is_done(day) and not force:
                 return DayResult(day, "already done", "finished by another run meanwhile")
-            store.forget(day)
+            store.clean_day(day)  # a day made before stays until the new one is committed
             details = _make_day(run, store, coarse, day, began)
     except DaySkipped as why:
         return _skip(store, day, str(why), say)
     except LockBusyError as err:
         return _skip(store, day, str(err), say, record=False)
-    except UniqueCubeError as err:
-        log.exception("%s failed", day)
+    except (UniqueCubeError, OSError) as err:  # OSError: the day's lock or leftovers
+        log.debug("%s failed", day, exc_info=True)  # the terminal has the message
         say(f"{day}: failed: {err}")
         return DayResult(day, "failed", str(err), time.perf_counter() - began)
     seconds = time.perf_counter() - began
@@ -255,9 +280,9 @@ def _one_day(
 def _make_day(
     run: RunContext, store: ProductStore, coarse: CoarseDays, day: dt.date, began: float
 ) -> dict:
-    """The day's maps, COGs, item and marker (the day is done once it is written); returns
-    what the day's item says of it."""
-    pipeline = run.pipeline
+    """The day's maps and COGs, made beside the day's old ones (if any), then its item and
+    marker, and the day swapped in (:meth:`ProductStore.commit`; done once its marker is
+    written); returns what the day's item says of it."""
     i = coarse.days.index(day)
     plan = plan_day(run, day, coarse.gpp[i], coarse.gap[i], coarse.out_of_range[i],
                     coarse.lost.get(day))  # fmt: skip
@@ -265,28 +290,33 @@ def _make_day(
     with store.open_day(day, tags) as writer:
         make_windows(run, plan, writer.write)
         cogs = writer.finish(plan.gpp_m)
-    span = dt.timedelta(days=run.gap_days)
-    provenance = {
-        pipeline.gpp.modis.source: sorted(
-            iid for when, iid in coarse.modis_items if abs(when - day) <= span
-        ),
-        pipeline.gpp.weather: coarse.weather_items,
-        **run.static.items,
-    }
-    item = day_item(pipeline, store, day, cogs, provenance, plan.details, run.models.hashes)
-    marker = {"day": day.isoformat(), "seconds": round(time.perf_counter() - began, 2),
-              "finished": dt.datetime.now(dt.UTC).isoformat(),
-              "item": str(store.item_path(day).relative_to(store.root)),
-              "checksums": {k: a["file:checksum"] for k, a in item["assets"].items()
-                            if "file:checksum" in a}}  # fmt: skip
-    store.commit(day, item, marker)
+        span = dt.timedelta(days=run.gap_days)
+        provenance = {
+            run.pipeline.gpp.modis.source: sorted(
+                iid for when, iid in coarse.modis_items if abs(when - day) <= span
+            ),
+            run.pipeline.gpp.weather: coarse.weather_items,
+            **run.static.items,
+        }
+        item = day_item(run.pipeline, store, day, cogs, provenance, plan.details,
+                        run.models.hashes)  # fmt: skip
+        marker = {"day": day.isoformat(), "seconds": round(time.perf_counter() - began, 2),
+                  "finished": dt.datetime.now(dt.UTC).isoformat(),
+                  "item": str(store.item_path(day).relative_to(store.root)),
+                  "checksums": {k: a["file:checksum"] for k, a in item["assets"].items()
+                                if "file:checksum" in a}}  # fmt: skip
+        store.commit(writer, item, marker)
     return plan.details
 
 
 def _skip(store, day, reason: str, say, record: bool = True) -> DayResult:
     say(f"{day}: skipped: {reason}")
     if record:
-        store.record_skip(day, reason)
+        try:
+            store.record_skip(day, reason)
+        except StoreError as err:  # the skip is not in the collection: the run must say so
+            say(f"{day}: failed: {err}")
+            return DayResult(day, "failed", f"skipped ({reason}), and {err}")
     return DayResult(day, "skipped", reason)
 
 
@@ -308,5 +338,9 @@ def _write_run_log(
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "worker_rss_mb": {k: round(v, 1) for k, v in (workers or {}).items()},
     }
-    write_json(path, report)
+    try:
+        write_json(path, report)
+    except OSError as err:  # a full disk: the run goes on; the terminal and exit code say so
+        log.error("run log %s not written: %s", path, err)
+        report["run_log_error"] = f"{path}: {err}"
     return report

@@ -33,10 +33,10 @@ def day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashes
     start = dt.datetime.combine(day, dt.time()) - offset
     item_dir = store.item_path(day).parent
     assets = {}
-    for name, path in cogs.items():
+    for name, path in cogs.items():  # where each COG is now (before the day's commit)
         grid = coarse if name == "gpp_m" else geobox
         assets[name] = {
-            "href": os.path.relpath(path, item_dir),
+            "href": os.path.relpath(store.cog(day, name), item_dir),
             "type": COG_TYPE,
             "roles": ["data"] if name != "qa" else ["metadata", "data-mask"],
             "title": {**VARIABLES, **COARSE_VARIABLES}[name][2]["long_name"],

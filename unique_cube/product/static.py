@@ -79,7 +79,11 @@ def static_for(
             if lost:  # holes in the DEM or land cover: the days take the S1 fallback (QA bits)
                 why = f"static layers incomplete (reads lost: {named_reads(lost)})"
                 return StaticLayers({}, items, why)
-            _save_layers(path, layers[(slice(None), *extent.within(grown))], names)
+            try:
+                _save_layers(path, layers[(slice(None), *extent.within(grown))], names)
+            except OSError as err:  # a full disk: the days fall back to S1 (and say why)
+                return StaticLayers({}, items, f"static layers cannot be kept in {folder} "
+                                               f"({err})")  # fmt: skip
         files[extent] = path
     return StaticLayers(files, items)
 

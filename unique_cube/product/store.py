@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
 import json
 import os
@@ -37,8 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from unique_cube.errors import LockBusyError, StoreError
-from unique_cube.files import write_json
-from unique_cube.product.cog import StagedCog, write_cog
+from unique_cube.files import partial_pid, pid_alive, staged_json, write_json
+from unique_cube.product.cog import StagedCog
 from unique_cube.product.stac import product_collection, root_catalog, with_items
 from unique_cube.product.variables import (
     COARSE_VARIABLES,
@@ -50,6 +51,7 @@ from unique_cube.product.variables import (
     QA_PATH_MASK,
     VARIABLES,
 )
+from unique_cube.redact import redact
 from unique_cube.version import __version__
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "ProductStore",
     "locked",
     "marker_path",
+    "writing",
 ]
 
 
@@ -272,44 +275,91 @@ class ProductStore:
 
     @contextlib.contextmanager
     def open_day(self, day: dt.date, tags: dict[str, str]) -> Iterator[DayWriter]:
-        """A day's outputs written window by window (see :class:`DayWriter`); the staged COGs
-        are removed if the block raises. Hold the day's lock around it."""
-        with self._shared_lock():
-            self._ensure_years(day)
-        writer = DayWriter(self, day, self._time_index(day), tags)
+        """A day's outputs staged window by window beside the old ones (see
+        :class:`DayWriter`), put in place by :meth:`commit`; everything staged is removed if
+        the block raises, and a day made before stays as it was. Hold the day's lock around
+        it. A write that fails (a full disk, a read-only folder) is a :class:`StoreError`."""
+        note = self._open_note(day)
+        with writing(f"{day}: opening the day", self.root):
+            write_json(note, {"day": day.isoformat(), "pid": os.getpid()})
+            with self._shared_lock():
+                self._ensure_years(day)
+            writer = DayWriter(self, day, self._time_index(day), tags)
         try:
             yield writer
         except BaseException:
             writer.abort()
             raise
+        finally:
+            note.unlink(missing_ok=True)
 
-    def write_day(self, arrays: DayArrays, tags: dict[str, str]) -> dict[str, Path]:
-        """A whole day's arrays at once (a grid that fits in memory); its COGs' paths."""
+    def _open_note(self, day: dt.date) -> Path:
+        """Exists while a day is being written: what a killed run leaves is looked for there."""
+        return self.state / "open" / f"{day.isoformat()}.json"
+
+    def write_day(self, arrays: DayArrays, tags: dict[str, str], item: dict,
+                  marker: dict) -> None:  # fmt: skip
+        """A whole day's arrays at once (a grid that fits in memory), committed."""
         with self.open_day(arrays.day, tags) as writer:
             writer.write(None, arrays.gpp, arrays.gpp_sd, arrays.qa)
-            return writer.finish(arrays.gpp_m)
+            writer.finish(arrays.gpp_m)
+            self.commit(writer, item, marker)
 
-    def commit(self, day: dt.date, item: dict, marker: dict) -> None:
-        """After :meth:`open_day`: the STAC item and collection, then the marker (the day is
-        done)."""
-        with self._shared_lock():
-            write_json(self.item_path(day), item)
-            self._update_catalog(done=day)
-        write_json(self.marker(day), marker)
+    def commit(self, writer: DayWriter, item: dict, marker: dict) -> None:
+        """Inside :meth:`open_day`, once :meth:`DayWriter.finish` made every file: the day
+        swapped in. The item is staged first (a read-only or full ``stac/`` fails here, with
+        the old day still published and done); then the day is marked not done, its Zarr
+        region and COGs replaced, its item and the collection written, and its new marker
+        written last. A failure from then on leaves the day not done: the next run redoes it."""
+        day = writer.day
+        with writing(f"{day}: committing the day", self.root):
+            with staged_json(self.item_path(day), item):
+                self.marker(day).unlink(missing_ok=True)
+                writer.place()
+            with self._shared_lock():
+                self._update_catalog(done=day)
+            write_json(self.marker(day), marker)
 
-    def forget(self, day: dt.date) -> None:
-        """Before a day is produced again (under its lock): it is not done until its new marker
-        is written; what a run killed while writing it left half-written goes."""
-        self.marker(day).unlink(missing_ok=True)
+    def clean_day(self, day: dt.date) -> list[Path]:
+        """Under the day's lock, before it is made: the files a run killed while making it
+        left beside its COGs, item and marker go (the day made before stays); returns them."""
+        removed = []
         for folder, name in ((self.cog(day, "gpp").parent, "*"),
                              (self.item_path(day).parent, self.item_path(day).name),
                              (self.marker(day).parent, self.marker(day).name)):  # fmt: skip
-            for partial in folder.glob(f".{name}.*.partial"):
-                partial.unlink(missing_ok=True)
+            removed += _unlink_all(folder.glob(f".{name}.*.partial"))
+        return removed
+
+    def clean_leftovers(self) -> list[str]:
+        """At the start of a run: what runs killed while writing left behind, removed when
+        nobody is writing it. Under the store lock (every Zarr and collection writer holds
+        it): the Zarr's temporary files of its metadata and of the shards of the days a run
+        was writing when it died (``state/open/``), and the collection's; under a day's lock
+        (a day another run is making is left alone): its staged COGs, item and marker; the
+        run logs of dead processes. Returns what was removed."""
+        removed: list[Path] = []
+        notes = sorted(self._open_note(dt.date.min).parent.glob("????-??-??.json"))
+        with self._shared_lock():
+            for pattern in ("*.partial", "*/*.partial", "*/c/*.partial"):  # metadata, 1-d
+                removed += _unlink_all(self.zarr.glob(pattern))
+            for pattern in (".*.partial", f"{COLLECTION_ID}/.*.partial"):
+                removed += _unlink_all(self.stac.glob(pattern))
+            if notes and self.zarr.exists():
+                for shard in {self._time_index(dt.date.fromisoformat(n.stem)) // SHARD[0]
+                              for n in notes}:  # fmt: skip
+                    removed += _unlink_all(self.zarr.glob(f"*/c/{shard}/**/*.partial"))
+        for note in notes:
+            day = dt.date.fromisoformat(note.stem)
+            with contextlib.suppress(LockBusyError), self.day_lock(day, timeout=0):
+                removed += self.clean_day(day)
+                note.unlink(missing_ok=True)
+        removed += _unlink_all(p for p in (self.root / "runs").glob(".*.partial")
+                               if not pid_alive(partial_pid(p)))  # fmt: skip
+        return [str(path.relative_to(self.root)) for path in removed]
 
     def record_skip(self, day: dt.date, reason: str) -> None:
         """A day that could not be produced: its reason goes into the collection."""
-        with self._shared_lock():
+        with writing(f"{day}: recording the skipped day", self.stac), self._shared_lock():
             self._update_catalog(skipped=(day, reason))
 
     # -- the STAC catalog --------------------------------------------------------------------
@@ -327,59 +377,121 @@ class ProductStore:
         if skipped is not None:
             day, reason = skipped
             if not self.is_done(day):
-                skips[day.isoformat()] = reason
+                skips[day.isoformat()] = redact(reason)
         items = sorted((self.stac / COLLECTION_ID / "items").glob("????-??-??.json"))
         write_json(collection_path, with_items(collection, [p.stem for p in items]))
         write_json(self.stac / "catalog.json", root_catalog())
 
 
 class DayWriter:
-    """One product day being written (from :meth:`ProductStore.open_day`): each window goes
-    into the datacube at once, as a region write, and into the day's staged COGs, which
-    :meth:`finish` turns into COGs. The day is not done until :meth:`ProductStore.commit`."""
+    """One product day being made (from :meth:`ProductStore.open_day`): each window goes into
+    the day's staged COGs; :meth:`finish` makes the COGs beside their names; :meth:`place`
+    (from :meth:`ProductStore.commit`) writes the day's Zarr region from the staged files,
+    window by window, and renames the COGs into place. Until then a day made before is
+    untouched."""
 
     def __init__(self, store: ProductStore, day: dt.date, index: int, tags: dict[str, str]):
-
         self.store, self.day, self.index = store, day, index
-        fine = (str(store.geobox.crs), list(store.geobox.transform)[:6])
+        self._windows: list = []
         self._cogs: dict[str, StagedCog] = {}
+        grids = {name: (store.geobox, FINE_COGS[name]) for name in FINE_COGS}
+        grids["gpp_m"] = (store.coarse, ("float32", float("nan"), "average"))
         try:
-            for name, (dtype, nodata, resampling) in FINE_COGS.items():
-                self._cogs[name] = StagedCog(store.cog(day, name), store.geobox.shape, dtype,
-                                             *fine, nodata, resampling,
-                                             tags={**tags, "variable": name})  # fmt: skip
+            for name, (grid, (dtype, nodata, resampling)) in grids.items():
+                self._cogs[name] = StagedCog(
+                    store.cog(day, name), grid.shape, dtype, str(grid.crs),
+                    list(grid.transform)[:6], nodata, resampling,
+                    tags={**tags, "variable": name},
+                )  # fmt: skip
         except BaseException:
             self.abort()
             raise
-        self._tags = tags
 
     def write(self, window, gpp: np.ndarray, gpp_sd: np.ndarray, qa: np.ndarray) -> None:
         """The pixels of ``window`` (a :class:`~unique_cube.grid.Window`; ``None``: the
         whole grid)."""
-        layers = {"gpp": gpp, "gpp_sd": gpp_sd, "qa": qa}
-        self.store._write_region(self.index, window, layers)
-        height, width = self.store.geobox.shape
-        rows, cols = window.slices if window is not None else (slice(0, height), slice(0, width))
-        for name, values in layers.items():
-            self._cogs[name].write(values.astype(FINE_COGS[name][0]), rows, cols)
+        rows, cols = self._slices(window)
+        with writing(f"{self.day}: staging its COGs", self.store.root):
+            for name, values in {"gpp": gpp, "gpp_sd": gpp_sd, "qa": qa}.items():
+                self._cogs[name].write(values.astype(FINE_COGS[name][0]), rows, cols)
+        self._windows.append(window)
 
     def finish(self, gpp_m: np.ndarray) -> dict[str, Path]:
-        """GPP_M (coarse grid) written, every COG in place; their paths."""
+        """GPP_M (coarse grid) written; every COG made beside its name. Returns where each COG
+        is now (for its checksum; it goes under :meth:`ProductStore.cog` when placed)."""
+        with writing(f"{self.day}: making its COGs", self.store.root):
+            self._cogs["gpp_m"].write(gpp_m.astype("float32"), *self._slices(None, coarse=True))
+            return {name: staged.finish() for name, staged in self._cogs.items()}
 
+    def place(self) -> None:
+        """The day's Zarr region written from the staged files, window by window, and its
+        COGs renamed into place."""
+        for window in self._windows:
+            rows, cols = self._slices(window)
+            layers = {name: self._cogs[name].read(rows, cols) for name in FINE_COGS}
+            self.store._write_region(self.index, window, layers)
+        gpp_m = self._cogs["gpp_m"].read(*self._slices(None, coarse=True))
         self.store._write_region(self.index, None, {"gpp_m": gpp_m})
-        paths = {}
-        for name, staged in self._cogs.items():
-            staged.finish()
-            paths[name] = staged.path
-        coarse = self.store.coarse
-        path = self.store.cog(self.day, "gpp_m")
-        write_cog(path, gpp_m.astype("float32"), str(coarse.crs), list(coarse.transform)[:6],
-                  float("nan"), "average", tags={**self._tags, "variable": "gpp_m"})  # fmt: skip
-        paths["gpp_m"] = path
+        for staged in self._cogs.values():
+            staged.place()
         self._cogs = {}
-        return paths
 
     def abort(self) -> None:
         for staged in self._cogs.values():
             staged.abort()
         self._cogs = {}
+
+    def _slices(self, window, coarse: bool = False) -> tuple[slice, slice]:
+        if window is not None:
+            return window.slices
+        height, width = (self.store.coarse if coarse else self.store.geobox).shape
+        return slice(0, height), slice(0, width)
+
+
+@contextlib.contextmanager
+def writing(what: str, where: Path) -> Iterator[None]:
+    """A write under ``where`` that fails — a full disk (ENOSPC), a read-only (EROFS) or
+    forbidden (EACCES) folder, a file size limit (EFBIG), GDAL's own write errors — is a
+    :class:`StoreError` saying what was being written and why."""
+    from rasterio.errors import RasterioError
+
+    try:
+        yield
+    except (OSError, RasterioError) as err:
+        raise StoreError(f"{what} in {where}: {_why(err, where)}") from err
+    except Exception as err:
+        if type(err).__module__.startswith("rasterio"):  # CPLE_*: GDAL's write errors
+            raise StoreError(f"{what} in {where}: {_why(err, where)}") from err
+        raise
+
+
+def _why(err: BaseException, where: Path) -> str:
+    """The errno's name and every message of the exception's chain; GDAL's write errors carry
+    no errno, so a full or read-only file system is said from the file system itself."""
+    messages, cause, names = [], err, []
+    while cause is not None and len(messages) < 4:
+        code = getattr(cause, "errno", None)
+        if isinstance(code, int) and code in errno.errorcode and isinstance(cause, OSError):
+            names.append(errno.errorcode[code])
+        if str(cause) not in messages:
+            messages.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    if not names:  # no errno (GDAL): the file system says it
+        with contextlib.suppress(OSError):
+            stat = os.statvfs(next(p for p in (where, *where.parents) if p.exists()))
+            if stat.f_flag & os.ST_RDONLY:
+                names.append("the file system is read-only")
+            elif stat.f_bavail * stat.f_frsize < 64 << 10:
+                free = stat.f_bavail * stat.f_frsize / 1024
+                names.append(f"the file system is full ({free:.0f} KiB free)")
+    head = ", ".join(dict.fromkeys(names))
+    return f"{head}: " * bool(head) + "; ".join(messages)
+
+
+def _unlink_all(paths) -> list[Path]:
+    gone = []
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            gone.append(path)
+    return gone
