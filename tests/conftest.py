@@ -332,6 +332,7 @@ def downscale_sections(world: Path, manifest: dict, out: Path, product: str = ""
     text = f"""
 grid: {{crs: "EPSG:32652", bounds: [{left}, {bottom}, {right}, {top}]}}
 downscale:
+  train: {{start: 2023-01-01, end: 2023-05-31}}
   test: {{start: 2023-06-01, end: 2023-10-31}}
   output: {out}/ds
   truth: {world}/truth/gpp.zarr
@@ -343,6 +344,11 @@ downscale:
   tile: 64
   overlap: 16
   max_eval_dates: 2
+evaluation:
+  output: {out}/eval
+  members: 2
+  daily_every: 16
+  history_days: 32
 """
     if product:
         text += "product:\n" + "".join(f"  {line}\n" for line in product.strip().splitlines())

@@ -37,6 +37,7 @@ from unique_cube.demo.world import SIZES
 from unique_cube.downscale.evaluate import evaluate_downscaler
 from unique_cube.downscale.train import train_downscaler
 from unique_cube.errors import ConfigError, UniqueCubeError
+from unique_cube.evaluation import evaluate
 from unique_cube.gpp.train import train_gpp
 from unique_cube.inputs.search import search
 from unique_cube.inputs.stac_server import LocalStacServer
@@ -173,6 +174,14 @@ def _cmd_evaluate_downscaler(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    with served(_pipeline(args, "grid", "downscale", "product", "evaluation")) as pipeline:
+        result = evaluate(pipeline, full=args.full, say=_progress)
+    keys = ("vs_gpp_l", "daily_vs_truth", "spatial_holdout", "ensemble", "seconds")
+    print(json.dumps({k: result[k] for k in keys if k in result}, indent=1))
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.end and not args.start:  # --date with --end would silently make one day
         raise ConfigError("--end needs --start (a backfill); give --date D, or --start S and "
@@ -209,6 +218,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     manifest = build_world(args.world, args.size, args.seed, workers=args.workers,
                            progress=_progress)  # fmt: skip
     pipeline = demo_pipeline(args.pipeline, args.world, args.output)
+    pipeline.require("grid", "downscale", "product", "evaluation", command="unique-cube demo")
     left, bottom, right, top = manifest["region"]["bbox"]
     g_left, g_bottom, g_right, g_top = pipeline.grid.bounds
     if g_left < left or g_bottom < bottom or g_right > right or g_top > top:
@@ -311,6 +321,21 @@ def _add_pipeline_commands(sub) -> None:
     )
     p.add_argument("pipeline", help="pipeline YAML with grid and downscale sections")
     p.set_defaults(func=_cmd_evaluate_downscaler)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="the downscalers on every clear test date and the daily product on every day "
+        "(or 1 in evaluation.daily_every), by stratum, with a spatial hold-out",
+    )
+    p.add_argument(
+        "pipeline", help="pipeline YAML with grid, downscale, product and evaluation sections"
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="every day of the test period, whatever evaluation.daily_every says",
+    )
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("run", help="produce the daily 30 m GPP product for a day or a backfill")
     p.add_argument("pipeline", help="pipeline YAML with grid, downscale and product sections")

@@ -18,7 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from unique_cube.config.pipeline import Pipeline
+from unique_cube.grid import upsample_bilinear
 from unique_cube.product.store import marker_path
+from unique_cube.product.variables import QA_PATH_MASK
 
 __all__ = ["metrics", "write_report"]
 
@@ -27,7 +29,7 @@ _SCORES = ("r", "rmse", "bias")
 
 
 def _pick(scores: dict, keys=_SCORES) -> dict:
-    return {k: float(scores[k]) for k in keys}
+    return {k: None if scores.get(k) is None else float(scores[k]) for k in keys}
 
 
 def _score(observed: np.ndarray, predicted: np.ndarray) -> dict:
@@ -64,10 +66,11 @@ def metrics(pipeline: Pipeline, days: list[dt.date], truth=None) -> dict:
                "folds": int(cv[name]["folds"])}
         for name in ("modis", "landsat")
     }  # fmt: skip
-    evaluation = json.loads((Path(pipeline.downscale.output) / "evaluation.json").read_text())
+    evaluation = _evaluation(pipeline)
     downscaling = {
-        against: {name: _pick(scores) for name, scores in table.items()}
-        for against, table in evaluation["table"].items()
+        against: {_OLD_NAMES.get(name, name): _pick(scores) for name, scores in table.items()}
+        for against in ("vs_gpp_l", "vs_truth")
+        if (table := evaluation.get(against))
     }
     product = Path(pipeline.product.output)
     runs = _product_runs(product, days)
@@ -86,13 +89,91 @@ def metrics(pipeline: Pipeline, days: list[dt.date], truth=None) -> dict:
             fine = store["gpp"].sel(time=when).values
         true = truth["gpp"].sel(time=[np.datetime64(d, "ns") for d in done]).values
         summary["vs_truth"] = _score(true, fine)
-    return {
+    ensemble = {
+        scheme: {k: scores[k] for k in ("crps_plain", "mean_spread", "rmse_of_mean",
+                                        "spread_skill_correlation") if k in scores}
+        for scheme, scores in evaluation.get("ensemble", {}).items()
+    }  # fmt: skip
+    result = {
         "gpp_models": gpp_models,
         "downscaling": downscaling,
-        "downscaling_ensemble": evaluation.get("ensemble", {}),
+        "downscaling_ensemble": {
+            s: {("crps" if k == "crps_plain" else k): v for k, v in e.items()}
+            for s, e in ensemble.items()
+        },
         "coarse_consistency": evaluation.get("coarse_consistency", {}),
         "product": summary,
+        "evaluation": _evaluation_metrics(evaluation),
     }
+    world = _world_metrics(pipeline)
+    if world is not None:
+        result["world"] = world
+    return result
+
+
+#: The evaluation's method names as the earlier ``downscaling`` tables named them.
+_OLD_NAMES = {"s1": "ddpm_s1", "s2": "ddpm_s2", "pure_pixel_oracle": "pure_pixel"}
+
+
+def _evaluation(pipeline: Pipeline) -> dict:
+    """``evaluation.json`` of ``unique-cube evaluate`` (``evaluation.output``)."""
+    if pipeline.evaluation is None:
+        raise FileNotFoundError(
+            f"{pipeline.path or pipeline.name} has no evaluation section: the report reads "
+            "the evaluation.json of unique-cube evaluate"
+        )
+    return json.loads((Path(pipeline.evaluation.output) / "evaluation.json").read_text())
+
+
+def _scores(table: dict, keys: tuple[str, ...]) -> dict:
+    return {method: {k: scores.get(k) for k in keys} for method, scores in table.items()}
+
+
+def _evaluation_metrics(evaluation: dict) -> dict:
+    """The evaluation's figures under the keys dashboards read (``evaluation.*``)."""
+    out: dict = {
+        "vs_gpp_l": _scores(evaluation.get("vs_gpp_l", {}),
+                            ("rmse", "bias", "r", "n_dates", "within_block_rmse")),
+        "ensemble": {
+            scheme: {k: scores[k] for k in ("crps", "spread_rmse_ratio", "members",
+                                            "rank_histogram")}
+            for scheme, scores in evaluation.get("ensemble", {}).items()
+        },
+    }  # fmt: skip
+    if "daily_vs_truth" in evaluation:
+        out["daily_vs_truth"] = _scores(
+            evaluation["daily_vs_truth"], ("rmse", "bias", "r", "within_block_rmse", "n_days")
+        )
+        out["strata"] = {
+            stratum: {name: _scores(methods, ("rmse", "bias", "n")) for name, methods in
+                      classes.items()}
+            for stratum, classes in evaluation.get("strata", {}).items()
+        }  # fmt: skip
+        out["by_age"] = {age: _scores(methods, ("rmse", "bias", "n"))
+                         for age, methods in evaluation.get("by_age", {}).items()}  # fmt: skip
+        out["daily_sample"] = evaluation.get("daily_sample")
+    if "spatial_holdout" in evaluation:
+        out["spatial_holdout"] = {
+            method: {k: scores.get(k) for k in ("rmse", "bias", "r", "within_block_rmse")}
+            for method, scores in evaluation["spatial_holdout"].items()
+            if isinstance(scores, dict)
+        }
+    out["future_data"] = evaluation.get("future_data", {})
+    return out
+
+
+def _world_metrics(pipeline: Pipeline) -> dict | None:
+    """The demo world's own figures (``world.json``'s ``metrics``), when one is served."""
+    if not pipeline.serve_world:
+        return None
+    path = Path(pipeline.serve_world) / "world.json"
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    metrics = manifest.get("metrics", {})
+    return {"last_year_analog_r2": metrics.get("last_year_analog_r2"),
+            "fmask_omission": metrics.get("fmask_omission"),
+            "generator_version": manifest.get("generator_version")}  # fmt: skip
 
 
 def _is_done(product: Path, day: dt.date) -> bool:
@@ -124,22 +205,38 @@ def _figures(pipeline: Pipeline, days: list[dt.date], truth) -> dict[str, str]:
         cube = store.sel(time=[np.datetime64(d, "ns") for d in done]).load()
     day = int(np.argmax(np.nanmean(cube["gpp"].values, axis=(1, 2))))
     factor = cube.sizes["y"] // max(cube.sizes["y_m"], 1) or 1
+    product_map = cube["gpp"].values[day]
     panels = [
-        ("GPP_M (480 m)", np.kron(cube["gpp_m"].values[day], np.ones((factor, factor)))),
-        ("30 m GPP (ensemble mean)", cube["gpp"].values[day]),
-        ("uncertainty (ensemble sd)", cube["gpp_sd"].values[day]),
-    ]
+        ("GPP_M (480 m)", np.kron(cube["gpp_m"].values[day], np.ones((factor, factor))), "YlGn"),
+        ("bilinear GPP_M", upsample_bilinear(cube["gpp_m"].values[day], factor), "YlGn"),
+        ("30 m product (ensemble mean)", product_map, "YlGn"),
+        ("uncertainty (ensemble sd)", cube["gpp_sd"].values[day], "magma"),
+        ("QA: value path (1 S2, 2 S1, 3 bilinear)", cube["qa"].values[day] & QA_PATH_MASK,
+         "tab10"),
+    ]  # fmt: skip
     if truth is not None:
-        panels.append(("truth", truth["gpp"].sel(time=np.datetime64(done[day], "ns")).values))
-    top = float(np.nanpercentile(cube["gpp"].values[day], 99.5))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.4))
-    for ax, (title, image) in zip(axes, panels, strict=True):
-        vmax = top if "sd" not in title else float(np.nanpercentile(image, 99.5))
-        shown = ax.imshow(image, vmin=0, vmax=vmax, cmap="YlGn" if "sd" not in title else "magma")
-        ax.set_title(title, fontsize=9)
+        true = truth["gpp"].sel(time=np.datetime64(done[day], "ns")).values
+        panels.insert(3, ("truth", true, "YlGn"))
+        panels.insert(4, ("product − truth", product_map - true, "RdBu_r"))
+    top = float(np.nanpercentile(product_map, 99.5))
+    columns = 4
+    rows = -(-len(panels) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows), squeeze=False)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (title, image, cmap) in zip(axes.ravel(), panels, strict=False):
+        if cmap == "RdBu_r":
+            limit = float(np.nanpercentile(np.abs(image), 99)) or 1.0
+            shown = ax.imshow(image, vmin=-limit, vmax=limit, cmap=cmap)
+        elif cmap == "tab10":
+            shown = ax.imshow(image, vmin=0, vmax=9, cmap=cmap, interpolation="nearest")
+        else:
+            vmax = top if cmap == "YlGn" else float(np.nanpercentile(image, 99.5))
+            shown = ax.imshow(image, vmin=0, vmax=vmax, cmap=cmap)
+        ax.set_title(title, fontsize=10)
         ax.set_axis_off()
         fig.colorbar(shown, ax=ax, shrink=0.7)
-    fig.suptitle(f"{done[day]} (gC m$^{{-2}}$ d$^{{-1}}$)", fontsize=10)
+    fig.suptitle(f"{done[day]} (gC m$^{{-2}}$ d$^{{-1}}$)", fontsize=11)
     figures["maps"] = _png(fig)
 
     if truth is not None:
@@ -194,14 +291,112 @@ def _virtual_towers(pft) -> list[tuple[str, tuple[int, int]]]:
     return points
 
 
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:.3f}" if isinstance(value, float | np.floating) else html.escape(str(value))
+
+
 def _table(rows: dict[str, dict], columns=_SCORES) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ("", *columns))
     body = "".join(
-        "<tr><td>" + html.escape(name) + "</td>"
-        + "".join(f"<td>{values.get(c, float('nan')):.3f}</td>" for c in columns) + "</tr>"
+        "<tr><td>" + html.escape(str(name)) + "</td>"
+        + "".join(f"<td>{_cell(values.get(c))}</td>" for c in columns) + "</tr>"
         for name, values in rows.items()
     )  # fmt: skip
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _by_method(classes: dict, key: str = "rmse") -> tuple[dict, list[str]]:
+    """``{class: {method: scores}}`` → rows of ``key`` by method, and the methods."""
+    methods = sorted({m for scores in classes.values() for m in scores})
+    rows = {name: {m: scores.get(m, {}).get(key) for m in methods}
+            for name, scores in classes.items()}  # fmt: skip
+    return rows, methods
+
+
+def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
+    """The evaluation's tables and figures (``metrics.json``'s ``evaluation``)."""
+    out = ["<h2>Evaluation on the test period</h2>"]
+    vs = evaluation.get("vs_gpp_l", {})
+    n_dates = next((v.get("n_dates") for v in vs.values()), 0)
+    out += [f"<h3>Every clear HLS date ({n_dates} dates) against GPP_L</h3>",
+            "<p>pure_pixel_oracle reads the date's own Landsat (an oracle: a daily product "
+            "does not have it). within_block_rmse: each 480 m block's mean removed from both "
+            "maps (the 30 m pattern alone).</p>",
+            _table(vs, ("rmse", "bias", "r", "within_block_rmse", "n_dates"))]  # fmt: skip
+    if evaluation.get("ensemble"):
+        out += [
+            "<h3>Ensembles (fair CRPS; spread/RMSE with the (K+1)/K correction: 1 is "
+            "calibrated, below 1 over-confident)</h3>",
+            _table(evaluation["ensemble"], ("members", "crps", "spread_rmse_ratio")),
+        ]
+        if "ranks" in figures:
+            out.append(f'<img src="{figures["ranks"]}">')
+    if "daily_vs_truth" in evaluation:
+        sample = evaluation.get("daily_sample") or {}
+        out += [f"<h3>The daily product against the truth ({sample.get('days_scored', '?')} "
+                f"days, 1 in {sample.get('every', '?')} of the test period)</h3>",
+                _table(evaluation["daily_vs_truth"],
+                       ("rmse", "bias", "r", "within_block_rmse", "n_days"))]  # fmt: skip
+        rows, methods = _by_method(evaluation.get("by_age", {}))
+        out += ["<h3>RMSE by days since the pixel's last clear 30 m observation</h3>",
+                _table(rows, methods)]  # fmt: skip
+        if "by_age" in figures:
+            out.append(f'<img src="{figures["by_age"]}">')
+        for stratum, classes in evaluation.get("strata", {}).items():
+            rows, methods = _by_method(classes)
+            out += [f"<h3>RMSE by {html.escape(stratum.replace('_', ' '))}</h3>",
+                    _table(rows, methods)]  # fmt: skip
+    if "spatial_holdout" in evaluation:
+        out += ["<h3>Spatial hold-out: trained on the west, scored on the east against GPP_L"
+                " (<code>_seen</code>: the model trained on the whole region)</h3>",
+                _table(evaluation["spatial_holdout"], ("rmse", "bias", "r",
+                                                       "within_block_rmse"))]  # fmt: skip
+    future = evaluation.get("future_data") or {}
+    if future:
+        out.append("<h3>Figures that use data from after their day</h3><ul>"
+                   + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
+                             for k, v in future.items()) + "</ul>")  # fmt: skip
+    return out
+
+
+def _evaluation_figures(evaluation: dict) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = {}
+    by_age = evaluation.get("by_age") or {}
+    if by_age:
+        bins = list(by_age)
+        methods = sorted({m for scores in by_age.values() for m in scores})
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for method in methods:
+            ax.plot(bins, [by_age[b].get(method, {}).get("rmse") or np.nan for b in bins],
+                    "o-", label=method)  # fmt: skip
+        ax.set_xlabel("days since the pixel's last clear 30 m observation")
+        ax.set_ylabel("RMSE vs truth (gC m$^{-2}$ d$^{-1}$)")
+        ax.legend(fontsize=8)
+        figures["by_age"] = _png(fig)
+    ensemble = evaluation.get("ensemble") or {}
+    if ensemble:
+        fig, axes = plt.subplots(1, len(ensemble), figsize=(3.5 * len(ensemble), 2.8),
+                                 squeeze=False)  # fmt: skip
+        for ax, (scheme, scores) in zip(axes[0], ensemble.items(), strict=True):
+            ranks = scores.get("rank_histogram") or []
+            ax.bar(range(len(ranks)), ranks)
+            ax.axhline(1 / max(len(ranks), 1), color="k", lw=0.5)
+            ax.set_title(f"{scheme}: rank histogram", fontsize=9)
+            ax.set_xlabel("rank of GPP_L among the members")
+            ax.set_ylabel("share of pixels")
+        figures["ranks"] = _png(fig)
+    return figures
 
 
 def write_report(pipeline: Pipeline, days: list[dt.date], folder: str | Path) -> dict:
@@ -224,11 +419,6 @@ def write_report(pipeline: Pipeline, days: list[dt.date], folder: str | Path) ->
             figures[f"cv_{name}"] = (
                 "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
             )
-    quicklook = Path(spec.output) / "quicklook.png" if spec else None
-    if quicklook is not None and quicklook.exists():
-        figures["quicklook"] = (
-            "data:image/png;base64," + base64.b64encode(quicklook.read_bytes()).decode()
-        )
     product = result["product"]
     sections = [
         f"<h1>unique_cube — {html.escape(pipeline.name)}</h1>",
@@ -238,20 +428,21 @@ def write_report(pipeline: Pipeline, days: list[dt.date], folder: str | Path) ->
         "<h2>Step 1: GPP models (20-fold spatial cross-validation at the towers)</h2>",
         _table(result["gpp_models"], ("r", "rmse", "bias", "n_sites", "folds")),
         "".join(f'<img src="{figures[k]}">' for k in ("cv_modis", "cv_landsat") if k in figures),
-        "<h2>Step 2: downscaling on the test year</h2><h3>against GPP_L</h3>",
-        _table(result["downscaling"].get("vs_gpp_l", {})),
+        "<h2>Step 2: downscaling on the test year's clear dates</h2><h3>against the true "
+        "30 m GPP on the same dates</h3>",
+        _table(result["downscaling"].get("vs_truth", {})),
     ]
-    if result["downscaling"].get("vs_truth"):
-        sections += [
-            "<h3>against the true 30 m GPP</h3>",
-            _table(result["downscaling"]["vs_truth"]),
-        ]
-    if "quicklook" in figures:
-        sections.append(f'<img src="{figures["quicklook"]}" style="max-width:100%">')
+    sections += _evaluation_sections(
+        result["evaluation"], _evaluation_figures(result["evaluation"])
+    )
+    if result.get("world"):
+        sections += ["<h3>The demo world</h3>", _table({"world": result["world"]},
+                     ("last_year_analog_r2", "fmask_omission", "generator_version"))]  # fmt: skip
     sections.append("<h2>The daily product</h2>")
     if "vs_truth" in product:
         sections.append(_table({"30 m product vs truth": product["vs_truth"]}))
-    for key, title in (("maps", "GPP_M, the 30 m product, its uncertainty and the truth"),
+    for key, title in (("maps", "One product day: GPP_M, bilinear, the 30 m product, the truth, "
+                                "the error, the uncertainty and the QA path"),
                        ("series", "Time series at one pixel per vegetation type"),
                        ("scatter", "Validation against the truth (20 000 pixels)")):  # fmt: skip
         if key in figures:

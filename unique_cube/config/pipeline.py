@@ -26,6 +26,7 @@ __all__ = [
     "LEARNERS",
     "PIXEL_M",
     "DownscaleSpec",
+    "EvaluationSpec",
     "FluxSpec",
     "GppSpec",
     "GridSpec",
@@ -337,6 +338,37 @@ class DownscaleSpec:
 
 
 @dataclass(frozen=True)
+class EvaluationSpec:
+    """``unique-cube evaluate``: the downscalers and the daily product scored on
+    ``downscale.test`` (every clear HLS date, every day or a systematic sample, by stratum)."""
+
+    output: str
+    """Folder of ``evaluation.json``, its figures and the product days made for the
+    evaluation (``product/``: never the published product)."""
+    min_clear_fraction: float = 0.05
+    """An HLS date is scored against GPP_L when this much of the region is clear (0-1)."""
+    members: int = 8
+    """Ensemble members of S1 and S2 on the clear dates (at least 2: a spread needs two, and
+    a spread-skill figure eight or more)."""
+    daily_every: int = 1
+    """The daily product is made and scored on 1 day in this many of the test period (a
+    fixed systematic sample from its first day; 1: every day; ``evaluate --full`` makes it
+    1)."""
+    history_days: int = 96
+    """HLS dates this far before the test period are read for the days since each pixel's
+    last clear 30 m observation (older is counted as the oldest bin)."""
+    holdout: bool = True
+    """Also train the product's scheme on the western half of the region and score it on the
+    eastern half (bilinear and the full-region model scored there beside it)."""
+
+    def _check(self) -> tuple[str, str] | None:
+        return _out_of_range(self, {
+            "min_clear_fraction": _FRACTION, "members": _Range(2, why="a spread needs two"),
+            "daily_every": _ONE_OR_MORE, "history_days": _Range(0, 366),
+        })  # fmt: skip
+
+
+@dataclass(frozen=True)
 class ProductSpec:
     """The daily product (``unique-cube run``): where it goes and how each day is made."""
 
@@ -440,6 +472,7 @@ class Pipeline:
     grid: GridSpec | None = None
     downscale: DownscaleSpec | None = None
     product: ProductSpec | None = None
+    evaluation: EvaluationSpec | None = None
     serve_world: str | None = None
     """A demo world folder to serve on 127.0.0.1 for the run (its URL replaces the catalog's)."""
     stac_url: str | None = None

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from unique_cube.config.pipeline import Pipeline, load_pipeline
-from unique_cube.downscale.evaluate import evaluate_downscaler
 from unique_cube.downscale.train import train_downscaler
+from unique_cube.evaluation import evaluate
 from unique_cube.files import sha256_file
 from unique_cube.gpp.train import train_gpp
 from unique_cube.product.run import product_days, run
@@ -61,6 +61,10 @@ def demo_pipeline(path: str | Path, world: str | Path, output: str | Path) -> Pi
     if pipeline.product is not None:
         changes["product"] = dataclasses.replace(
             pipeline.product, output=moved(pipeline.product.output, "demo-output", output)
+        )
+    if pipeline.evaluation is not None:
+        changes["evaluation"] = dataclasses.replace(
+            pipeline.evaluation, output=moved(pipeline.evaluation.output, "demo-output", output)
         )
     return dataclasses.replace(pipeline, **changes)
 
@@ -118,11 +122,20 @@ def run_demo(
     say(f"      ({time.perf_counter() - began:.0f} s)")
 
     checkpoints = [folder / n for n in ("downscaler_s1.pt", "downscaler_s2.pt", "pure_pixel.pt")]
-    stamp = _stamp([sha256_file(p) for p in checkpoints], dataclasses.asdict(spec))
+    evaluation = pipeline.evaluation
+    stamp = _stamp(
+        [sha256_file(p) for p in checkpoints],
+        dataclasses.asdict(spec),
+        dataclasses.asdict(evaluation),
+        dataclasses.asdict(pipeline.product),
+    )
+    out = Path(evaluation.output)
     began = time.perf_counter()
-    _stage("[4/6] evaluation", "on the test year: bilinear, pure-pixel, S1, S2",
-           folder / ".evaluation.stamp", stamp, [folder / "evaluation.json"],
-           lambda: evaluate_downscaler(pipeline, say=say), say)  # fmt: skip
+    _stage("[4/6] evaluation",
+           f"on the test year: every clear date (bilinear, S1, S2, pure-pixel oracle), the "
+           f"daily product on 1 day in {evaluation.daily_every}, strata, spatial hold-out",
+           out / ".stamp", stamp, [out / "evaluation.json"],
+           lambda: evaluate(pipeline, say=say), say)  # fmt: skip
     say(f"      ({time.perf_counter() - began:.0f} s)")
 
     product = pipeline.product

@@ -34,7 +34,7 @@ from unique_cube.inputs.search import open_catalog
 from unique_cube.inputs.weather import weather_for
 from unique_cube.scores import crps_ensemble, metrics
 
-__all__ = ["evaluate", "evaluate_downscaler"]
+__all__ = ["evaluate", "evaluate_downscaler", "pure_pixel_maps"]
 
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
         pairs = cached_pairs(pipeline, catalog, spec.test, say, clearest=spec.max_eval_dates)
         predictions = {"bilinear": pairs.gpp_m_30m}
         if pure_model is not None:
-            predictions["pure_pixel"] = _pure_pixel_maps(pipeline, catalog, pairs, pure_model,
+            predictions["pure_pixel"] = pure_pixel_maps(pipeline, catalog, pairs, pure_model,
                                                          types)  # fmt: skip
     truth = _truth(spec.truth, pairs.dates)
     members, started = {}, time.perf_counter()
@@ -147,7 +147,7 @@ def _truth(path: str | None, dates: list) -> np.ndarray | None:
         return store.gpp.sel(time=[d.normalize() for d in dates]).values
 
 
-def _pure_pixel_maps(pipeline: Pipeline, catalog: Catalog, pairs: Pairs, model, types):
+def pure_pixel_maps(pipeline: Pipeline, catalog: Catalog, pairs: Pairs, model, types):
     """The pure-pixel DNN applied at 30 m on the pairs' dates. It needs the dates' own
     Landsat inputs: where a pixel is not clear or not vegetation, bilinear GPP_M stands in."""
     gpp = pipeline.gpp

@@ -99,6 +99,7 @@ def make_pairs(
     types: np.ndarray | None = None,
     vegetated: Sequence[int] = (),
     clearest: int | None = None,
+    min_clear: float | None = None,
     dates_per_compute: int = 4,
 ) -> Pairs:
     """GPP_L / GPP_M pairs over the pipeline's grid for the clear-enough HLS dates; with
@@ -108,13 +109,15 @@ def make_pairs(
 
     With ``clearest`` only that many of the clearest dates are kept, chosen from the QA before
     any GPP map is computed, and MODIS is read only around them (the model card's gap-fill
-    span each side, which is all the time interpolation of those days can use)."""
+    span each side, which is all the time interpolation of those days can use).
+    ``min_clear`` replaces ``downscale.min_clear_fraction`` (the evaluation's threshold)."""
     spec, period, landsat = pipeline.downscale, inputs.period, inputs.landsat
+    threshold = spec.min_clear_fraction if min_clear is None else min_clear
     clear = landsat["clear"].mean(("y", "x")).compute()
-    keep = clear.values >= spec.min_clear_fraction
+    keep = clear.values >= threshold
     if not keep.any():
         raise DownscaleError(f"no HLS date of {period.start}..{period.end} has "
-                         f"{spec.min_clear_fraction:.0%} of the region clear")  # fmt: skip
+                             f"{threshold:.0%} of the region clear")  # fmt: skip
     chosen = np.flatnonzero(keep)
     modis_items = inputs.modis_items
     if clearest is not None:
@@ -125,7 +128,7 @@ def make_pairs(
     modis = gpp_modis(inputs.modis, period.stac_datetime, items=modis_items)
     days = landsat["time"].dt.floor("D").values
     which = f"{len(days)}" if clearest is None else f"the clearest {len(days)} of {int(keep.sum())}"
-    say(f"{which} HLS dates with >= {spec.min_clear_fraction:.0%} clear; computing GPP maps")
+    say(f"{which} HLS dates with >= {threshold:.0%} clear; computing GPP maps")
     coarse = modis["gpp"].sel(time=days).compute().values.astype("float32")
     targets, rows = [], []
     for first in range(0, len(days), dates_per_compute):
@@ -169,6 +172,7 @@ def cached_pairs(
     *,
     types: np.ndarray | None = None,
     clearest: int | None = None,
+    min_clear: float | None = None,
 ) -> Pairs:
     """:func:`make_pairs`, kept in the output folder: S1, S2 and the pure-pixel baseline train
     on the same pairs, and the GPP maps behind them are the slow part. The cache is keyed by
@@ -179,7 +183,8 @@ def cached_pairs(
     cards = [Path(pipeline.gpp.output) / f"gpp_{k}.card.json" for k in ("modis", "landsat")]
     key = json.dumps(
         ["pairs-2", str(period.start), str(period.end), list(pipeline.grid.bounds),
-         pipeline.grid.resolution, spec.min_clear_fraction,
+         pipeline.grid.resolution,
+         spec.min_clear_fraction if min_clear is None else min_clear,
          [ModelCard.read(c).training_data_sha256 for c in cards],
          None if types is None else hashlib.sha256(types.tobytes()).hexdigest(), clearest]
     )  # fmt: skip
@@ -195,7 +200,7 @@ def cached_pairs(
                      data["gpp_m_30m"], int(data["factor"]), rows)  # fmt: skip
     vegetated = vegetated_codes(catalog.source("worldcover").classes) if types is not None else []
     pairs = make_pairs(pipeline, pair_inputs(pipeline, catalog, period), say, types=types,
-                       vegetated=vegetated, clearest=clearest)  # fmt: skip
+                       vegetated=vegetated, clearest=clearest, min_clear=min_clear)  # fmt: skip
     extra = {}
     if pairs.rows is not None:
         extra = {"rows_features": pairs.rows.features, "rows_types": pairs.rows.types,

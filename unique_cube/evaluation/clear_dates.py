@@ -1,0 +1,179 @@
+"""The downscalers on every clear HLS date of the test period, against GPP_L.
+
+Every date with at least ``evaluation.min_clear_fraction`` of the region clear is scored (not
+the clearest few): bilinear GPP_M, S1 and S2 (the mean of ``evaluation.members`` members) and
+the pure-pixel regression as an **oracle** — it reads that date's own Landsat, which a daily
+product does not have. Per date and pooled: RMSE, bias and r on the clear pixels; the
+within-block RMSE (each 480 m block's mean removed) beside the plain one; the ensembles'
+fair CRPS, rank histogram and spread/RMSE ratio; the same maps against the truth where the
+world has one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from unique_cube.config.catalog import Catalog
+from unique_cube.config.pipeline import Pipeline
+from unique_cube.downscale.checkpoint import Checkpoint
+from unique_cube.downscale.conditions import apply_static_normalisation
+from unique_cube.downscale.consistency import coarse_mismatch, make_consistent
+from unique_cube.downscale.evaluate import pure_pixel_maps
+from unique_cube.downscale.pairs import Pairs, cached_pairs, pair_conditions
+from unique_cube.downscale.pure_pixel import PurePixelModel
+from unique_cube.downscale.sampling import downscale, torch_threads
+from unique_cube.scores import (
+    Moments,
+    crps_ensemble,
+    fair_crps,
+    metrics,
+    rank_histogram,
+    spread_rmse_ratio,
+    within_block_rmse,
+)
+
+__all__ = ["ClearDates", "ensemble_scores", "sample_members", "score_clear_dates"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClearDates:
+    """The test period's clear dates: the pairs, each method's 30 m maps, the members."""
+
+    pairs: Pairs
+    maps: dict[str, np.ndarray]
+    """(N, H, W) by method: ``bilinear``, ``s1``, ``s2`` (ensemble means),
+    ``pure_pixel_oracle``."""
+    members: dict[str, np.ndarray]
+    """(N, K, H, W) by scheme."""
+    truth: np.ndarray | None
+    """The truth on the dates (N, H, W), when the world has one."""
+
+
+def sample_members(pipeline: Pipeline, checkpoints: dict[str, Checkpoint], raw: np.ndarray,
+                   pairs: Pairs, members: int, say: Callable[[str], None]) -> dict:  # fmt: skip
+    """(N, K, H, W) members of each scheme on the pairs' dates, seeded per date."""
+    spec = pipeline.downscale
+    out = {}
+    with torch_threads(spec.threads):
+        for scheme, ckpt in checkpoints.items():
+            static = apply_static_normalisation(raw, ckpt.static) if scheme == "s2" else None
+            conditions = pair_conditions(pairs, static, scheme)
+            out[scheme] = np.stack([
+                downscale(ckpt, c, samples=members, ddim_steps=spec.ddim_steps, tile=spec.tile,
+                          overlap=spec.overlap, seed=spec.seed + i)
+                for i, c in enumerate(conditions)
+            ])  # fmt: skip
+            say(f"{scheme}: {len(conditions)} dates x {members} members")
+    return out
+
+
+def clear_dates(pipeline: Pipeline, catalog: Catalog, checkpoints: dict[str, Checkpoint],
+                raw: np.ndarray, types: np.ndarray, truth, say) -> ClearDates:  # fmt: skip
+    """Pairs of every clear-enough test date and each method's maps on them."""
+    spec, evaluation = pipeline.downscale, pipeline.evaluation
+    pairs = cached_pairs(pipeline, catalog, spec.test, say,
+                         min_clear=evaluation.min_clear_fraction)  # fmt: skip
+    maps = {"bilinear": pairs.gpp_m_30m}
+    members = sample_members(pipeline, checkpoints, raw, pairs, evaluation.members, say)
+    maps.update({scheme: m.mean(axis=1) for scheme, m in members.items()})
+    pure = PurePixelModel.load(pure_path) if (pure_path := _pure_path(pipeline)) else None
+    if pure is not None:
+        maps["pure_pixel_oracle"] = pure_pixel_maps(pipeline, catalog, pairs, pure, types)
+    observed = truth(pairs.dates) if truth is not None else None
+    return ClearDates(pairs, maps, members, observed)
+
+
+def _pure_path(pipeline: Pipeline) -> Path | None:
+    path = Path(pipeline.downscale.output) / "pure_pixel.pt"
+    return path if path.exists() else None
+
+
+def ensemble_scores(members: np.ndarray, observed: np.ndarray) -> dict:
+    """Fair CRPS, rank histogram and spread/RMSE ratio of (N, K, H, W) members against
+    (N, H, W) observations, pooled over the dates."""
+    k = members.shape[1]
+    moved = np.moveaxis(members, 1, 0)  # (K, N, H, W)
+    spread = members.std(axis=1)
+    error = np.abs(members.mean(axis=1) - observed)
+    ok = np.isfinite(error) & np.isfinite(spread)
+    return {
+        "members": int(k),
+        "crps": fair_crps(moved, observed),
+        "spread_rmse_ratio": spread_rmse_ratio(moved, observed),
+        "rank_histogram": rank_histogram(moved, observed),
+        # The figures of the earlier evaluation (dashboards read them): the plain CRPS, the
+        # mean member spread, the RMSE of the mean and the spread-error correlation.
+        "crps_plain": crps_ensemble(moved, observed),
+        "mean_spread": float(spread[ok].mean()),
+        "rmse_of_mean": float(np.sqrt((error[ok] ** 2).mean())),
+        "spread_skill_correlation": float(np.corrcoef(spread[ok], error[ok])[0, 1]),
+    }
+
+
+def score_clear_dates(dates: ClearDates) -> dict:
+    """Per-date and pooled scores of every method against GPP_L (and the truth), the
+    ensembles' scores and the 480 m consistency of the schemes' means."""
+    pairs, factor = dates.pairs, dates.pairs.factor
+    target = pairs.target
+    pooled = {name: Moments() for name in dates.maps}
+    per_date = []
+    for i, day in enumerate(pairs.dates):
+        row = {"date": day.strftime("%Y-%m-%d"),
+               "clear_fraction": float(np.isfinite(target[i]).mean())}  # fmt: skip
+        ok = np.isfinite(target[i])
+        for values in dates.maps.values():
+            ok &= np.isfinite(values[i])
+        for name, values in dates.maps.items():
+            scores = metrics(target[i][ok], values[i][ok])
+            row[name] = {k: scores[k] for k in ("rmse", "bias", "r")}
+            pooled[name].add(target[i][ok], values[i][ok])
+        per_date.append(row)
+    vs_gpp_l = {}
+    for name, moments in pooled.items():
+        scores = moments.scores()
+        wb = [within_block_rmse(target[i], dates.maps[name][i], factor)
+              for i in range(len(pairs.dates))]  # fmt: skip
+        vs_gpp_l[name] = {**scores, "n_dates": len(pairs.dates),
+                          "within_block_rmse": float(np.nanmean(wb))}  # fmt: skip
+    out = {"dates": [d.strftime("%Y-%m-%d") for d in pairs.dates], "per_date": per_date,
+           "vs_gpp_l": vs_gpp_l, "ensemble": {}}  # fmt: skip
+    if dates.truth is not None:
+        out["vs_truth"] = {}
+        for name, values in dates.maps.items():
+            moments = Moments()
+            moments.add(dates.truth, values)
+            wb = [within_block_rmse(dates.truth[i], values[i], factor)
+                  for i in range(len(pairs.dates))]  # fmt: skip
+            out["vs_truth"][name] = {**moments.scores(), "n_dates": len(pairs.dates),
+                                     "within_block_rmse": float(np.nanmean(wb))}  # fmt: skip
+    for scheme, members in dates.members.items():
+        scores = ensemble_scores(members, target)
+        if dates.truth is not None:
+            truth_scores = ensemble_scores(members, dates.truth)
+            scores["vs_truth"] = {k: truth_scores[k] for k in ("crps", "spread_rmse_ratio")}
+        out["ensemble"][scheme] = scores
+    out["coarse_consistency"] = {
+        scheme: _consistency(dates.maps[scheme], pairs) for scheme in dates.members
+    }
+    return out
+
+
+def _consistency(mean: np.ndarray, pairs: Pairs) -> dict:
+    """The 480 m mismatch of a scheme's maps with GPP_M before and after the shift that
+    removes it, and the shifted maps against GPP_L."""
+    both = list(zip(mean, pairs.gpp_m, strict=True))
+    fixed = np.stack([make_consistent(m, c, pairs.factor) for m, c in both])
+    ok = np.isfinite(pairs.target) & np.isfinite(fixed)
+    return {
+        "before": float(np.mean([coarse_mismatch(m, c, pairs.factor) for m, c in both])),
+        "after": float(np.mean([coarse_mismatch(m, c, pairs.factor)
+                                for m, c in zip(fixed, pairs.gpp_m, strict=True)])),
+        "vs_gpp_l_after": metrics(pairs.target[ok], fixed[ok]),
+    }  # fmt: skip

@@ -1,0 +1,118 @@
+"""The daily product against the truth, every day (or a fixed systematic sample) of the test
+period — the product as it is used: mostly cloudy days, days after the last Landsat overpass.
+
+The days are made by the product path itself (:func:`unique_cube.product.run.run`, the
+pipeline's scheme and settings) into the evaluation's own folder, never the published
+product; days already made there are kept (a re-run only scores). Each day is scored
+against the truth beside bilinear GPP_M on the same pixels: plain and within-block RMSE,
+and by stratum (season, land cover, slope, GPP_M observed or gap-filled, days since the
+pixel's last clear 30 m observation). The product fills MODIS gaps from both sides (up to
+``product.max_gap_days`` ahead), so these figures use future data: not near-real-time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from unique_cube.config.catalog import Catalog
+from unique_cube.config.pipeline import Period, Pipeline
+from unique_cube.errors import DownscaleError
+from unique_cube.evaluation.strata import ClearHistory, Scoreboard, Strata
+from unique_cube.grid import COARSE_FACTOR, lonlat_bbox, upsample_bilinear
+from unique_cube.inputs.cube import load
+from unique_cube.inputs.search import search
+from unique_cube.product.run import run
+from unique_cube.product.variables import QA_FLAGS, QA_PATH_MASK
+from unique_cube.scores import Moments, within_block_rmse
+
+__all__ = ["clear_history", "sample_days", "score_days"]
+
+log = logging.getLogger(__name__)
+
+#: QA bits that say GPP_M was not observed on the day (filled in time or from neighbours).
+_GAP_BITS = (QA_FLAGS["gpp_m_gap_filled"] | QA_FLAGS["gpp_m_long_gap_filled"]
+             | QA_FLAGS["gpp_m_neighbour_filled"])  # fmt: skip
+
+
+def sample_days(period: Period, every: int) -> list[dt.date]:
+    """1 day in ``every`` of the period, from its first day (a fixed systematic sample)."""
+    span = (period.end - period.start).days + 1
+    return [period.start + dt.timedelta(days=i) for i in range(0, span, every)]
+
+
+def clear_history(pipeline: Pipeline, catalog: Catalog, first: dt.date,
+                  last: dt.date) -> ClearHistory:  # fmt: skip
+    """Where the HLS dates from ``first`` to ``last`` were clear on the grid (QA and a band
+    present, as GPP_L needs them)."""
+    source = pipeline.gpp.landsat.source
+    geobox = pipeline.grid.geobox
+    items = search(source, lonlat_bbox(geobox), f"{first}/{last}", catalog=catalog)
+    if not items:
+        return ClearHistory([], np.zeros((0, *geobox.shape), bool))
+    src = catalog.source(source)
+    cube = load(items, src, geobox, bands=[next(iter(src.bands))])
+    clear = cube["clear"].compute()
+    dates = [dt.date.fromisoformat(str(t)[:10]) for t in clear["time"].values]
+    return ClearHistory(dates, clear.values.astype(bool))
+
+
+def make_days(pipeline: Pipeline, days: list[dt.date], folder: Path,
+              say: Callable[[str], None]) -> list[dt.date]:  # fmt: skip
+    """The days made by the product path into ``folder`` (done ones kept); returns the days
+    that are done."""
+    product = dataclasses.replace(pipeline.product, output=str(folder))
+    report = run(dataclasses.replace(pipeline, product=product), days, say=say)
+    done = [dt.date.fromisoformat(d["day"]) for d in report["days"]
+            if d["status"] in ("done", "already done")]  # fmt: skip
+    if not done:
+        reasons = sorted({d.get("reason") or d["status"] for d in report["days"]})
+        raise DownscaleError(f"no day of the evaluation sample could be made in {folder}: "
+                             f"{'; '.join(reasons)[:500]}")  # fmt: skip
+    return done
+
+
+def score_days(pipeline: Pipeline, folder: Path, days: list[dt.date], truth,
+               strata: Strata, history: ClearHistory) -> dict:  # fmt: skip
+    """The product's days in ``folder`` against ``truth`` (a callable: dates → (N, H, W)),
+    beside bilinear GPP_M: overall, by stratum and by days since the last clear pixel."""
+    scheme = pipeline.product.scheme
+    methods = ("bilinear",) if scheme == "bilinear" else ("bilinear", scheme)
+    overall = {m: Moments() for m in methods}
+    within: dict[str, list[float]] = {m: [] for m in methods}
+    board = Scoreboard()
+    with xr.open_zarr(folder / "gpp.zarr", consolidated=False) as store:
+        for day in sorted(days):
+            when = np.datetime64(day, "ns")
+            layer = store.sel(time=when)
+            product = layer["gpp"].values
+            qa = layer["qa"].values
+            bilinear = upsample_bilinear(layer["gpp_m"].values, COARSE_FACTOR)
+            bilinear = np.where(qa & QA_PATH_MASK, bilinear, np.nan)  # the product's pixels
+            true = truth([day])[0]
+            maps = {"bilinear": bilinear} if scheme == "bilinear" else {
+                "bilinear": bilinear, scheme: product}  # fmt: skip
+            ok = np.isfinite(true)
+            for values in maps.values():
+                ok &= np.isfinite(values)
+            for name, values in maps.items():
+                overall[name].add(true[ok], values[ok])
+                within[name].append(within_block_rmse(np.where(ok, true, np.nan),
+                                                      values, COARSE_FACTOR))  # fmt: skip
+            labels = strata.of_day(day, (qa & _GAP_BITS) > 0, history.age(day))
+            board.add(labels, np.where(ok, true, np.nan), maps)
+    table = board.table()
+    daily = {
+        name: {**overall[name].scores(), "n_days": len(days),
+               "within_block_rmse": float(np.sqrt(np.nanmean(np.square(within[name]))))}
+        for name in methods
+    }  # fmt: skip
+    by_age = table.pop("age", {})
+    return {"days": [d.isoformat() for d in sorted(days)], "daily_vs_truth": daily,
+            "strata": table, "by_age": by_age}  # fmt: skip

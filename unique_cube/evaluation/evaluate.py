@@ -1,0 +1,155 @@
+"""``unique-cube evaluate``: the downscalers and the daily product measured as they are used.
+
+On the test period (``downscale.test``), written to ``<evaluation.output>/evaluation.json``:
+
+* ``vs_gpp_l`` — every HLS date with enough of the region clear (:mod:`.clear_dates`):
+  bilinear GPP_M, S1, S2, the pure-pixel oracle; per date and pooled; ``ensemble``: the
+  schemes' fair CRPS, rank histogram and spread/RMSE ratio with ``evaluation.members``
+  members;
+* ``daily_vs_truth``, ``strata``, ``by_age`` — the product path's own days against the truth
+  (:mod:`.daily`), every day or 1 in ``evaluation.daily_every``;
+* ``spatial_holdout`` — the scheme trained on the west, scored on the east (:mod:`.holdout`);
+* ``future_data`` — which of these figures use inputs observed after their day.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import dask
+
+from unique_cube.config.pipeline import Pipeline
+from unique_cube.downscale.checkpoint import load_checkpoint
+from unique_cube.downscale.pairs import cached_pairs, static_and_types
+from unique_cube.errors import ConfigError, DownscaleError
+from unique_cube.evaluation.clear_dates import clear_dates, score_clear_dates
+from unique_cube.evaluation.daily import clear_history, make_days, sample_days, score_days
+from unique_cube.evaluation.holdout import spatial_holdout
+from unique_cube.evaluation.strata import Strata
+from unique_cube.evaluation.truth import open_truth
+from unique_cube.files import sha256_file, write_json
+from unique_cube.inputs.search import open_catalog
+
+__all__ = ["check_periods", "evaluate"]
+
+log = logging.getLogger(__name__)
+
+#: What each figure's inputs may include from after its day (until the NRT/final modes land).
+FUTURE_DATA = {
+    "vs_gpp_l": "GPP_M of a date is interpolated in time across cloudy MODIS days on both "
+                "sides (up to the GPP model's gap_fill_days ahead)",
+    "daily_vs_truth": "the product fills MODIS gaps from both sides, up to "
+                      "product.max_gap_days ahead: not a near-real-time figure",
+    "strata": "as daily_vs_truth",
+    "by_age": "as daily_vs_truth (the age itself counts only clear dates up to the day)",
+    "spatial_holdout": "as vs_gpp_l",
+    "pure_pixel_oracle": "reads the date's own Landsat: an oracle, not a daily product",
+}  # fmt: skip
+
+
+def check_periods(pipeline: Pipeline) -> None:
+    """The test period must not overlap the downscaler's training period (its pairs come from
+    ``downscale.train``, by default ``gpp.train``)."""
+    spec = pipeline.downscale
+    train, key = (spec.train, "downscale.train") if spec.train else (pipeline.gpp.train,
+                                                                     "gpp.train")  # fmt: skip
+    test = spec.test
+    if test.start <= train.end and train.start <= test.end:
+        raise ConfigError(
+            f"{pipeline.path or pipeline.name}: downscale.test {test.start}..{test.end} "
+            f"overlaps {key} {train.start}..{train.end}, which the downscaler trains on: "
+            "scores on its own training dates say nothing of new days"
+        )
+
+
+def evaluate(pipeline: Pipeline, *, full: bool = False,
+             say: Callable[[str], None] = log.info) -> dict:  # fmt: skip
+    """Run the evaluation (``full``: every day of the test period, whatever
+    ``evaluation.daily_every`` says); writes and returns ``evaluation.json``."""
+    pipeline.require("grid", "downscale", "product", "evaluation",
+                     command="unique-cube evaluate")  # fmt: skip
+    check_periods(pipeline)
+    spec, evaluation, product = pipeline.downscale, pipeline.evaluation, pipeline.product
+    truth = open_truth(pipeline)  # checked before anything is computed
+    output = Path(evaluation.output)
+    paths = {s: Path(spec.output) / f"downscaler_{s}.pt" for s in ("s1", "s2")}
+    checkpoints = {s: load_checkpoint(p, s) for s, p in paths.items() if p.exists()}
+    if product.scheme != "bilinear" and product.scheme not in checkpoints:
+        raise DownscaleError(f"no {product.scheme} checkpoint in {spec.output} (product.scheme):"
+                             " run unique-cube train-downscaler first")  # fmt: skip
+    output.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+    with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
+        raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
+        try:
+            dates = clear_dates(pipeline, catalog, checkpoints, raw, types, truth, say)
+        except DownscaleError as err:
+            raise DownscaleError(f"{pipeline.path or pipeline.name}: downscale.test: {err}; "
+                                 "nothing to score against GPP_L") from None  # fmt: skip
+        history = clear_history(
+            pipeline, catalog,
+            spec.test.start - dt.timedelta(days=evaluation.history_days), spec.test.end,
+        )  # fmt: skip
+        training = None
+        if evaluation.holdout and product.scheme != "bilinear":
+            training = cached_pairs(pipeline, catalog, spec.train or pipeline.gpp.train, say,
+                                    types=types)  # fmt: skip
+    result = score_clear_dates(dates)
+    timings["clear_dates"] = time.perf_counter() - began
+    if training is not None:
+        began = time.perf_counter()
+        result["spatial_holdout"] = spatial_holdout(pipeline, training, raw, names, dates, say)
+        timings["spatial_holdout"] = time.perf_counter() - began
+    every = 1 if full else evaluation.daily_every
+    if truth is None:
+        say("no truth store (downscale.truth): the daily figures need one; skipped")
+    else:
+        began = time.perf_counter()
+        days = sample_days(spec.test, every)
+        folder = _product_folder(pipeline, output / "product", say)
+        say(f"daily product: {len(days)} days (1 in {every}) of {spec.test.start}.."
+            f"{spec.test.end} → {folder}")  # fmt: skip
+        done = make_days(pipeline, days, folder, say)
+        timings["daily_product"] = time.perf_counter() - began
+        began = time.perf_counter()
+        classes = dict(catalog.source("worldcover").classes)
+        strata = Strata.of(types, classes, raw[names.index("slope")])
+        result.update(score_days(pipeline, folder, done, truth, strata, history))
+        result["daily_sample"] = {"every": every, "days_asked": len(days),
+                                  "days_scored": len(done)}  # fmt: skip
+        timings["daily_scores"] = time.perf_counter() - began
+    result["future_data"] = FUTURE_DATA
+    result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    write_json(output / "evaluation.json", result)
+    return result
+
+
+def _product_folder(pipeline: Pipeline, folder: Path, say) -> Path:
+    """The evaluation's product folder, emptied when the models or the product settings it
+    was made with changed (a stamp beside it says which)."""
+    spec = pipeline.product
+    models = [Path(pipeline.gpp.output) / f"gpp_{m}.model" for m in ("modis", "landsat")]
+    if spec.scheme != "bilinear":
+        models.append(Path(pipeline.downscale.output) / f"downscaler_{spec.scheme}.pt")
+    settings = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("output", "period")}
+    stamp = hashlib.sha256(
+        json.dumps(
+            [[sha256_file(p) for p in models], settings], default=str, sort_keys=True
+        ).encode()
+    ).hexdigest()
+    stamp_path = folder.parent / "product.stamp"
+    if folder.exists() and not (stamp_path.exists() and stamp_path.read_text() == stamp):
+        say(f"the models or product settings changed: remaking {folder}")
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(stamp)
+    return folder
