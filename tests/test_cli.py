@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,13 @@ def test_demo_runs_the_main_job_end_to_end_and_reuses_it(demo_run, capsys) -> No
         assert all(
             set(v) == {"r", "rmse", "bias"} for v in metrics["downscaling"][against].values()
         )
+    _check_evaluation_metrics(metrics["evaluation"])
+    world = metrics["world"]
+    assert {"last_year_analog_r2", "fmask_omission"} <= set(world)
+    r2 = world["last_year_analog_r2"]  # None in a one-year world: no last year to match
+    assert r2 is None or (isinstance(r2, float) and r2 <= 1)
+    omission = world["fmask_omission"]
+    assert omission is None or (isinstance(omission, float) and 0 <= omission <= 1)
     product = metrics["product"]
     assert product["days"] == 3 and product["pixels_per_day"] == 160 * 160
     assert product["seconds_per_day"] > 0 and product["peak_rss_mb"] > 0
@@ -88,3 +96,37 @@ def test_demo_runs_the_main_job_end_to_end_and_reuses_it(demo_run, capsys) -> No
     assert "GPP models: reusing" in err and "downscaler s2: reusing" in err
     assert "evaluation: reusing" in err and "3 of 3 days already done" in err
     assert "training" not in err
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def _check_evaluation_metrics(evaluation: dict) -> None:
+    """metrics.json's ``evaluation`` keys (those dashboards read), each a finite number."""
+    methods = {"bilinear", "s1", "s2", "pure_pixel_oracle"}
+    assert set(evaluation["vs_gpp_l"]) == methods
+    for scores in evaluation["vs_gpp_l"].values():
+        assert all(_number(scores[k]) for k in ("rmse", "bias", "r", "n_dates")), scores
+        assert scores["rmse"] > 0 and scores["n_dates"] >= 1
+    daily = evaluation["daily_vs_truth"]
+    assert set(daily) == {"bilinear", "s2"}
+    for scores in daily.values():
+        assert all(_number(scores[k]) for k in ("rmse", "bias", "r", "within_block_rmse",
+                                                 "n_days")), scores  # fmt: skip
+        assert scores["rmse"] > 0 and scores["n_days"] >= 1
+    assert {"season", "land_cover", "slope", "gpp_m"} <= set(evaluation["strata"])
+    for classes in evaluation["strata"].values():
+        for by_method in classes.values():
+            assert set(by_method) <= methods
+            assert all(_number(s["rmse"]) for s in by_method.values())
+    assert evaluation["by_age"]
+    assert set(evaluation["by_age"]) <= {"0", "1-8", "9-16", "17-32", "gt32", "never"}
+    for by_method in evaluation["by_age"].values():
+        assert set(by_method) <= methods and all(_number(s["rmse"]) for s in by_method.values())
+    assert {"bilinear", "s2", "s2_seen"} <= set(evaluation["spatial_holdout"])
+    assert all(_number(s["rmse"]) for s in evaluation["spatial_holdout"].values())
+    assert set(evaluation["ensemble"]) == {"s1", "s2"}
+    for scores in evaluation["ensemble"].values():
+        assert _number(scores["crps"]) and _number(scores["spread_rmse_ratio"])
+        assert scores["members"] == 2  # the pipeline's evaluation.members

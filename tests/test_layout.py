@@ -15,7 +15,7 @@ from unique_cube.errors import ConfigError
 from unique_cube.inputs.search import open_catalog
 
 PACKAGE = Path(__file__).resolve().parents[1] / "unique_cube"
-STAGES = ("config", "inputs", "grid", "gpp", "downscale", "product", "report")
+STAGES = ("config", "inputs", "grid", "gpp", "downscale", "product", "evaluation", "report")
 
 
 def _modules() -> list[Path]:
@@ -29,6 +29,7 @@ def test_the_product_path_never_imports_the_demo() -> None:
         "unique_cube.downscale.train",
         "unique_cube.downscale.evaluate",
         "unique_cube.product.run",
+        "unique_cube.evaluation.evaluate",
         "unique_cube.report",
     ]
     code = (

@@ -234,6 +234,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         "downscaling_vs_truth_rmse": {
             k: round(v["rmse"], 3) for k, v in result["downscaling"].get("vs_truth", {}).items()
         },
+        "daily_vs_truth_rmse": {
+            k: v["rmse"] and round(v["rmse"], 3)
+            for k, v in result["evaluation"].get("daily_vs_truth", {}).items()
+        },
         "product": result["product"],
     }
     print(json.dumps(summary, indent=1))

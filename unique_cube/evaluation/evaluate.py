@@ -29,7 +29,7 @@ import dask
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import load_checkpoint
 from unique_cube.downscale.pairs import cached_pairs, static_and_types
-from unique_cube.errors import ConfigError, DownscaleError
+from unique_cube.errors import ConfigError, DownscaleError, EmptySearchError
 from unique_cube.evaluation.clear_dates import clear_dates, score_clear_dates
 from unique_cube.evaluation.daily import clear_history, make_days, sample_days, score_days
 from unique_cube.evaluation.holdout import spatial_holdout
@@ -92,9 +92,12 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
         raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
         try:
             dates = clear_dates(pipeline, catalog, checkpoints, raw, types, truth, say)
-        except DownscaleError as err:
-            raise DownscaleError(f"{pipeline.path or pipeline.name}: downscale.test: {err}; "
-                                 "nothing to score against GPP_L") from None  # fmt: skip
+        except (DownscaleError, EmptySearchError) as err:  # no (clear enough) HLS date
+            raise ConfigError(
+                f"{pipeline.path or pipeline.name}: downscale.test {spec.test.start}.."
+                f"{spec.test.end}: {err}; nothing to score against GPP_L (evaluation."
+                f"min_clear_fraction is {evaluation.min_clear_fraction:g})"
+            ) from None
         history = clear_history(
             pipeline, catalog,
             spec.test.start - dt.timedelta(days=evaluation.history_days), spec.test.end,
