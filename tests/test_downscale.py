@@ -148,7 +148,7 @@ def test_train_and_evaluate_downscaler_on_the_small_world(
 
     spec, out = trained_downscalers / "pipeline.yaml", trained_downscalers / "ds"
     assert main(["evaluate-downscaler", str(spec)]) == 0
-    assert "s2: 2 maps x 2 samples" in capsys.readouterr().err
+    assert "s2: 2 dates x 2 members" in capsys.readouterr().err
     report = json.loads((out / "evaluation.json").read_text())
     assert len(report["dates"]) == 2
     for against in ("vs_gpp_l", "vs_truth"):

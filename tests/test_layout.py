@@ -27,7 +27,6 @@ def test_the_product_path_never_imports_the_demo() -> None:
         "unique_cube",
         "unique_cube.gpp.train",
         "unique_cube.downscale.train",
-        "unique_cube.downscale.evaluate",
         "unique_cube.product.run",
         "unique_cube.evaluation.evaluate",
         "unique_cube.report",

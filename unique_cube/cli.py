@@ -34,10 +34,9 @@ from unique_cube.demo.build import build_world
 from unique_cube.demo.job import demo_pipeline, run_demo
 from unique_cube.demo.serve import serve_world, served
 from unique_cube.demo.world import SIZES
-from unique_cube.downscale.evaluate import evaluate_downscaler
 from unique_cube.downscale.train import train_downscaler
 from unique_cube.errors import ConfigError, UniqueCubeError
-from unique_cube.evaluation import evaluate
+from unique_cube.evaluation import evaluate, evaluate_downscaler
 from unique_cube.gpp.train import train_gpp
 from unique_cube.inputs.search import search
 from unique_cube.inputs.stac_server import LocalStacServer

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from unique_cube.config.pipeline import Pipeline
+from unique_cube.evaluation.evaluate import OLD_NAMES
 from unique_cube.grid import upsample_bilinear
 from unique_cube.product.store import marker_path
 from unique_cube.product.variables import QA_PATH_MASK
@@ -68,7 +69,7 @@ def metrics(pipeline: Pipeline, days: list[dt.date], truth=None) -> dict:
     }  # fmt: skip
     evaluation = _evaluation(pipeline)
     downscaling = {
-        against: {_OLD_NAMES.get(name, name): _pick(scores) for name, scores in table.items()}
+        against: {OLD_NAMES.get(name, name): _pick(scores) for name, scores in table.items()}
         for against in ("vs_gpp_l", "vs_truth")
         if (table := evaluation.get(against))
     }
@@ -109,10 +110,6 @@ def metrics(pipeline: Pipeline, days: list[dt.date], truth=None) -> dict:
     if world is not None:
         result["world"] = world
     return result
-
-
-#: The evaluation's method names as the earlier ``downscaling`` tables named them.
-_OLD_NAMES = {"s1": "ddpm_s1", "s2": "ddpm_s2", "pure_pixel_oracle": "pure_pixel"}
 
 
 def _evaluation(pipeline: Pipeline) -> dict:

@@ -23,10 +23,12 @@ from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import Checkpoint
 from unique_cube.downscale.conditions import apply_static_normalisation
 from unique_cube.downscale.consistency import coarse_mismatch, make_consistent
-from unique_cube.downscale.evaluate import pure_pixel_maps
 from unique_cube.downscale.pairs import Pairs, cached_pairs, pair_conditions
 from unique_cube.downscale.pure_pixel import PurePixelModel
 from unique_cube.downscale.sampling import downscale, torch_threads
+from unique_cube.gpp.features import FEATURES
+from unique_cube.gpp.predict import MapInputs, gpp_landsat
+from unique_cube.inputs.weather import weather_for
 from unique_cube.scores import (
     Moments,
     crps_ensemble,
@@ -37,7 +39,15 @@ from unique_cube.scores import (
     within_block_rmse,
 )
 
-__all__ = ["ClearDates", "ensemble_scores", "sample_members", "score_clear_dates"]
+__all__ = [
+    "ClearDates",
+    "clear_dates",
+    "ensemble_scores",
+    "pure_pixel_maps",
+    "quicklook",
+    "sample_members",
+    "score_clear_dates",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,25 +84,68 @@ def sample_members(pipeline: Pipeline, checkpoints: dict[str, Checkpoint], raw: 
     return out
 
 
-def clear_dates(pipeline: Pipeline, catalog: Catalog, checkpoints: dict[str, Checkpoint],
-                raw: np.ndarray, types: np.ndarray, truth, say) -> ClearDates:  # fmt: skip
-    """Pairs of every clear-enough test date and each method's maps on them."""
-    spec, evaluation = pipeline.downscale, pipeline.evaluation
-    pairs = cached_pairs(pipeline, catalog, spec.test, say,
-                         min_clear=evaluation.min_clear_fraction)  # fmt: skip
+def clear_dates(
+    pipeline: Pipeline, catalog: Catalog, checkpoints: dict[str, Checkpoint], raw: np.ndarray,
+    types: np.ndarray, truth, say, *, members: int, pure: PurePixelModel | None = None,
+    min_clear: float | None = None, clearest: int | None = None,
+) -> ClearDates:  # fmt: skip
+    """Pairs of the clear-enough test dates (``min_clear``, default the downscaler's own
+    threshold; only the ``clearest`` few when given) and each method's maps on them (the
+    pure-pixel oracle's when ``pure`` is given)."""
+    spec = pipeline.downscale
+    pairs = cached_pairs(pipeline, catalog, spec.test, say, min_clear=min_clear,
+                         clearest=clearest)  # fmt: skip
     maps = {"bilinear": pairs.gpp_m_30m}
-    members = sample_members(pipeline, checkpoints, raw, pairs, evaluation.members, say)
-    maps.update({scheme: m.mean(axis=1) for scheme, m in members.items()})
-    pure = PurePixelModel.load(pure_path) if (pure_path := _pure_path(pipeline)) else None
+    ensembles = sample_members(pipeline, checkpoints, raw, pairs, members, say)
+    maps.update({scheme: m.mean(axis=1) for scheme, m in ensembles.items()})
     if pure is not None:
         maps["pure_pixel_oracle"] = pure_pixel_maps(pipeline, catalog, pairs, pure, types)
     observed = truth(pairs.dates) if truth is not None else None
-    return ClearDates(pairs, maps, members, observed)
+    return ClearDates(pairs, maps, ensembles, observed)
 
 
-def _pure_path(pipeline: Pipeline) -> Path | None:
-    path = Path(pipeline.downscale.output) / "pure_pixel.pt"
-    return path if path.exists() else None
+def pure_pixel_maps(pipeline: Pipeline, catalog: Catalog, pairs: Pairs, model: PurePixelModel,
+                    types: np.ndarray) -> np.ndarray:  # fmt: skip
+    """The pure-pixel DNN applied at 30 m on the pairs' dates — an oracle: it needs the dates'
+    own Landsat inputs. Where a pixel is not clear or not vegetation, bilinear GPP_M stands
+    in."""
+    gpp = pipeline.gpp
+    first, last = min(pairs.dates).date(), max(pairs.dates).date()
+    daily = weather_for(catalog, gpp.weather, pipeline.grid.geobox, first, last,
+                        gpp.utc_offset_hours)  # fmt: skip
+    landsat = gpp_landsat(MapInputs.of(pipeline, catalog, "landsat", daily), f"{first}/{last}",
+                          keep_features=True)  # fmt: skip
+    days = landsat["time"].dt.floor("D").values
+    index = [int(np.flatnonzero(days == np.datetime64(d, "ns"))[0]) for d in pairs.dates]
+    features = landsat["features"].isel(time=index).sel(feature=list(FEATURES)).values
+    maps = np.stack([model.predict(f, FEATURES, types) for f in features])
+    return np.where(np.isfinite(maps), maps, pairs.gpp_m_30m).astype("float32")
+
+
+def quicklook(dates: ClearDates, path: Path) -> None:
+    """A PNG of the clearest date: GPP_M, each method's map, GPP_L and the truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = dates.pairs
+    i = int(np.argmax(np.isfinite(pairs.target).mean(axis=(1, 2))))
+    panels = [("GPP_M (480 m)", np.kron(pairs.gpp_m[i], np.ones((pairs.factor, pairs.factor))))]
+    panels += [(name, values[i]) for name, values in dates.maps.items() if name != "bilinear"]
+    panels.append(("GPP_L (30 m, clear)", pairs.target[i]))
+    if dates.truth is not None:
+        panels.append(("truth", dates.truth[i]))
+    top = float(np.nanpercentile(pairs.target[i], 99)) if np.isfinite(pairs.target[i]).any() else 15
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=100)
+    for ax, (title, image) in zip(np.atleast_1d(axes), panels, strict=True):
+        shown = ax.imshow(image, vmin=0, vmax=top, cmap="YlGn")
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.colorbar(shown, ax=axes, shrink=0.8, label="GPP (gC m$^{-2}$ d$^{-1}$)")
+    fig.suptitle(f"{pairs.dates[i]:%Y-%m-%d}", fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def ensemble_scores(members: np.ndarray, observed: np.ndarray) -> dict:

@@ -29,8 +29,9 @@ import dask
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import load_checkpoint
 from unique_cube.downscale.pairs import cached_pairs, static_and_types
+from unique_cube.downscale.pure_pixel import PurePixelModel
 from unique_cube.errors import ConfigError, DownscaleError, EmptySearchError
-from unique_cube.evaluation.clear_dates import clear_dates, score_clear_dates
+from unique_cube.evaluation.clear_dates import clear_dates, quicklook, score_clear_dates
 from unique_cube.evaluation.daily import clear_history, make_days, sample_days, score_days
 from unique_cube.evaluation.holdout import spatial_holdout
 from unique_cube.evaluation.strata import Strata
@@ -38,7 +39,7 @@ from unique_cube.evaluation.truth import open_truth
 from unique_cube.files import sha256_file, write_json
 from unique_cube.inputs.search import open_catalog
 
-__all__ = ["check_periods", "evaluate"]
+__all__ = ["OLD_NAMES", "check_periods", "evaluate", "evaluate_downscaler"]
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,7 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
     spec, evaluation, product = pipeline.downscale, pipeline.evaluation, pipeline.product
     truth = open_truth(pipeline)  # checked before anything is computed
     output = Path(evaluation.output)
-    paths = {s: Path(spec.output) / f"downscaler_{s}.pt" for s in ("s1", "s2")}
-    checkpoints = {s: load_checkpoint(p, s) for s, p in paths.items() if p.exists()}
+    checkpoints, pure = trained_downscalers(pipeline)  # refused before any input is read
     if product.scheme != "bilinear" and product.scheme not in checkpoints:
         raise DownscaleError(f"no {product.scheme} checkpoint in {spec.output} (product.scheme):"
                              " run unique-cube train-downscaler first")  # fmt: skip
@@ -91,7 +91,9 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
     with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
         raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
         try:
-            dates = clear_dates(pipeline, catalog, checkpoints, raw, types, truth, say)
+            dates = clear_dates(pipeline, catalog, checkpoints, raw, types, truth, say,
+                                members=evaluation.members, pure=pure,
+                                min_clear=evaluation.min_clear_fraction)  # fmt: skip
         except (DownscaleError, EmptySearchError) as err:  # no (clear enough) HLS date
             raise ConfigError(
                 f"{pipeline.path or pipeline.name}: downscale.test {spec.test.start}.."
@@ -133,6 +135,49 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
     result["future_data"] = FUTURE_DATA
     result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     write_json(output / "evaluation.json", result)
+    return result
+
+
+def trained_downscalers(pipeline: Pipeline) -> tuple[dict, PurePixelModel | None]:
+    """The S1/S2 checkpoints and the pure-pixel model in ``downscale.output`` (those present),
+    loaded safely (a file carrying code is refused before anything else is read)."""
+    output = Path(pipeline.downscale.output)
+    paths = {s: output / f"downscaler_{s}.pt" for s in ("s1", "s2")}
+    checkpoints = {s: load_checkpoint(p, s) for s, p in paths.items() if p.exists()}
+    pure_path = output / "pure_pixel.pt"
+    return checkpoints, PurePixelModel.load(pure_path) if pure_path.exists() else None
+
+
+#: The evaluation's method names as ``evaluate-downscaler``'s tables have named them.
+OLD_NAMES = {"s1": "ddpm_s1", "s2": "ddpm_s2", "pure_pixel_oracle": "pure_pixel"}
+
+
+def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.info) -> dict:
+    """``unique-cube evaluate-downscaler``: a quick check of the trained downscalers on the
+    test period's ``downscale.max_eval_dates`` clearest dates (``downscale.samples``
+    members), against GPP_L and the truth; writes ``evaluation.json`` and ``quicklook.png``
+    into ``downscale.output``. ``unique-cube evaluate`` is the full measurement."""
+    pipeline.require("grid", "downscale", command="unique-cube evaluate-downscaler")
+    spec = pipeline.downscale
+    output = Path(spec.output)
+    checkpoints, pure = trained_downscalers(pipeline)
+    if not checkpoints:
+        raise DownscaleError(f"no downscaler checkpoint in {output}; run train-downscaler first")
+    truth = open_truth(pipeline)
+    with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
+        raw, _, types = static_and_types(catalog, pipeline.grid.geobox)
+        started = time.perf_counter()
+        dates = clear_dates(pipeline, catalog, checkpoints, raw, types, truth, say,
+                            members=spec.samples, pure=pure,
+                            clearest=spec.max_eval_dates)  # fmt: skip
+    result = score_clear_dates(dates)
+    result["table"] = {
+        against: {OLD_NAMES.get(name, name): scores for name, scores in result[against].items()}
+        for against in ("vs_gpp_l", "vs_truth") if against in result
+    }  # fmt: skip
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    write_json(output / "evaluation.json", result)
+    quicklook(dates, output / "quicklook.png")
     return result
 
 
