@@ -226,7 +226,9 @@ def test_modis_state_round_trips_and_agrees_with_hls(demo_world, demo_server):
     pairs = np.array(pairs)
     assert len(pairs) > 50
     r = np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]
-    assert r > 0.8, f"MODIS and HLS NDVI (480 m blocks, same days) correlate only {r:.2f}"
+    # Not more: MODIS sees each day from its own view zenith (footprints up to a few blocks
+    # wide, anisotropic reflectance) through its own band responses, as the real one does.
+    assert r > 0.7, f"MODIS and HLS NDVI (480 m blocks, same days) correlate only {r:.2f}"
 
 
 def test_hls_ndvi_follows_true_gpp(demo_world, demo_server, truth):

@@ -3,7 +3,8 @@
 The world is simulated day by day (never the multi-year 30 m cube in memory) in this process,
 while a process pool compresses and writes the COGs. The directory it fills::
 
-    world.json                       manifest (seed, size, timings, sizes); written last
+    world.json                       manifest (seed, size, timings, sizes, realism metrics);
+                                     written last
     stac/<collection>.json           item collections (hrefs relative to the directory)
     stac/collections.json            the collections
     cogs/<collection>/...            the rasters
@@ -40,8 +41,15 @@ __all__ = ["GENERATOR_VERSION", "MANIFEST", "build_world", "read_manifest"]
 
 log = logging.getLogger(__name__)
 
+# Generator versions. 2: items declare where and when they hold data
+# 3: the world is not easier than the real one: MODIS footprints grow with the day's view
+#    zenith over Terra's 16-day cycle, gridding offsets and duplicates, Ross-Li anisotropy,
+#    MODIS band responses and per-band noise; Fmask misses thin cloud and faint or misplaced
+#    shadows and takes bright ground for cloud; towers see mixed fetches, some with a lasting
+#    bias and noisy years; crop parcels, calendars and per-area plant parameters vary (issue 19).
+#    The manifest has "metrics" (fmask_omission, last_year_analog_r2).
 #: Bumped whenever the generator's output changes; a world of another version is rebuilt.
-GENERATOR_VERSION = 2  # 2: items declare where and when they hold data
+GENERATOR_VERSION = 3
 MANIFEST = "world.json"
 _OWNED = ("stac", "cogs", "era5", "flux", "truth", MANIFEST)
 COLLECTION_TEXT = {
@@ -110,7 +118,7 @@ def build_world(
         items["cop-dem-glo-30"], items["esa-worldcover"] = _publish_static(world, out, writer)
         items["era5-pds"] = _publish_era5(reanalysis, out)
         t = lap("static_and_era5", t)
-        items["hls2-l30"], items["modis-09GA-061"] = simulate_days(
+        items["hls2-l30"], items["modis-09GA-061"], metrics = simulate_days(
             world, reanalysis, rng, out, writer, say
         )
         writer.drain()
@@ -143,6 +151,7 @@ def build_world(
         "bytes": _sizes(out),
         "seconds": timings,
         "workers": workers,
+        "metrics": metrics,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
     say(f"demo world ready in {out} ({timings['total']:.0f} s, "

@@ -38,6 +38,7 @@ _EXTENSIONS = [
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
     "https://stac-extensions.github.io/eo/v1.0.0/schema.json",
 ]
+VIEW_EXTENSION = "https://stac-extensions.github.io/view/v1.0.0/schema.json"
 HLS_ASSETS = {
     "coastal": ("B01", "Coastal Aerosol", 0.44),
     "blue": ("B02", "Blue", 0.48),
@@ -166,9 +167,12 @@ def modis_item(
     state_shape: tuple[int, int],
     produced: dt.datetime,
     footprint: dict | None = None,
+    view: Mapping[str, float] | None = None,
 ) -> dict:
     """A ``modis-09GA-061`` item (Terra daily surface reflectance, one sinusoidal tile);
-    ``footprint``: where the tile holds data, when not all of it does (the demo world)."""
+    ``footprint``: where the tile holds data, when not all of it does (the demo world);
+    ``view``: ``view:*`` properties (STAC view extension) of the day's geometry, for people
+    (the product reads no angle from items)."""
     item_id = f"MOD09GA.A{day:%Y%j}.h{h:02d}v{v:02d}.061.{produced:%Y%j%H%M%S}"
     assets = {}
     for key, (common, wavelength, title) in MODIS_ASSETS.items():
@@ -206,9 +210,13 @@ def modis_item(
         "modis:horizontal-tile": h,
         "modis:vertical-tile": v,
         "modis:tile-id": f"510{h:02d}0{v:02d}",
+        **(view or {}),
     }
-    return stac_item(item_id, "modis-09GA-061", crs, transform, shape, properties, assets,
+    item = stac_item(item_id, "modis-09GA-061", crs, transform, shape, properties, assets,
                      footprint)  # fmt: skip
+    if view:
+        item["stac_extensions"] = [*item["stac_extensions"], VIEW_EXTENSION]
+    return item
 
 
 def static_item(

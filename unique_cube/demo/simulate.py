@@ -1,5 +1,7 @@
 """The demo world day by day: the true canopy and GPP, what the towers record, and the MODIS and
-HLS scenes the sensors see through the sky, published as COGs and STAC items as they are made.
+HLS scenes the sensors see through the sky, published as COGs and STAC items as they are made;
+with the world's realism metrics (how much cloud Fmask misses, how repeatable the truth is from
+one year to the next).
 """
 
 from __future__ import annotations
@@ -12,11 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from . import publish
+from .analog import LastYearAnalog
 from .sensors import (
+    GRID_OFFSETS,
     SINUSOIDAL_WKT,
     CloudSky,
+    FmaskSkill,
     ModisGrid,
     hls_overpasses,
+    modis_anisotropy,
     simulate_hls_scene,
     simulate_modis_day,
     sun_position,
@@ -115,19 +121,23 @@ def simulate_days(
     out: Path,
     writer: Writer,
     say: Callable[[str], None],
-) -> tuple[list[dict], list[dict]]:
+) -> tuple[list[dict], list[dict], dict]:
     """Every day of the world: the truth written, the towers recorded, a MODIS granule and,
-    on overpass days, an HLS scene published; returns the (HLS, MODIS) items."""
+    on overpass days, an HLS scene published; returns the (HLS, MODIS) items and the metrics:
+    ``fmask_omission`` (the share of truly cloudy or shadowed pixels of all HLS scenes that
+    Fmask leaves clear) and ``last_year_analog_r2`` (:class:`LastYearAnalog`)."""
     days = reanalysis.days
     sim = _Sensors(world, reanalysis, rng, out, writer)
     truth_path = truth_store(world, out, days, sim.canopies[0])
     truth = np.zeros((TRUTH_DAYS_PER_CHUNK, *world.region.shape), dtype="float32")
     towers = TowerRecorder(world, rng[4])
     overpasses = dict((when.date(), (when, platform)) for when, platform in hls_overpasses(days))
+    analog = LastYearAnalog()
     hls_items, modis_items = [], []
     for index, day in enumerate(days):
         states = [c.step(index) for c in sim.canopies]
         truth[index % TRUTH_DAYS_PER_CHUNK] = states[0].gpp
+        analog.record(day, states[0].gpp)
         if index % TRUTH_DAYS_PER_CHUNK == TRUTH_DAYS_PER_CHUNK - 1 or index == len(days) - 1:
             filled = index % TRUTH_DAYS_PER_CHUNK + 1
             write_truth(truth_path, index + 1 - filled, truth[:filled])
@@ -141,7 +151,11 @@ def simulate_days(
             say(f"simulated up to {day} ({index + 1}/{len(days)} days, "
                 f"{len(hls_items)} HLS scenes)")  # fmt: skip
     towers.write(out / "flux")
-    return hls_items, modis_items
+    metrics = {
+        "fmask_omission": round(sim.omitted / max(sim.cloudy, 1), 4),
+        "last_year_analog_r2": None if analog.r2() is None else round(analog.r2(), 4),
+    }
+    return hls_items, modis_items, metrics
 
 
 class _Sensors:
@@ -160,34 +174,45 @@ class _Sensors:
         self.grid = ModisGrid(world)
         self.rng = rng[5]
         self.water_blocks = [block_mean(c.frac_water, ModisGrid.BLOCK) for c in self.canopies]
+        self.forest_blocks = [block_mean(c.forest, ModisGrid.BLOCK) for c in self.canopies]
         self.centre = float(reanalysis.lat.mean()), float(reanalysis.lon.mean())
         self.modis_footprint = _footprint(world)
+        self.cloudy = self.omitted = 0  # truly cloudy HLS pixels, and those Fmask left clear
 
     def modis_day(self, index: int, day: dt.date, states, field, height: float) -> dict:
         """The day's MOD09GA-like granule (Terra, ~10:30 solar time), written and its item."""
         grid, world = self.grid, self.world
-        terra = dt.datetime.combine(day, dt.time(2, 0))
-        sun = sun_position(*self.centre, terra)
+        view = grid.view(day)
+        sun = sun_position(*self.centre, view.when(day))
+        footprint = grid.footprint(view.cycle_day, int(self.rng.integers(len(GRID_OFFSETS))))
+        open_land, forest = modis_anisotropy(view, sun, self.rng)[:, :, None, None]
         blocks: dict[int, np.ndarray] = {}  # the PSF takes 120 m blocks of every area
-        for canopy, state, indices, water in zip(
-            self.canopies, states, self.area_indices, self.water_blocks, strict=True
-        ):
+        for canopy, state, indices, water, forest_share in zip(
+            self.canopies, states, self.area_indices, self.water_blocks, self.forest_blocks,
+            strict=True,
+        ):  # fmt: skip
             masks = self.sky.masks(field, indices, sun, height, factor=2)
-            layers = np.concatenate(
-                [canopy.reflectance(state, 2), np.stack([masks.cloud, masks.shadow])],
-                dtype="float32",
+            layers = block_mean(
+                np.concatenate(
+                    [
+                        canopy.reflectance(state, 2),
+                        np.stack(
+                            [masks.opacity, masks.cloud & ~masks.thin, masks.thin, masks.shadow]
+                        ),
+                    ],
+                    dtype="float32",
+                ),
+                2,
             )
+            layers[: len(BANDS)] *= open_land + (forest - open_land) * forest_share
             layers = np.concatenate(
-                [block_mean(layers, 2), block_mean(state.snow, ModisGrid.BLOCK)[None],
-                 water[None]]
-            )  # fmt: skip
+                [layers, block_mean(state.snow, ModisGrid.BLOCK)[None], water[None]]
+            )
             blocks.update(canopy.split(layers, ModisGrid.BLOCK))
-        window = grid.aggregate([blocks[i] for i in range(len(world.areas))])
+        observed = grid.aggregate([blocks[i] for i in range(len(world.areas))], footprint)
         nb = len(BANDS)
-        bands, state_qa = simulate_modis_day(
-            grid, window[:nb], window[nb], window[nb + 1], window[nb + 2], window[nb + 3],
-            self.rng,
-        )  # fmt: skip
+        bands, state_qa = simulate_modis_day(footprint, observed[:nb], *observed[nb:], self.rng)
+        terra = dt.datetime.combine(day, dt.time(2, 0))
         produced = terra + dt.timedelta(days=1, hours=7, minutes=int(index % 50))
         item_id = f"MOD09GA.A{day:%Y%j}.h{grid.h:02d}v{grid.v:02d}.061.{produced:%Y%j%H%M%S}"
         folder = self.out / "cogs" / "modis-09GA-061" / f"{day:%Y}" / item_id
@@ -206,19 +231,30 @@ class _Sensors:
         return publish.modis_item(
             day, grid.h, grid.v, hrefs, SINUSOIDAL_WKT, grid.transform, grid.shape,
             grid.state_transform, state_qa.shape, produced, self.modis_footprint,
+            view={
+                "view:off_nadir": round(view.scan_angle, 2),
+                "view:incidence_angle": round(view.view_zenith, 2),
+                "view:azimuth": round((view.view_azimuth + 180.0) % 360.0, 2),
+                "view:sun_azimuth": round(sun[1], 2),
+                "view:sun_elevation": round(90.0 - sun[0], 2),
+            },
         )  # fmt: skip
 
     def hls_scene(self, when: dt.datetime, platform: str, states, field, height: float) -> dict:
         """An HLS L30-like scene of an overpass, written and its item."""
         world = self.world
         sun = sun_position(*self.centre, when)
+        skill = FmaskSkill.draw(self.rng)
+        fmask_height = height * skill.height_error
         stacks = [
             (canopy.parts, canopy.reflectance(state, 1), state.snow, canopy.water_pixel,
-             self.sky.masks(field, indices, sun, height))
+             self.sky.masks(field, indices, sun, height, fmask_height=fmask_height))
             for canopy, state, indices in zip(self.canopies, states, self.area_indices,
                                               strict=True)
         ]  # fmt: skip
-        scene = simulate_hls_scene(world, stacks, when, platform, self.rng)
+        scene = simulate_hls_scene(world, stacks, when, platform, self.rng, skill)
+        self.cloudy += scene.cloudy_pixels
+        self.omitted += scene.omitted_pixels
         item_id = f"HLS.L30.{TILE}.{when:%Y%j}T{when:%H%M%S}.v2.0"
         folder = self.out / "cogs" / "hls2-l30" / f"{when:%Y}" / item_id
         transform = tuple(world.domain_transform)[:6]

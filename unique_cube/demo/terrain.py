@@ -5,6 +5,10 @@ flattened valley floors; land cover follows the terrain as it does in the Korean
 rice and cropland on flat valley floors, towns on the flattest low ground, rivers and ponds in
 the lowest hollows, and forest everywhere else — deciduous broadleaf on lower slopes, evergreen
 needleleaf on high ground and ridges, mixed in between — patchy well below 500 m.
+
+Cropland and paddy are cut into **parcels** of a few hectares (:func:`tessellate`: the cells of
+a jittered grid, split where upland meets paddy): each parcel is one farmer's field, sown,
+rotated and left fallow as a unit by the canopy (:mod:`.vegetation`).
 Everything is deterministic for a seed.
 """
 
@@ -17,7 +21,15 @@ from types import MappingProxyType
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["PFT", "PFT_TO_WORLDCOVER", "Terrain", "fractal_field", "make_terrain"]
+__all__ = [
+    "PFT",
+    "PFT_TO_WORLDCOVER",
+    "Terrain",
+    "fractal_field",
+    "make_parcels",
+    "make_terrain",
+    "tessellate",
+]
 
 #: Vegetation types of the demo world (finer than WorldCover's classes).
 PFT: Mapping[int, str] = MappingProxyType(
@@ -46,6 +58,9 @@ class Terrain:
     """Elevation in metres on the 30 m grid (float32)."""
     pft_10m: np.ndarray
     """Vegetation type codes (:data:`PFT`) on the 10 m grid (uint8)."""
+    parcels_10m: np.ndarray | None = None
+    """Field parcel ids on the 10 m grid (int32; 0 where no cropland or paddy), or None: the
+    canopy then cuts the fields into parcels itself (:func:`make_parcels`)."""
 
     @property
     def worldcover_10m(self) -> np.ndarray:
@@ -95,7 +110,44 @@ def make_terrain(shape_30m: tuple[int, int], rng: np.random.Generator) -> Terrai
     gy, gx = np.gradient(elevation_10m, 10.0)
     slope_10m = np.degrees(np.arctan(np.hypot(gx, gy)))
     pft = _land_cover(elevation_10m, slope_10m, rng)
-    return Terrain(elevation=elevation, pft_10m=pft)
+    # A stream of its own: the parcels leave the draws that follow (site layout) unchanged.
+    parcels = make_parcels(pft, rng.spawn(1)[0])
+    return Terrain(elevation=elevation, pft_10m=pft, parcels_10m=parcels)
+
+
+#: Mean side of a field parcel (m): ~2.3 ha, a Korean farm's plot of rice or upland crops.
+PARCEL_SIDE_M = 150.0
+
+
+def tessellate(shape: tuple[int, int], spacing: float, rng: np.random.Generator) -> np.ndarray:
+    """Voronoi cells of one seed per ``spacing`` x ``spacing`` pixels (jittered grid), labelled
+    1..n (int32): polygons of about ``spacing``² pixels with straight, irregular edges."""
+    ny, nx = shape
+    rows = np.arange(0.0, ny, spacing)
+    cols = np.arange(0.0, nx, spacing)
+    seed_y = rows[:, None] + rng.uniform(0, spacing, (rows.size, cols.size))
+    seed_x = cols[None, :] + rng.uniform(0, spacing, (rows.size, cols.size))
+    seed_y = np.minimum(seed_y, ny - 1).astype(int).ravel()
+    seed_x = np.minimum(seed_x, nx - 1).astype(int).ravel()
+    labels = np.zeros(shape, dtype="int32")
+    labels[seed_y, seed_x] = np.arange(1, seed_y.size + 1, dtype="int32")
+    # Every pixel takes the label of its nearest seed.
+    _, (iy, ix) = ndimage.distance_transform_edt(labels == 0, return_indices=True)
+    return labels[iy, ix]
+
+
+def make_parcels(
+    pft_10m: np.ndarray, rng: np.random.Generator, side_m: float = PARCEL_SIDE_M
+) -> np.ndarray:
+    """Field parcels of the cropland and paddy of a 10 m land-cover map: ids 1..n (int32), 0
+    elsewhere. A parcel is either upland (cropland) or paddy, never both."""
+    cells = tessellate(pft_10m.shape, side_m / 10.0, rng).astype("int64")
+    farmed = (pft_10m == 4) | (pft_10m == 5)
+    keys = np.where(farmed, 2 * cells + (pft_10m == 5), 0)
+    _, ids = np.unique(keys, return_inverse=True)
+    # Key 0 (not farmed) sorts first and takes id 0, if there is any unfarmed pixel.
+    ids = ids.reshape(pft_10m.shape).astype("int32") + int(farmed.all())
+    return ids
 
 
 def _land_cover(elevation: np.ndarray, slope: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,9 +1,12 @@
 """The demo world's eddy-covariance towers, written as FLUXNET2015 FULLSET daily files.
 
-Each tower measures its own patch: GPP over a ~150 m footprint with the random error of
-eddy covariance (larger on days with few good half-hours), the two partitioning methods
-disagreeing a little (night-time vs day-time), meteorology at the tower (not at the reanalysis
-cell), gaps from instrument failures, and towers that started later than others.
+Each tower measures its own patch: GPP weighted by its flux footprint (a Gaussian of 90 m cut
+at 300 m, :func:`~.world.tower_footprint`, over a fetch its own type does not fill) with the
+random error of eddy covariance (larger on days with few good half-hours), the two
+partitioning methods disagreeing a little (night-time vs day-time), a lasting bias at some
+sites (energy-balance closure, partitioning: ±10-25 %), a calibration that drifts from year to
+year and noisier years, meteorology at the tower (not at the reanalysis cell), gaps from
+instrument failures, and towers that started later than others.
 Missing values are -9999, as in FLUXNET2015.
 """
 
@@ -15,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .world import Site, World
+from .world import FETCH_RADIUS, PIXEL, Site, World, tower_footprint
 
 __all__ = ["FOOTPRINT_PIXELS", "TowerRecorder"]
 
-FOOTPRINT_PIXELS = 5  # 150 m x 150 m around the tower
+FOOTPRINT_PIXELS = 2 * int(FETCH_RADIUS // PIXEL)  # 600 m x 600 m centred on the tower
+BIASED_SITES = 0.25  # share of the sites with a lasting bias
+NOISY_YEARS = 0.2  # share of site-years with twice the random error
 COLUMNS = (
     "TIMESTAMP",
     "TA_F",
@@ -43,6 +48,7 @@ class TowerRecorder:
         self.rng = rng
         self.days: list[dt.date] = []
         self.rows: dict[str, list[tuple[float, ...]]] = {s.id: [] for s in world.sites}
+        self.weights = tower_footprint(FOOTPRINT_PIXELS, PIXEL)
 
     def record(self, day: dt.date, canopy, state) -> None:
         """Take the day's truth at each tower from the canopy that simulates the patches."""
@@ -51,17 +57,19 @@ class TowerRecorder:
         rows_of = dict(canopy.parts)
         for site in self.world.sites:
             rows = rows_of[site.area]
+            # The tower stands at the patch's centre: the corner of four pixels when the
+            # patch is even, so the window of an even number of pixels is centred on it.
             cy = (rows.start + rows.stop) // 2
             cx = state.gpp.shape[1] // 2
-            window = (slice(cy - h, cy + h + 1), slice(cx - h, cx + h + 1))
+            window = (slice(cy - h, cy + h), slice(cx - h, cx + h))
             self.rows[site.id].append(
                 (
-                    float(state.gpp[window].mean()),
+                    float((state.gpp[window] * self.weights).sum()),
                     float(state.tair[cy, cx]),
                     float(state.shortwave[cy, cx]),
                     float(state.vpd[cy, cx]),
                     float(state.precipitation[cy, cx]),
-                    float(state.fapar[window].mean()),
+                    float((state.fapar[window] * self.weights).sum()),
                 )
             )
 
@@ -91,12 +99,29 @@ class TowerRecorder:
         values = np.array(self.rows[site.id], dtype="float64")
         gpp, tair, sw, vpd, precip, fapar = values.T
         n = len(self.days)
+        # A lasting bias at some sites (energy-balance closure, partitioning), a calibration
+        # that drifts from year to year, and years with twice the random error.
+        bias = 1.0
+        if rng.random() < BIASED_SITES:
+            bias += rng.choice((-1.0, 1.0)) * rng.uniform(0.10, 0.25)
+        years = np.array([day.year for day in self.days])
+        drift = {year: (rng.normal(1.0, 0.04), 2.0 if rng.random() < NOISY_YEARS else 1.0)
+                 for year in np.unique(years)}  # fmt: skip
+        scale = bias * np.array([drift[year][0] for year in years])
+        noisier = np.array([drift[year][1] for year in years])
+        true_gpp = gpp
+        gpp = gpp * scale
         # Measurement: good-half-hour fraction, random error growing as it drops.
         qc = rng.beta(6.0, 1.3, n)
-        sigma = 0.25 + 0.08 * gpp + 1.2 * (1 - qc)
+        sigma = (0.25 + 0.08 * gpp + 1.2 * (1 - qc)) * noisier
         gpp_nt = np.maximum(gpp * rng.normal(1.0, 0.04) + rng.normal(0, 1, n) * sigma, -0.5)
         gpp_dt = np.maximum(gpp * rng.normal(1.0, 0.06) + rng.normal(0, 1, n) * sigma, -0.5)
-        reco = (0.9 + 0.25 * gpp.mean()) * 2.0 ** ((tair - 15.0) / 10.0) * (0.6 + 0.4 * fapar)
+        reco = (
+            scale
+            * (0.9 + 0.25 * true_gpp.mean())
+            * 2.0 ** ((tair - 15.0) / 10.0)
+            * (0.6 + 0.4 * fapar)
+        )
         nee = reco - gpp_nt
         observed = np.ones(n, dtype=bool)
         observed[rng.random(n) < 0.04] = False  # lost days

@@ -1,20 +1,40 @@
 """The demo world's true canopy: phenology, light-use-efficiency GPP and surface reflectance.
 
-GPP = ε(PFT) · fAPAR · PAR · f(T) · f(VPD) · f(water), per 30 m pixel and day, in gC m-2 d-1:
+GPP = ε · fAPAR · PAR · f(T) · f(VPD) · f(water), per 30 m pixel and day, in gC m-2 d-1:
 
-* **phenology** — deciduous canopies green up when growing degree-days (base 5 °C, since
-  1 January) pass a threshold and senesce when the 10-day mean temperature falls below another
-  after midsummer, so both come later (and earlier) with elevation through the lapse rate;
-  evergreen needleleaf keeps most of its leaves; crops follow a management calendar (sowing,
-  growth, harvest) and paddy rice is flooded from before transplanting until late summer;
+* **natural vegetation** (forests, grassland) — deciduous canopies green up when growing
+  degree-days (base 5 °C, since 1 January) pass a threshold and senesce when the 10-day mean
+  temperature falls below another after midsummer, so both come later (and earlier) with
+  elevation and with a cold (warm) spring; evergreen needleleaf keeps most of its leaves. The
+  vegetation is a mosaic of **stands** of about 4 ha (:mod:`.stands`), each with a vigour (its
+  peak LAI; a weak stand's ε too) that drifts from year to year, its own green-up threshold
+  each year, and — in the forest, a few stands a year — a thinning or storm damage that
+  removes leaves and recovers over the following years. A year's changes come in over
+  January–March.
+* **fields** (:mod:`.crops`) — cropland and paddy are cut into parcels
+  (:attr:`.Terrain.parcels_10m`); each 30 m pixel follows the parcel that covers most of it.
+  Every parcel has a *plan* each year — maize, soybean, rice, winter barley followed by soybean
+  or late rice, spring potato followed by autumn cabbage, or fallow — kept or changed from the
+  year before (:data:`.PLANS`). Each crop is sown when the parcel's spring (or the field) is
+  ready, develops with temperature (:class:`.Crop`), reaches a peak LAI of its own that year,
+  ripens and is harvested; paddies are flooded from a week before transplanting until the
+  grain ripens; bare and fallow parcels carry weeds. Crop pixels take their light-use
+  parameters from the crop in their parcel.
+* **sites** — each area (the region, every tower patch) draws its own ε, peak LAI, optimum
+  temperature and VPD closure for every plant type: the same type is no clone everywhere.
 * **PAR** — 45 % of shortwave, redistributed by slope and aspect for the direct beam at noon
   (diffuse light by sky view);
-* **water** — a 150 mm bucket filled by rain and snow-melt, emptied by evapotranspiration;
-  flooded paddies do not dry;
+* **water** — a bucket filled by rain and snow-melt, emptied by evapotranspiration; it holds
+  150 mm where the soil is of middling depth, less on steep slopes and in patches of shallow
+  soil (50-300 mm), so a dry spell stresses some stands and not others; flooded paddies do
+  not dry;
 * **reflectance** — each band mixes soil (darker when wet) and an infinitely thick canopy of the
   type by exp(-c·LAI); water, built-up ground and visible snow mix in by area.
 
 Built-up and water pixels have no GPP; mixed 30 m pixels carry their vegetated fraction.
+Everything random comes from the generator given to :class:`Canopy`; what changes from year to
+year is drawn from streams of (the canopy's seed, the year), so it does not depend on the order
+of the calls. The state is kept day by day: :meth:`Canopy.step` advances one day.
 """
 
 from __future__ import annotations
@@ -26,18 +46,21 @@ import xarray as xr
 
 from unique_cube.inputs.static import slope_aspect
 
+from .crops import CROPS, PLANS, Crop, Fields
+from .stands import RAMP_DAYS, Stands, ramp_day
 from .terrain import fractal_field
 from .weather import DEW_LAPSE_RATE, LAPSE_RATE, AreaSampler, Reanalysis
 from .weather import saturation_vapour_pressure as esat
 from .world import Area, World
 
-__all__ = ["BANDS", "Canopy", "DayState", "block_mean"]
+__all__ = ["BANDS", "CROPS", "PLANS", "Canopy", "Crop", "DayState", "block_mean"]
 
 #: Reflective bands simulated (HLS L30 / OLI order: coastal, blue, green, red, nir, swir16,
 #: swir22); MODIS uses the same channels plus none of its own.
 BANDS = ("coastal", "blue", "green", "red", "nir", "swir16", "swir22")
 
-# Per vegetation type (index = PFT code; 0, 7 and 8 have no vegetation).
+# Per vegetation type (index = PFT code; 0, 7 and 8 have no vegetation). Crops (4, 5) take
+# their parameters from the crop of their parcel instead (CROPS).
 #                   -    DBF    ENF    MF    crop  paddy  grass  built  water
 _EPS = np.array([0.0, 2.20, 1.75, 2.00, 2.25, 2.20, 1.90, 0.0, 0.0])  # gC per MJ APAR
 _TMIN = np.array([0.0, 1.0, -3.0, -1.0, 5.0, 8.0, 0.0, 0.0, 0.0])
@@ -51,13 +74,11 @@ _T_OFF = np.array([-99.0, 13.0, 9.0, 11.0, -99.0, -99.0, 11.0, -99.0, -99.0])
 _UP_DAYS = np.array([1.0, 25.0, 40.0, 30.0, 1.0, 1.0, 30.0, 1.0, 1.0])
 _DOWN_DAYS = np.array([1.0, 25.0, 60.0, 30.0, 1.0, 1.0, 35.0, 1.0, 1.0])
 VPD_OPEN = 0.65  # kPa, f(VPD) = 1 below
-BUCKET_MM = 150.0
+BUCKET_MM = 150.0  # soil water a pixel holds, where the soil is of middling depth
 
-# Crop calendars (day of year): sowing/transplanting, mid-growth, harvest, flooding.
-_SOW = {4: 125.0, 5: 145.0}
-_MID_AFTER_SOW = {4: 35.0, 5: 30.0}
-_HARVEST = {4: 258.0, 5: 285.0}
-_FLOODED = (130.0, 260.0)
+# How far an area's plants differ from the type's values (uniform, ±): ε and peak LAI as
+# factors, optimum temperature in °C, VPD closure as a factor.
+_SITE_SPREAD = {"eps": 0.10, "lai": 0.15, "topt": 2.0, "vpd_close": 0.15}
 
 # Reflectance end-members (rows: bands in BANDS order).
 _SOIL = np.array([0.06, 0.08, 0.11, 0.14, 0.22, 0.30, 0.24])
@@ -99,7 +120,7 @@ class DayState:
 
 
 class Canopy:
-    """Simulates areas day after day; keeps phenology, snow and soil water as state.
+    """Simulates areas day after day; keeps phenology, crops, snow and soil water as state.
 
     Areas of the same width are simulated together, stacked top to bottom (the tower patches);
     :attr:`parts` says which rows are which area, :meth:`split` cuts a stacked array.
@@ -125,7 +146,13 @@ class Canopy:
         self._land_cover(areas)
         self._terrain(world, areas)
         self._weather_offsets(world, areas, reanalysis)
-        self._plant_traits(rng)
+        site = self._plant_traits(rng)
+        seed = int(rng.integers(2**62))
+        first_year = reanalysis.days[0].year
+        self.fields = Fields(areas, self.crop, self.vigour, site, rng, seed, first_year)
+        self.parcel = self.fields.parcel
+        """Each pixel's field parcel (0: none; see :class:`.Fields`)."""
+        self.stands = Stands(areas, self.forest, rng, seed, first_year)
         self._initial_state()
 
     def _land_cover(self, areas: list[Area]) -> None:
@@ -174,38 +201,39 @@ class Canopy:
         self.rain_factor = np.clip(1 + 0.0005 * dz, 0.5, 2.0).astype("float32")
         self.lat = float(np.mean(reanalysis.lat))
 
-    def _plant_traits(self, rng: np.random.Generator) -> None:
-        """Per-pixel parameters of the pixel's plant type, with spatially varying vigour,
-        green-up and crop calendars."""
+    def _plant_traits(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Per-pixel parameters of the pixel's plant type in its area, with a spatially varying
+        vigour and green-up threshold (the stands' yearly changes come on top); returns the
+        area's own traits (:meth:`_site_traits`), which crops take instead of their type's."""
         ny, nx = self.shape
         p = self.pft.astype(int)
-        self.eps = _EPS[p].astype("float32")
-        self.tmin, self.topt, self.tmax = (a[p].astype("float32") for a in (_TMIN, _TOPT, _TMAX))
-        self.vpd_close = _VPD_CLOSE[p].astype("float32")
+        self.forest = np.isin(self.pft, _FOREST)
+        self.crop = np.isin(self.pft, (4, 5))
+        site = self._site_traits(rng)
+        self.eps_type = (_EPS[p] * site["eps"]).astype("float32")
+        self.tmin, self.tmax = (a[p].astype("float32") for a in (_TMIN, _TMAX))
+        self.topt = (_TOPT[p] + site["topt"]).astype("float32")
+        self.vpd_close = (_VPD_CLOSE[p] * site["vpd_close"]).astype("float32")
         vigour = 1.0 + 0.08 * fractal_field(self.shape, 30.0, rng, beta=2.5, scale_max=2_000)
-        self.lai_max = (_LAI_MAX[p] * np.clip(vigour, 0.75, 1.25)).astype("float32")
-        self.lai_min = np.minimum(_LAI_MIN[p], self.lai_max).astype("float32")
-        self.gdd_on = (
+        self.vigour = (np.clip(vigour, 0.75, 1.25) * site["lai"]).astype("float32")
+        self.lai_max_type = (_LAI_MAX[p] * self.vigour).astype("float32")
+        self.lai_min_type = np.minimum(_LAI_MIN[p] * self.vigour, self.lai_max_type).astype(
+            "float32"
+        )
+        self.gdd_on_type = (
             _GDD_ON[p] * (1 + 0.06 * fractal_field(self.shape, 30.0, rng, beta=2.5, scale_max=1e3))
         ).astype("float32")
         self.t_off = _T_OFF[p].astype("float32")
         self.up = (1.0 / _UP_DAYS[p]).astype("float32")
         self.down = (1.0 / _DOWN_DAYS[p]).astype("float32")
-        fields = fractal_field(self.shape, 30.0, rng, beta=2.0, scale_max=600)
-        self.calendar_shift = np.round(7.0 * np.clip(fields, -1.5, 1.5)).astype("float32")
-        self.crop = np.isin(self.pft, (4, 5))
-        self.paddy = self.pft == 5
-        self.crop_index = np.flatnonzero(self.crop)
-        code = self.pft.ravel()[self.crop_index]
-        shift = self.calendar_shift.ravel()[self.crop_index]
-        self.crop_sow = np.where(code == 4, _SOW[4], _SOW[5]) + shift
-        self.crop_harvest = np.where(code == 4, _HARVEST[4], _HARVEST[5]) + shift
-        self.crop_mid = self.crop_sow + np.where(code == 4, _MID_AFTER_SOW[4], _MID_AFTER_SOW[5])
-        self.crop_lai_max = self.lai_max.ravel()[self.crop_index]
-        self.flood_start = _FLOODED[0] + self.calendar_shift
-        self.flood_end = _FLOODED[1] + self.calendar_shift
         soil = 1.0 + 0.12 * fractal_field(self.shape, 30.0, rng, beta=2.5, scale_max=3_000)
         self.soil_brightness = np.clip(soil, 0.7, 1.3).astype("float32")
+        # Soil depth: patchy, and shallow on steep slopes; dry spells show it, wet years not.
+        depth = np.exp(0.35 * fractal_field(self.shape, 30.0, rng, beta=2.5, scale_max=600))
+        sin_slope = np.sqrt(1.0 - self.cos_slope.astype("float64") ** 2)
+        depth = np.clip(depth * (1.15 - 0.6 * sin_slope), 0.35, 2.0)
+        self.bucket = (BUCKET_MM * depth).astype("float32")
+        self.per_bucket = (1.0 / self.bucket).astype("float32")
 
         canopy = np.zeros((len(BANDS), ny, nx), dtype="float32")
         for code, kind in _CANOPY_OF.items():
@@ -213,7 +241,18 @@ class Canopy:
         mixed = self.pft == 3
         canopy[:, mixed] = (0.5 * (_CANOPY["broadleaf"] + _CANOPY["needleleaf"]))[:, None]
         self.canopy = canopy
-        self.forest = np.isin(self.pft, _FOREST)
+        return site
+
+    def _site_traits(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Each area's own ε, peak LAI, optimum temperature and VPD closure per plant type:
+        factors (shift for ``topt``, °C) per pixel."""
+        traits = {name: np.zeros(self.shape, "float32") for name in _SITE_SPREAD}
+        for _, rows in self.parts:
+            codes = self.pft[rows]
+            for name, spread in _SITE_SPREAD.items():
+                draw = rng.uniform(-spread, spread, len(_EPS))
+                traits[name][rows] = (draw if name == "topt" else 1.0 + draw)[codes]
+        return traits
 
     def _initial_state(self) -> None:
         shape = self.shape
@@ -222,7 +261,11 @@ class Canopy:
         self.senescing = np.zeros(shape, bool)
         self.t_ema = np.full(shape, 5.0, "float32")
         self.swe = np.zeros(shape, "float32")
-        self.soil_water = np.full(shape, 0.8 * BUCKET_MM, "float32")
+        self.soil_water = 0.8 * self.bucket
+        self.lai_max = self.lai_max_type.copy()
+        self.lai_min = self.lai_min_type.copy()
+        self.eps = self.eps_type.copy()
+        self.gdd_on = self.gdd_on_type.copy()
         self._member_cache: dict[int, tuple[np.ndarray, ...]] = {}
 
     def split(self, values: np.ndarray, factor: int = 1) -> list[tuple[int, np.ndarray]]:
@@ -241,6 +284,9 @@ class Canopy:
         if doy == 1 or index == 0:
             self.gdd[:] = 0.0
             self.senescing[:] = False
+            self._new_year(day.year, first=index == 0)
+        if ramp_day(doy):
+            self._ramp(doy / RAMP_DAYS)
         tair = self.sample(r.tair[index]) + self.dt_lapse
         tdew = np.minimum(self.sample(r.tdew[index]) + self.dtdew_lapse, tair)
         vpd = np.maximum(esat(tair) - esat(tdew), 0.0)
@@ -267,8 +313,18 @@ class Canopy:
             1.0,
         )
         lai = self.lai_min + (self.lai_max - self.lai_min) * self.green
-        if self.crop_index.size:
-            lai.ravel()[self.crop_index] = self._crop_lai(doy)
+        flooded = np.zeros(self.shape, bool)
+        if self.fields.index.size:
+            # Crops take their parameters from the crop in their parcel; all of them when
+            # the stands' ramp has rewritten ε.
+            params = {
+                "eps": self.eps,
+                "tmin": self.tmin,
+                "topt": self.topt,
+                "tmax": self.tmax,
+                "vpd_close": self.vpd_close,
+            }
+            flooded = self.fields.step(doy, tair, self.gdd, self.t_ema, lai, params, ramp_day(doy))
         fapar = 0.95 * (1.0 - np.exp(-0.5 * lai))
 
         # Light on the slope at noon: direct beam by incidence, diffuse by sky view.
@@ -281,15 +337,14 @@ class Canopy:
         terrain = np.minimum(direct * np.maximum(cos_i, 0.0) + diffuse * self.sky_view, 1.3)
         par = (0.45 * sw) * terrain
 
-        flooded = self.paddy & (doy >= self.flood_start) & (doy <= self.flood_end)
         pet = 0.0135 * (tair + 17.8) * sw / 2.45 * (0.25 + 0.75 * fapar)
+        wetness = self.soil_water * self.per_bucket
         self.soil_water = np.clip(
-            self.soil_water + liquid - pet * np.minimum(self.soil_water / (0.5 * BUCKET_MM), 1.0),
-            0.0,
-            BUCKET_MM,
+            self.soil_water + liquid - pet * np.minimum(2.0 * wetness, 1.0), 0.0, self.bucket
         )
-        self.soil_water[flooded] = BUCKET_MM
-        f_water = np.clip(self.soil_water / (0.4 * BUCKET_MM), 0.1, 1.0)
+        self.soil_water[flooded] = self.bucket[flooded]
+        wetness = self.soil_water * self.per_bucket
+        f_water = np.clip(2.5 * wetness, 0.1, 1.0)
 
         f_t = np.where(
             tair < self.topt,
@@ -315,14 +370,25 @@ class Canopy:
             precipitation=precip.astype("float32"),
             snow=snow_seen.astype("float32"),
             flooded=flooded,
-            wetness=(self.soil_water / BUCKET_MM).astype("float32"),
+            wetness=wetness.astype("float32"),
         )
 
-    def _crop_lai(self, doy: int) -> np.ndarray:
-        growth = 1.0 / (1.0 + np.exp(-(doy - self.crop_mid) / 7.0))
-        ripening = np.clip((self.crop_harvest - doy) / 25.0, 0.35, 1.0)
-        in_field = (doy >= self.crop_sow) & (doy < self.crop_harvest)
-        return np.where(in_field, self.crop_lai_max * growth * ripening, 0.0)
+    def _new_year(self, year: int, first: bool) -> None:
+        """1 January: the stands' vigour, damage and green-up threshold of the year, and the
+        parcels' plans and management."""
+        green_up = self.stands.new_year(year, first)
+        self.gdd_on = (self.gdd_on_type * green_up).astype("float32")
+        self.fields.new_year(year)
+        if first:
+            self._ramp(1.0)
+
+    def _ramp(self, weight: float) -> None:
+        """Natural vegetation's LAI range and ε, ``weight`` of the way from last year's stand
+        factors to this year's."""
+        lai_factor, eps_factor = self.stands.factors(weight)
+        self.lai_max = self.lai_max_type * lai_factor
+        self.lai_min = self.lai_min_type * lai_factor
+        self.eps = self.eps_type * eps_factor
 
     def reflectance(self, day: DayState, factor: int = 1) -> np.ndarray:
         """Clear-sky surface reflectance (band, y, x) in :data:`BANDS` order, on the 30 m grid

@@ -6,7 +6,8 @@ Everything sits in the HLS/MGRS tile T52SCG (UTM 52N, EPSG:32652), on that tile'
 * the **application region** — the Korea-like mountain block the daily product maps;
 * the **sites** — small patches around flux towers on a jittered grid over the domain (a few
   km apart, mostly in different reanalysis cells), each with its own elevation and vegetation
-  type, hence its own weather.
+  type, hence its own weather. A tower's fetch is not pure: its type covers 60-90 % of the
+  flux footprint (:func:`tower_footprint`), other types the rest, as around real towers.
 
 The world exists only in the region and the site patches: elsewhere the published rasters hold
 their nodata value, as a real archive does outside a scene's footprint.
@@ -33,6 +34,7 @@ __all__ = [
     "World",
     "WorldSize",
     "make_world",
+    "tower_footprint",
 ]
 
 CRS = "EPSG:32652"
@@ -205,6 +207,30 @@ _SITE_MIX = (
 )
 # Another type that shares a patch with the tower's, away from the tower.
 _NEIGHBOUR = {1: 3, 2: 3, 3: 1, 4: 7, 5: 4, 6: 4}
+# The other types in a tower's fetch, and their shares of what its own type leaves.
+_FETCH_MIX = {
+    1: ((3, 0.6), (2, 0.2), (6, 0.2)),
+    2: ((3, 0.6), (1, 0.4)),
+    3: ((1, 0.5), (2, 0.5)),
+    4: ((5, 0.4), (6, 0.3), (7, 0.3)),  # paddies, field margins, farmsteads
+    5: ((4, 0.6), (7, 0.2), (8, 0.2)),  # upland fields, farmsteads, ditches and ponds
+    6: ((4, 0.4), (1, 0.4), (7, 0.2)),
+}
+#: A tower's own type covers this share of its flux footprint (uniform between the two).
+FETCH_PURITY = (0.6, 0.9)
+_FOOTPRINT_SIGMA = 90.0  # m: most of the flux comes from within ~200 m
+FETCH_RADIUS = 300.0  # m: nothing further counts
+
+
+def tower_footprint(n: int, step: float) -> np.ndarray:
+    """Weights (sum 1) of a tower's flux footprint on an n x n grid of ``step`` metres centred
+    on the tower: a Gaussian of 90 m, cut at :data:`FETCH_RADIUS`."""
+    offsets = (np.arange(n) - (n - 1) / 2.0) * step
+    distance = np.hypot(offsets[:, None], offsets[None, :])
+    weights = np.where(
+        distance <= FETCH_RADIUS, np.exp(-0.5 * (distance / _FOOTPRINT_SIGMA) ** 2), 0
+    )
+    return weights / weights.sum()
 
 
 def make_world(size: WorldSize | str = "compact", seed: int = 0) -> World:
@@ -300,18 +326,35 @@ def _place_sites(
 
 
 def _site_terrain(pixels: int, pft: int, base: float, rng: np.random.Generator) -> Terrain:
-    """A tower patch: gentle relief around ``base`` m, the tower's type around the tower
-    (a fetch of ~300 m), other types in patches further out."""
+    """A tower patch: gentle relief around ``base`` m; the tower's type covering a share of its
+    flux footprint drawn from :data:`FETCH_PURITY`, other types (:data:`_FETCH_MIX`) in patches
+    of the rest; further out, the tower's type with patches of a neighbouring one."""
     steep = pft in (1, 2, 3, 6)
     relief = fractal_field((pixels, pixels), PIXEL, rng, beta=4.0, scale_max=3_000)
     elevation = (base + (60.0 if steep else 4.0) * relief).astype("float32")
     elevation = np.maximum(elevation, 1.0)
     fine = pixels * 3
     patches = fractal_field((fine, fine), 10.0, rng, beta=2.4, scale_max=600)
+    kinds = fractal_field((fine, fine), 10.0, rng, beta=2.4, scale_max=400)
     yy, xx = np.mgrid[0:fine, 0:fine] - (fine - 1) / 2.0
     distance = np.hypot(yy, xx) * 10.0
     pft_10m = np.full((fine, fine), pft, dtype="uint8")
-    away = distance > 300.0
+
+    # In the fetch: other types where the patch field is highest, until they hold 1 - purity
+    # of the footprint's weight (the tower itself stands in its own type).
+    weights = tower_footprint(fine, 10.0)
+    purity = rng.uniform(*FETCH_PURITY)
+    order = np.argsort(patches, axis=None)[::-1]
+    held = np.cumsum(weights.ravel()[order])
+    level = patches.ravel()[order][min(np.searchsorted(held, 1.0 - purity), order.size - 1)]
+    other = (patches > level) & (distance <= FETCH_RADIUS) & (distance > 30.0)
+    if other.any():
+        shares = np.cumsum([share for _, share in _FETCH_MIX[pft]])[:-1]
+        cuts = np.quantile(kinds[other], shares)
+        which = np.searchsorted(cuts, kinds[other])
+        pft_10m[other] = np.array([code for code, _ in _FETCH_MIX[pft]], dtype="uint8")[which]
+
+    away = distance > FETCH_RADIUS
     pft_10m[away & (patches > 0.9)] = _NEIGHBOUR[pft]
     if pft in (4, 5):
         pft_10m[away & (patches < -1.6)] = 7  # farmsteads and villages
