@@ -26,8 +26,8 @@ from odc.geo.geobox import GeoBox
 from rasterio.transform import Affine
 
 from unique_cube.config.catalog import Catalog, load_catalog
+from unique_cube.demo.modis import SINUSOIDAL_WKT
 from unique_cube.demo.publish import stac_item, write_cog
-from unique_cube.demo.sensors import SINUSOIDAL_WKT
 from unique_cube.inputs.stac_server import LocalStacServer
 
 MODIS_PIXEL = 463.3127165279167

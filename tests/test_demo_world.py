@@ -18,7 +18,7 @@ from pyproj import Transformer
 from unique_cube.config.catalog import load_catalog
 from unique_cube.demo.build import build_world
 from unique_cube.demo.check import region_geobox
-from unique_cube.demo.sensors import SINUSOIDAL_WKT
+from unique_cube.demo.modis import SINUSOIDAL_WKT
 from unique_cube.demo.weather import make_reanalysis
 from unique_cube.demo.world import make_world
 from unique_cube.errors import ConfigError

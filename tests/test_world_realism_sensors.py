@@ -16,21 +16,10 @@ import xarray as xr
 from scipy import sparse
 
 from unique_cube.config.catalog import load_catalog
-from unique_cube.demo.sensors import (
-    GRID_OFFSETS,
-    TERRA_REPEAT,
-    CloudSky,
-    FmaskSkill,
-    ModisFootprint,
-    ModisGrid,
-    SkyMasks,
-    fmask_clear,
-    modis_anisotropy,
-    simulate_hls_scene,
-    simulate_modis_day,
-    terra_cycle_day,
-    terra_view,
-)
+from unique_cube.demo.hls import FmaskSkill, fmask_clear, simulate_hls_scene
+from unique_cube.demo.modis import GRID_OFFSETS, ModisFootprint, ModisGrid, simulate_modis_day
+from unique_cube.demo.sky import CloudSky, SkyMasks
+from unique_cube.demo.terra import TERRA_REPEAT, modis_anisotropy, terra_cycle_day, terra_view
 from unique_cube.demo.towers import TowerRecorder
 from unique_cube.demo.vegetation import BANDS
 from unique_cube.demo.weather import make_reanalysis

@@ -1,9 +1,10 @@
 """The embedded demo world: a generated Korea-like region with a known true GPP.
 
 ``world`` lays out the region and the flux-tower patches, ``terrain`` makes relief and land
-cover, ``weather`` the reanalysis, ``vegetation`` the true canopy and GPP, ``sensors`` what HLS
-and MODIS see, ``towers`` the FLUXNET-style files, ``publish`` the COGs and STAC items,
-``build`` runs it all (``unique-cube demo-world``) and ``serve`` puts it behind a local STAC API.
+cover, ``weather`` the reanalysis, ``vegetation`` the true canopy and GPP, ``sky`` the clouds
+and their shadows, ``hls`` the HLS scenes and their Fmask, ``terra`` and ``modis`` what MODIS
+sees, ``towers`` the FLUXNET-style files, ``publish`` the COGs and STAC items, ``build`` runs it
+all (``unique-cube demo-world``) and ``serve`` puts it behind a local STAC API.
 """
 
 from __future__ import annotations

@@ -15,18 +15,10 @@ import numpy as np
 
 from . import publish
 from .analog import LastYearAnalog
-from .sensors import (
-    GRID_OFFSETS,
-    SINUSOIDAL_WKT,
-    CloudSky,
-    FmaskSkill,
-    ModisGrid,
-    hls_overpasses,
-    modis_anisotropy,
-    simulate_hls_scene,
-    simulate_modis_day,
-    sun_position,
-)
+from .hls import FmaskSkill, hls_overpasses, simulate_hls_scene
+from .modis import GRID_OFFSETS, SINUSOIDAL_WKT, ModisGrid, simulate_modis_day
+from .sky import CloudSky, sun_position
+from .terra import modis_anisotropy
 from .terrain import PFT
 from .towers import TowerRecorder
 from .vegetation import BANDS, Canopy, block_mean
