@@ -353,18 +353,23 @@ class EvaluationSpec:
     daily_every: int = 1
     """The daily product is made and scored on 1 day in this many of the test period (a
     fixed systematic sample from its first day; 1: every day; ``evaluate --full`` makes it
-    1)."""
+    1). Take it odd: with 2, 4 or 8 the sample meets the 8-day HLS revisit on none or on
+    half of its days, so the days since the last clear pixel are not sampled evenly."""
     history_days: int = 96
     """HLS dates this far before the test period are read for the days since each pixel's
     last clear 30 m observation (older is counted as the oldest bin)."""
     holdout: bool = True
     """Also train the product's scheme on the western half of the region and score it on the
     eastern half (bilinear and the full-region model scored there beside it)."""
+    threads: int = 2
+    """torch threads of the evaluation's sampling and hold-out training (set, not inherited;
+    nothing else computes beside them)."""
 
     def _check(self) -> tuple[str, str] | None:
         return _out_of_range(self, {
             "min_clear_fraction": _FRACTION, "members": _Range(2, why="a spread needs two"),
             "daily_every": _ONE_OR_MORE, "history_days": _Range(0, 366),
+            "threads": _ONE_OR_MORE,
         })  # fmt: skip
 
 

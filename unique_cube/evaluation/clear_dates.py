@@ -12,6 +12,7 @@ world has one.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,27 +68,34 @@ class ClearDates:
 
 
 def sample_members(pipeline: Pipeline, checkpoints: dict[str, Checkpoint], raw: np.ndarray,
-                   pairs: Pairs, members: int, say: Callable[[str], None]) -> dict:  # fmt: skip
-    """(N, K, H, W) members of each scheme on the pairs' dates, seeded per date."""
+                   pairs: Pairs, members: int, say: Callable[[str], None], *,
+                   threads: int) -> dict:  # fmt: skip
+    """(N, K, H, W) members of each scheme on the pairs' dates, seeded per date, sampled with
+    ``threads`` torch threads."""
     spec = pipeline.downscale
     out = {}
-    with torch_threads(spec.threads):
+    with torch_threads(threads):
         for scheme, ckpt in checkpoints.items():
             static = apply_static_normalisation(raw, ckpt.static) if scheme == "s2" else None
             conditions = pair_conditions(pairs, static, scheme)
+            started = time.perf_counter()
             out[scheme] = np.stack([
                 downscale(ckpt, c, samples=members, ddim_steps=spec.ddim_steps, tile=spec.tile,
                           overlap=spec.overlap, seed=spec.seed + i)
                 for i, c in enumerate(conditions)
             ])  # fmt: skip
-            say(f"{scheme}: {len(conditions)} dates x {members} members")
+            say(
+                f"{scheme}: {len(conditions)} dates x {members} members "
+                f"({time.perf_counter() - started:.0f} s, {threads} torch threads)"
+            )
     return out
 
 
 def clear_dates(
     pipeline: Pipeline, catalog: Catalog, checkpoints: dict[str, Checkpoint], raw: np.ndarray,
-    types: np.ndarray, truth, say, *, members: int, pure: PurePixelModel | None = None,
-    min_clear: float | None = None, clearest: int | None = None,
+    types: np.ndarray, truth, say, *, members: int, threads: int,
+    pure: PurePixelModel | None = None, min_clear: float | None = None,
+    clearest: int | None = None,
 ) -> ClearDates:  # fmt: skip
     """Pairs of the clear-enough test dates (``min_clear``, default the downscaler's own
     threshold; only the ``clearest`` few when given) and each method's maps on them (the
@@ -96,7 +104,8 @@ def clear_dates(
     pairs = cached_pairs(pipeline, catalog, spec.test, say, min_clear=min_clear,
                          clearest=clearest)  # fmt: skip
     maps = {"bilinear": pairs.gpp_m_30m}
-    ensembles = sample_members(pipeline, checkpoints, raw, pairs, members, say)
+    ensembles = sample_members(pipeline, checkpoints, raw, pairs, members, say,
+                               threads=threads)  # fmt: skip
     maps.update({scheme: m.mean(axis=1) for scheme, m in ensembles.items()})
     if pure is not None:
         maps["pure_pixel_oracle"] = pure_pixel_maps(pipeline, catalog, pairs, pure, types)

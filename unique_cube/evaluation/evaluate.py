@@ -92,7 +92,8 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
         raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
         try:
             dates = clear_dates(pipeline, catalog, checkpoints, raw, types, truth, say,
-                                members=evaluation.members, pure=pure,
+                                members=evaluation.members, threads=evaluation.threads,
+                                pure=pure,
                                 min_clear=evaluation.min_clear_fraction)  # fmt: skip
         except (DownscaleError, EmptySearchError) as err:  # no (clear enough) HLS date
             raise ConfigError(
@@ -168,7 +169,7 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
         raw, _, types = static_and_types(catalog, pipeline.grid.geobox)
         started = time.perf_counter()
         dates = clear_dates(pipeline, catalog, checkpoints, raw, types, truth, say,
-                            members=spec.samples, pure=pure,
+                            members=spec.samples, threads=spec.threads, pure=pure,
                             clearest=spec.max_eval_dates)  # fmt: skip
     result = score_clear_dates(dates)
     result["table"] = {

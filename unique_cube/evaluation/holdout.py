@@ -4,7 +4,8 @@ what scores. The region is cut at a 480 m block edge (the west gets the smaller 
 
 Scored on the clear test dates against GPP_L, on the eastern pixels: bilinear GPP_M, the
 held-out model (``<scheme>``) and, for comparison, the model trained on the whole region
-(``<scheme>_seen``) — the gap between the two is what memorising the region was worth.
+(``<scheme>_seen``) — the gap between the two is what memorising the region was worth. Both
+are the means of ``product.samples`` members (the product's own ensemble size).
 """
 
 from __future__ import annotations
@@ -52,19 +53,23 @@ def spatial_holdout(pipeline: Pipeline, training: Pairs, raw: np.ndarray, names:
     conditions = pair_conditions(_west(training, cut), static, scheme)[valid]
     say(f"hold-out: training {scheme} on the west {cut} px of {training.target.shape[-1]} "
         f"({int(valid.sum())} pairs, {spec.steps} steps)")  # fmt: skip
-    with torch_threads(spec.threads):
+    with torch_threads(pipeline.evaluation.threads):
         ckpt, _ = train(conditions, training.target[valid][..., :cut], scheme=scheme,
                         static_info=info, steps=spec.steps, batch=spec.batch, patch=spec.patch,
                         base=spec.base, seed=spec.seed)  # fmt: skip
-    members = sample_members(pipeline, {scheme: ckpt}, raw, dates.pairs,
-                             pipeline.evaluation.members, say)[scheme]  # fmt: skip
+    # The product's ensemble size for both models (the means are what is scored here; the
+    # whole-region model's first members are the same draws the clear-date figures use).
+    k = min(pipeline.product.samples, dates.members[scheme].shape[1])
+    members = sample_members(
+        pipeline, {scheme: ckpt}, raw, dates.pairs, k, say, threads=pipeline.evaluation.threads
+    )[scheme]
     target = dates.pairs.target[..., cut:]
     maps = {
         "bilinear": dates.maps["bilinear"][..., cut:],
         scheme: members.mean(axis=1)[..., cut:],
-        f"{scheme}_seen": dates.maps[scheme][..., cut:],
+        f"{scheme}_seen": dates.members[scheme][:, :k].mean(axis=1)[..., cut:],
     }
-    out = {"west_columns": cut, "east_columns": int(target.shape[-1])}
+    out = {"west_columns": cut, "east_columns": int(target.shape[-1]), "members": k}
     for name, values in maps.items():
         moments = Moments()
         ok = np.isfinite(target)

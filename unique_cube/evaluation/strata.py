@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from unique_cube.scores import Moments
 
@@ -125,8 +126,7 @@ class Scoreboard:
         for values in predictions.values():
             ok &= np.isfinite(values)
         for stratum, label in labels.items():
-            present = label[ok]
-            for name in np.unique(present):
+            for name in pd.unique(label[ok]):  # hashed: sorting object arrays is slow
                 if name == "":
                     continue
                 where = ok & (label == name)
