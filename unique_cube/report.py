@@ -316,6 +316,14 @@ def _by_method(classes: dict, key: str = "rmse") -> tuple[dict, list[str]]:
     return rows, methods
 
 
+_STRATA = {
+    "gpp_m": "GPP_M that day: observed or gap-filled",
+    "land_cover": "WorldCover class",
+    "slope": "slope (degrees)",
+    "season": "season",
+}
+
+
 def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
     """The evaluation's tables and figures (``metrics.json``'s ``evaluation``)."""
     out = ["<h2>Evaluation on the test period</h2>"]
@@ -347,8 +355,8 @@ def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
             out.append(f'<img src="{figures["by_age"]}">')
         for stratum, classes in evaluation.get("strata", {}).items():
             rows, methods = _by_method(classes)
-            out += [f"<h3>RMSE by {html.escape(stratum.replace('_', ' '))}</h3>",
-                    _table(rows, methods)]  # fmt: skip
+            title = _STRATA.get(stratum, stratum.replace("_", " "))
+            out += [f"<h3>RMSE by {html.escape(title)}</h3>", _table(rows, methods)]
     if "spatial_holdout" in evaluation:
         out += ["<h3>Spatial hold-out: trained on the west, scored on the east against GPP_L"
                 " (<code>_seen</code>: the model trained on the whole region)</h3>",

@@ -545,6 +545,15 @@ def validate_pipeline(path: str | Path) -> list[str]:
                      f"time zone {product.time_zone}; a day in {rows} x {cols} windows of "
                      f"{product.window} px; backfills of at most {product.max_backfill_days} "
                      "days)")  # fmt: skip
+    evaluation = pipeline.evaluation
+    if evaluation is not None:
+        pipeline.require("grid", "downscale", "product", "evaluation",
+                         command="unique-cube evaluate")  # fmt: skip
+        test = pipeline.downscale.test
+        lines.append(f"evaluation: {evaluation.output} (every HLS date >= "
+                     f"{evaluation.min_clear_fraction:.0%} clear, {evaluation.members} members; "
+                     f"the product on 1 day in {evaluation.daily_every} of "
+                     f"{test.start}..{test.end})")  # fmt: skip
     models = Path(gpp.output)
     trained = [p.name for p in [models / "gpp_modis.model", models / "gpp_landsat.model"]
                if p.exists()]  # fmt: skip

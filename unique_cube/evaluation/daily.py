@@ -24,7 +24,7 @@ import xarray as xr
 from unique_cube.config.catalog import Catalog
 from unique_cube.config.pipeline import Period, Pipeline
 from unique_cube.errors import DownscaleError
-from unique_cube.evaluation.strata import ClearHistory, Scoreboard, Strata
+from unique_cube.evaluation.strata import AGE_BINS, ClearHistory, Scoreboard, Strata
 from unique_cube.grid import COARSE_FACTOR, lonlat_bbox, upsample_bilinear
 from unique_cube.inputs.cube import load
 from unique_cube.inputs.search import search
@@ -113,6 +113,7 @@ def score_days(pipeline: Pipeline, folder: Path, days: list[dt.date], truth,
                "within_block_rmse": float(np.sqrt(np.nanmean(np.square(within[name]))))}
         for name in methods
     }  # fmt: skip
-    by_age = table.pop("age", {})
+    ages = table.pop("age", {})
+    by_age = {label: ages[label] for _, label in (*AGE_BINS, (None, "never")) if label in ages}
     return {"days": [d.isoformat() for d in sorted(days)], "daily_vs_truth": daily,
             "strata": table, "by_age": by_age}  # fmt: skip

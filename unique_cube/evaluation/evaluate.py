@@ -95,7 +95,9 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
                                 members=evaluation.members, threads=evaluation.threads,
                                 pure=pure,
                                 min_clear=evaluation.min_clear_fraction)  # fmt: skip
-        except (DownscaleError, EmptySearchError) as err:  # no (clear enough) HLS date
+        except (DownscaleError, EmptySearchError) as err:
+            if isinstance(err, DownscaleError) and not str(err).startswith("no HLS date"):
+                raise  # not about the period's dates
             raise ConfigError(
                 f"{pipeline.path or pipeline.name}: downscale.test {spec.test.start}.."
                 f"{spec.test.end}: {err}; nothing to score against GPP_L (evaluation."
