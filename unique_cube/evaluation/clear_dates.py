@@ -44,6 +44,7 @@ __all__ = [
     "ClearDates",
     "clear_dates",
     "ensemble_scores",
+    "pooled_scores",
     "pure_pixel_maps",
     "quicklook",
     "sample_members",
@@ -207,14 +208,10 @@ def score_clear_dates(dates: ClearDates) -> dict:
     out = {"dates": [d.strftime("%Y-%m-%d") for d in pairs.dates], "per_date": per_date,
            "vs_gpp_l": vs_gpp_l, "ensemble": {}}  # fmt: skip
     if dates.truth is not None:
-        out["vs_truth"] = {}
-        for name, values in dates.maps.items():
-            moments = Moments()
-            moments.add(dates.truth, values)
-            wb = [within_block_rmse(dates.truth[i], values[i], factor)
-                  for i in range(len(pairs.dates))]  # fmt: skip
-            out["vs_truth"][name] = {**moments.scores(), "n_dates": len(pairs.dates),
-                                     "within_block_rmse": float(np.nanmean(wb))}  # fmt: skip
+        out["vs_truth"] = {
+            name: {**pooled_scores(dates.truth, values, factor), "n_dates": len(pairs.dates)}
+            for name, values in dates.maps.items()
+        }
     for scheme, members in dates.members.items():
         scores = ensemble_scores(members, target)
         if dates.truth is not None:
@@ -225,6 +222,15 @@ def score_clear_dates(dates: ClearDates) -> dict:
         scheme: _consistency(dates.maps[scheme], pairs) for scheme in dates.members
     }
     return out
+
+
+def pooled_scores(observed: np.ndarray, predicted: np.ndarray, factor: int) -> dict:
+    """RMSE, bias and r of (N, H, W) maps pooled over their finite pixels, and the mean over
+    the N dates of the within-block RMSE (``factor`` px blocks' means removed)."""
+    moments = Moments()
+    moments.add(observed, predicted)
+    within = [within_block_rmse(o, p, factor) for o, p in zip(observed, predicted, strict=True)]
+    return {**moments.scores(), "within_block_rmse": float(np.nanmean(within))}
 
 
 def _consistency(mean: np.ndarray, pairs: Pairs) -> dict:

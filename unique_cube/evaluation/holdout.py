@@ -20,9 +20,8 @@ from unique_cube.downscale.conditions import normalise_static
 from unique_cube.downscale.pairs import Pairs, pair_conditions
 from unique_cube.downscale.sampling import torch_threads
 from unique_cube.downscale.train import train
-from unique_cube.evaluation.clear_dates import ClearDates, sample_members
+from unique_cube.evaluation.clear_dates import ClearDates, pooled_scores, sample_members
 from unique_cube.grid import COARSE_FACTOR
-from unique_cube.scores import Moments, within_block_rmse
 
 __all__ = ["spatial_holdout", "split_column"]
 
@@ -70,15 +69,12 @@ def spatial_holdout(pipeline: Pipeline, training: Pairs, raw: np.ndarray, names:
         f"{scheme}_seen": dates.members[scheme][:, :k].mean(axis=1)[..., cut:],
     }
     out = {"west_columns": cut, "east_columns": int(target.shape[-1]), "members": k}
+    ok = np.isfinite(target)  # the pixels where every method has a value
+    for values in maps.values():
+        ok &= np.isfinite(values)
+    common = np.where(ok, target, np.nan)
     for name, values in maps.items():
-        moments = Moments()
-        ok = np.isfinite(target)
-        for other in maps.values():
-            ok &= np.isfinite(other)
-        moments.add(target[ok], values[ok])
-        wb = [within_block_rmse(np.where(ok[i], target[i], np.nan), values[i], COARSE_FACTOR)
-              for i in range(len(target))]  # fmt: skip
-        out[name] = {**moments.scores(), "within_block_rmse": float(np.nanmean(wb))}
+        out[name] = pooled_scores(common, values, COARSE_FACTOR)
     return out
 
 
