@@ -61,7 +61,7 @@ def one_size(side: int, window: int, tile: int, folder: Path) -> dict:
     yy, xx = np.mgrid[0 : coarse.shape[0], 0 : coarse.shape[1]]
     field = (5 + 3 * np.sin(yy / 7.0) * np.cos(xx / 11.0)).astype("float32")
     day = dt.date(2023, 6, 10)
-    plan = DayPlan(day, field, field, np.zeros(field.shape, "uint8"), None, "s1",
+    plan = DayPlan(day, field, field, np.zeros(field.shape, "uint16"), None, "s1",
                     {"seed": 1, "scheme": "s1"})  # fmt: skip
     models = ProductModels({}, folder / "card.json", {}, {"s1": ckpt})
 

@@ -344,6 +344,7 @@ downscale:
   tile: 64
   overlap: 16
   max_eval_dates: 2
+  reference_days: 48
 evaluation:
   output: {out}/eval
   members: 2

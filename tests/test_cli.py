@@ -66,13 +66,14 @@ def test_demo_runs_the_main_job_end_to_end_and_reuses_it(demo_run, capsys) -> No
     for stage in range(1, 7):
         assert f"[{stage}/6]" in err
     assert "GPP models: training" in err and "downscaler s2: training" in err
+    assert "downscaler fusion: training" in err
     assert "dashboard http" in err
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     for model in ("modis", "landsat"):
         assert set(metrics["gpp_models"][model]) == {"r", "rmse", "bias", "n_sites", "folds"}
     for against in ("vs_gpp_l", "vs_truth"):
         assert set(metrics["downscaling"][against]) == {
-            "bilinear", "pure_pixel", "ddpm_s1", "ddpm_s2"
+            "bilinear", "pure_pixel", "ddpm_s1", "ddpm_s2", "fusion", "fusion_mean"
         }  # fmt: skip
         assert all(
             set(v) == {"r", "rmse", "bias"} for v in metrics["downscaling"][against].values()
@@ -104,13 +105,13 @@ def _number(value) -> bool:
 
 def _check_evaluation_metrics(evaluation: dict) -> None:
     """metrics.json's ``evaluation`` keys (those dashboards read), each a finite number."""
-    methods = {"bilinear", "s1", "s2", "pure_pixel_oracle"}
+    methods = {"bilinear", "fusion", "fusion_mean", "s1", "s2", "pure_pixel_oracle"}
     assert set(evaluation["vs_gpp_l"]) == methods
     for scores in evaluation["vs_gpp_l"].values():
         assert all(_number(scores[k]) for k in ("rmse", "bias", "r", "n_dates")), scores
         assert scores["rmse"] > 0 and scores["n_dates"] >= 1
     daily = evaluation["daily_vs_truth"]
-    assert set(daily) == {"bilinear", "s2"}
+    assert set(daily) == {"bilinear", "fusion"}  # the product's scheme: fusion, the default
     for scores in daily.values():
         assert all(_number(scores[k]) for k in ("rmse", "bias", "r", "within_block_rmse",
                                                  "n_days")), scores  # fmt: skip
@@ -124,9 +125,13 @@ def _check_evaluation_metrics(evaluation: dict) -> None:
     assert set(evaluation["by_age"]) <= {"0", "1-8", "9-16", "17-32", "gt32", "never"}
     for by_method in evaluation["by_age"].values():
         assert set(by_method) <= methods and all(_number(s["rmse"]) for s in by_method.values())
-    assert {"bilinear", "s2", "s2_seen"} <= set(evaluation["spatial_holdout"])
+    assert {"bilinear", "fusion", "fusion_seen"} <= set(evaluation["spatial_holdout"])
     assert all(_number(s["rmse"]) for s in evaluation["spatial_holdout"].values())
-    assert set(evaluation["ensemble"]) == {"s1", "s2"}
+    assert set(evaluation["ensemble"]) == {"s1", "s2", "fusion"}
+    ages = evaluation["by_reference_age"]  # the clear dates by the fusion reference's age
+    assert ages and set(ages) <= {"0", "1-8", "9-16", "17-32", "gt32", "never"}
+    for by_method in ages.values():
+        assert set(by_method) <= methods and all(_number(s["rmse"]) for s in by_method.values())
     for scores in evaluation["ensemble"].values():
         assert _number(scores["crps"]) and _number(scores["spread_rmse_ratio"])
         assert scores["members"] == 2  # the pipeline's evaluation.members

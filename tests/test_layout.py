@@ -94,7 +94,7 @@ def test_a_pipeline_names_the_sections_a_command_needs(tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError,
         match=r"`unique-cube run` needs the grid and product "
-        r"sections; grid and downscale \(product.scheme is s2\) missing",
+        r"sections; grid and downscale \(product.scheme is fusion\) missing",
     ):
         pipeline.require("grid", "product", command="unique-cube run")
     served = spec.with_name("served.yaml")

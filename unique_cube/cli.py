@@ -34,6 +34,7 @@ from unique_cube.demo.build import build_world
 from unique_cube.demo.job import demo_pipeline, run_demo
 from unique_cube.demo.serve import serve_world, served
 from unique_cube.demo.world import SIZES
+from unique_cube.downscale.fit import TrainingPaused
 from unique_cube.downscale.train import train_downscaler
 from unique_cube.errors import ConfigError, UniqueCubeError
 from unique_cube.evaluation import evaluate, evaluate_downscaler
@@ -48,6 +49,9 @@ __all__ = ["WORLD_SIZES", "main"]
 
 
 log = logging.getLogger("unique_cube")
+
+#: Exit code of a run stopped at its time limit with its state kept (EX_TEMPFAIL: try again).
+EXIT_PAUSED = 75
 
 
 #: The demo world's sizes (``--size``).
@@ -160,8 +164,13 @@ def _cmd_train_gpp(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_downscaler(args: argparse.Namespace) -> int:
+    limit = None if args.max_minutes is None else 60 * args.max_minutes
     with served(_pipeline(args, "grid", "downscale")) as pipeline:
-        path = train_downscaler(pipeline, args.scheme, say=_progress)
+        try:
+            path = train_downscaler(pipeline, args.scheme, say=_progress, max_seconds=limit)
+        except TrainingPaused as paused:
+            print(f"unique-cube train-downscaler: {paused}", file=sys.stderr)
+            return EXIT_PAUSED
     print(path)
     return 0
 
@@ -312,10 +321,15 @@ def _add_pipeline_commands(sub) -> None:
     p.set_defaults(func=_cmd_train_gpp)
 
     p = sub.add_parser(
-        "train-downscaler", help="train the diffusion downscaler (S1, S2) or the pure-pixel DNN"
+        "train-downscaler",
+        help="train the fusion downscaler, the paper's S1/S2 or the pure-pixel DNN",
     )
     p.add_argument("pipeline", help="pipeline YAML with grid and downscale sections")
-    p.add_argument("--scheme", choices=["s1", "s2", "pure_pixel"], required=True)
+    p.add_argument("--scheme", choices=["fusion", "s1", "s2", "pure_pixel"], required=True)
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop the diffusion training after this long and keep its state; the "
+                        f"same command goes on from there (exit code {EXIT_PAUSED} until "
+                        "done)")  # fmt: skip
     p.set_defaults(func=_cmd_train_downscaler)
 
     p = sub.add_parser(

@@ -28,6 +28,7 @@ __all__ = [
     "fill_nearest",
     "fine_fraction",
     "from_blocks",
+    "grid_latitude",
     "lonlat_bbox",
     "upsample_bilinear",
 ]
@@ -39,6 +40,12 @@ COARSE_FACTOR = 16  # 30 m x 16 = 480 m, the MODIS-like grid aligned with the 30
 def lonlat_bbox(geobox) -> list[float]:
     """A GeoBox's extent as a STAC search bbox (west, south, east, north in degrees)."""
     return list(geobox.extent.to_crs("EPSG:4326").boundingbox)
+
+
+def grid_latitude(geobox) -> float:
+    """The latitude of the grid's centre (degrees)."""
+    _, south, _, north = lonlat_bbox(geobox)
+    return (south + north) / 2
 
 
 def coarse_geobox(geobox, factor: int = COARSE_FACTOR):

@@ -149,6 +149,10 @@ def _evaluation_metrics(evaluation: dict) -> dict:
         out["by_age"] = {age: _scores(methods, ("rmse", "bias", "n"))
                          for age, methods in evaluation.get("by_age", {}).items()}  # fmt: skip
         out["daily_sample"] = evaluation.get("daily_sample")
+    if "by_reference_age" in evaluation:
+        ages = evaluation["by_reference_age"]
+        out["by_reference_age"] = {age: _scores(methods, ("rmse", "bias", "n"))
+                                   for age, methods in ages.items()}  # fmt: skip
     if "spatial_holdout" in evaluation:
         out["spatial_holdout"] = {
             method: {k: scores.get(k) for k in ("rmse", "bias", "r", "within_block_rmse")}
@@ -208,8 +212,8 @@ def _figures(pipeline: Pipeline, days: list[dt.date], truth) -> dict[str, str]:
         ("bilinear GPP_M", upsample_bilinear(cube["gpp_m"].values[day], factor), "YlGn"),
         ("30 m product (ensemble mean)", product_map, "YlGn"),
         ("uncertainty (ensemble sd)", cube["gpp_sd"].values[day], "magma"),
-        ("QA: value path (1 S2, 2 S1, 3 bilinear)", cube["qa"].values[day] & QA_PATH_MASK,
-         "tab10"),
+        ("QA: value path (1 S2, 2 S1, 3 bilinear, 4 fusion, 5 clear GPP_L)",
+         cube["qa"].values[day] & QA_PATH_MASK, "tab10"),
     ]  # fmt: skip
     if truth is not None:
         true = truth["gpp"].sel(time=np.datetime64(done[day], "ns")).values
@@ -342,6 +346,11 @@ def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
         ]
         if "ranks" in figures:
             out.append(f'<img src="{figures["ranks"]}">')
+    if evaluation.get("by_reference_age"):
+        rows, methods = _by_method(evaluation["by_reference_age"])
+        out += ["<h3>Clear dates against GPP_L by the age of the fusion reference (the "
+                "pixel's last clear GPP_L before the date)</h3>",
+                _table(rows, methods)]  # fmt: skip
     if "daily_vs_truth" in evaluation:
         sample = evaluation.get("daily_sample") or {}
         out += [f"<h3>The daily product against the truth ({sample.get('days_scored', '?')} "

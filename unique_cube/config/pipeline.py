@@ -324,6 +324,15 @@ class DownscaleSpec:
     """torch threads for training and evaluation. Set, not inherited: beside busy Dask
     workers on a 2-core machine, torch's default (all cores) made a training step 4.6–5.8
     times slower than one thread."""
+    reference_min_clear: float = 0.01
+    """Fusion: HLS dates with at least this much of the region clear feed the last-clear
+    GPP_L reference (training and evaluation; the product takes every clear pixel)."""
+    reference_days: int = 120
+    """Fusion: a pixel's last clear GPP_L older than this many days counts as none."""
+    calibration_fraction: float = 0.2
+    """Fusion: the share of the training dates (one in ``1 / calibration_fraction``, spread
+    over the period) kept out of the residual's training to calibrate the ensemble's mean
+    weight and spread (0 to 0.5)."""
 
     def _check(self) -> tuple[str, str] | None:
         if self.base < 8 or self.base % 8:
@@ -334,6 +343,8 @@ class DownscaleSpec:
             "patch": _Range(COARSE_FACTOR, why=_TILE_WHY.replace("tile", "patch")),
             "samples": _ONE_OR_MORE, "ddim_steps": _ONE_OR_MORE, "seed": _SEED,
             "max_eval_dates": _ONE_OR_MORE, "threads": _ONE_OR_MORE,
+            "reference_min_clear": _FRACTION, "reference_days": _ONE_OR_MORE,
+            "calibration_fraction": _Range(0, 0.5),
         }) or _tiling_problem(self)  # fmt: skip
 
 
@@ -379,8 +390,11 @@ class ProductSpec:
 
     output: str
     """Product folder: Zarr datacube, COGs, STAC catalog, run logs."""
-    scheme: str = "s2"
-    """Downscaler: ``s2``, ``s1`` (checkpoints in ``downscale.output``) or ``bilinear``."""
+    scheme: str = "fusion"
+    """``fusion`` (the last clear GPP_L per pixel and the GPP_M change since, a LightGBM mean
+    and a calibrated diffusion residual; falls back to S2, S1, bilinear where it has no
+    reference), the paper's ``s2`` (GPP_M, DEM, land cover) or ``s1`` (GPP_M), or
+    ``bilinear``."""
     samples: int = 4
     """Ensemble members per day: the mean is the product, their spread its uncertainty."""
     ddim_steps: int = 10
@@ -433,8 +447,8 @@ class ProductSpec:
     """torch threads of a downscaler actor sampling on the CPU (ignored on a GPU)."""
 
     def _check(self) -> str | tuple[str, str] | None:
-        if self.scheme not in ("s1", "s2", "bilinear"):
-            return "scheme", f"must be s1, s2 or bilinear, got {self.scheme!r}"
+        if self.scheme not in ("fusion", "s1", "s2", "bilinear"):
+            return "scheme", f"must be fusion, s2, s1 or bilinear, got {self.scheme!r}"
         problem = _out_of_range(self, {
             "samples": _ONE_OR_MORE, "ddim_steps": _ONE_OR_MORE, "seed": _SEED,
             "max_gap_days": _GAP_DAYS, "max_missing_fraction": _FRACTION,

@@ -28,7 +28,14 @@ __all__ = ["demo_pipeline", "run_demo"]
 
 
 #: The downscale settings a trained checkpoint depends on (the others only affect inference).
-_TRAINING_FIELDS = ("train", "min_clear_fraction", "steps", "batch", "patch", "base", "seed")
+_TRAINING_FIELDS = ("train", "min_clear_fraction", "steps", "batch", "patch", "base", "seed",
+                    "reference_min_clear", "reference_days", "calibration_fraction", "samples",
+                    "ddim_steps", "tile", "overlap")  # fmt: skip
+
+
+#: The downscalers the demo trains: the product's fusion, the paper's S1/S2, the baseline.
+_DOWNSCALERS = (("fusion", "downscaler_fusion.pt"), ("s1", "downscaler_s1.pt"),
+                ("s2", "downscaler_s2.pt"), ("pure_pixel", "pure_pixel.pt"))  # fmt: skip
 
 
 def demo_pipeline(path: str | Path, world: str | Path, output: str | Path) -> Pipeline:
@@ -114,14 +121,13 @@ def run_demo(
     training = {k: getattr(spec, k) for k in _TRAINING_FIELDS}
     stamp = _stamp(model_hash, training, dataclasses.asdict(pipeline.grid))
     began = time.perf_counter()
-    for scheme, name in (("s1", "downscaler_s1.pt"), ("s2", "downscaler_s2.pt"),
-                         ("pure_pixel", "pure_pixel.pt")):  # fmt: skip
+    for scheme, name in _DOWNSCALERS:
         _stage(f"[3/6] downscaler {scheme}", "training", folder / f".{name}.stamp", stamp,
                [folder / name], lambda s=scheme: train_downscaler(pipeline, s, say=say),
                say)  # fmt: skip
     say(f"      ({time.perf_counter() - began:.0f} s)")
 
-    checkpoints = [folder / n for n in ("downscaler_s1.pt", "downscaler_s2.pt", "pure_pixel.pt")]
+    checkpoints = [folder / name for _, name in _DOWNSCALERS]
     evaluation = pipeline.evaluation
     stamp = _stamp(
         [sha256_file(p) for p in checkpoints],
@@ -132,7 +138,7 @@ def run_demo(
     out = Path(evaluation.output)
     began = time.perf_counter()
     _stage("[4/6] evaluation",
-           f"on the test year: every clear date (bilinear, S1, S2, pure-pixel oracle), the "
+           f"on the test year: every clear date (bilinear, fusion, S1, S2, pure-pixel oracle), the "
            f"daily product on 1 day in {evaluation.daily_every}, strata, spatial hold-out",
            out / ".stamp", stamp, [out / "evaluation.json"],
            lambda: evaluate(pipeline, say=say), say)  # fmt: skip

@@ -100,6 +100,7 @@ class DownscalerActor:
             "torch_threads": torch.get_num_threads(),  # CPU results depend on it (in the last bits)
             "scheme": self.ckpt.scheme,
             "cond_channels": self.ckpt.model.config["cond_channels"],
+            "blend_options": self.ckpt.blend_options,
             "tiles_done": self.tiles_done,
             "model_loads": _model_loads,
         }

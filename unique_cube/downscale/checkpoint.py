@@ -9,7 +9,7 @@ would import code (a pickle of a class, ``os.system``) is refused before anythin
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,7 +19,13 @@ from unique_cube.downscale.network import ConditionalUNet
 from unique_cube.downscale.schedule import NoiseSchedule
 from unique_cube.errors import DownscaleError, UnsafeCheckpointError
 
-__all__ = ["Checkpoint", "load_checkpoint", "load_weights_only", "save_checkpoint"]
+__all__ = [
+    "GPP_NORMALISATION",
+    "Checkpoint",
+    "load_checkpoint",
+    "load_weights_only",
+    "save_checkpoint",
+]
 
 
 @dataclass
@@ -32,6 +38,23 @@ class Checkpoint:
     meta: dict
     prediction: str = "x0"
     """What the network predicts: the clean residual ("x0") or the noise ("epsilon")."""
+    normalisation: dict = field(default_factory=lambda: dict(GPP_NORMALISATION))
+    """The variable and its network units: ``variable``, ``units``, ``scale`` (units per
+    network unit), ``non_negative`` (clamped at 0)."""
+    fusion: dict | None = None
+    """The fusion downscaler's mean model, feature names and statistics, training ranges
+    and spread calibration (:mod:`unique_cube.downscale.fusion_train`); ``None`` for S1/S2."""
+
+    @property
+    def blend_options(self) -> dict:
+        """How :func:`~unique_cube.downscale.tiling.blend_tiles` turns residuals into maps."""
+        return {"scale": float(self.normalisation["scale"]),
+                "non_negative": bool(self.normalisation["non_negative"])}  # fmt: skip
+
+
+#: S1/S2 checkpoints: GPP in units of :data:`GPP_SCALE`, never negative.
+GPP_NORMALISATION = {"variable": "gpp", "units": "g m-2 day-1", "scale": GPP_SCALE,
+                     "non_negative": True}  # fmt: skip
 
 
 def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
@@ -46,6 +69,8 @@ def save_checkpoint(path: str | Path, ckpt: Checkpoint) -> None:
             "scheme": ckpt.scheme,
             "prediction": ckpt.prediction,
             "gpp_scale": GPP_SCALE,
+            "normalisation": ckpt.normalisation,
+            "fusion": ckpt.fusion or {},
             "static": ckpt.static,
             "meta": ckpt.meta,
         },
@@ -150,8 +175,12 @@ def load_checkpoint(path: str | Path, scheme: str | None = None) -> Checkpoint:
             time_dim=config["time_dim"],
         )  # fmt: skip
         model.load_state_dict(data["state_dict"])
+        normalisation = dict(data.get("normalisation") or GPP_NORMALISATION)
+        if not float(normalisation["scale"]) > 0:  # NaN too
+            raise ValueError(f"normalisation scale {normalisation['scale']}")
         ckpt = Checkpoint(model, NoiseSchedule(data["betas"]), data["scheme"], data["static"],
-                          data["meta"], data.get("prediction", "x0"))  # fmt: skip
+                          data["meta"], data.get("prediction", "x0"), normalisation,
+                          data.get("fusion") or None)  # fmt: skip
     except RuntimeError as err:
         raise DownscaleError(
             f"{path}: weights do not fit the network it describes ({err})"

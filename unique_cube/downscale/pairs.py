@@ -40,6 +40,7 @@ __all__ = [
     "PairInputs",
     "Pairs",
     "cached_pairs",
+    "items_around",
     "make_pairs",
     "pair_conditions",
     "pair_inputs",
@@ -123,7 +124,7 @@ def make_pairs(
     if clearest is not None:
         chosen = np.sort(chosen[np.argsort(-clear.values[chosen], kind="stable")[:clearest]])
         span = ModelCard.read(inputs.modis.card_path).gap_fill_days
-        modis_items = _items_around(modis_items, landsat["time"].values[chosen], span)
+        modis_items = items_around(modis_items, landsat["time"].values[chosen], span)
     landsat = landsat.isel(time=chosen)
     modis = gpp_modis(inputs.modis, period.stac_datetime, items=modis_items)
     days = landsat["time"].dt.floor("D").values
@@ -155,7 +156,7 @@ def make_pairs(
     )
 
 
-def _items_around(items: list, times, days: int) -> list:
+def items_around(items: list, times, days: int) -> list:
     """The items within ``days`` (plus a day for the solar-day grouping) of any of ``times``."""
     span = pd.Timedelta(days=days + 1)
     wanted = pd.DatetimeIndex(times).tz_localize(None)

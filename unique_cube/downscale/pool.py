@@ -190,6 +190,7 @@ class ActorPool:
             raise
         self.scheme: str = info["scheme"]
         self.cond_channels: int = info["cond_channels"]
+        self.blend_options: dict = info["blend_options"]
         live = [slot.address for slot in self._slots if slot.actor is not None]
         log.info("downscaler actors on %s", ", ".join(live))
 
@@ -492,6 +493,6 @@ def downscale_distributed(
     maps, start = [], 0
     for condition, plan in zip(stacks, plans, strict=True):
         maps.append(blend_tiles(condition, plan, residuals[start : start + len(plan)],
-                                overlap=overlap))  # fmt: skip
+                                overlap=overlap, **pool.blend_options))  # fmt: skip
         start += len(plan)
     return maps[0] if single else maps

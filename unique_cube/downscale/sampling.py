@@ -95,4 +95,4 @@ def downscale(
                     ddim_steps=ddim_steps, seed=seed, ty=t.ty, tx=t.tx, device=device)
         for t in plan
     ]  # fmt: skip
-    return blend_tiles(condition, plan, residuals, overlap=overlap)
+    return blend_tiles(condition, plan, residuals, overlap=overlap, **ckpt.blend_options)

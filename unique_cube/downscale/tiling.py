@@ -84,12 +84,20 @@ def tile_plan(height: int, width: int, *, tile: int = 128, overlap: int = 32) ->
 
 
 def blend_tiles(
-    condition: np.ndarray, plan: list[Tile], residuals: list[np.ndarray], *, overlap: int
+    condition: np.ndarray,
+    plan: list[Tile],
+    residuals: list[np.ndarray],
+    *,
+    overlap: int,
+    scale: float = GPP_SCALE,
+    non_negative: bool = True,
 ) -> np.ndarray:
-    """Members (K, H, W) of 30 m GPP (gC m-2 d-1): the tiles' residuals (aligned with
-    ``plan``) blended with a raised-cosine window and added to the bilinear GPP_M of
-    ``condition`` (C, H, W). Accumulates in plan order, so the result does not depend on the
-    order the tiles were sampled in."""
+    """Members (K, H, W) of the 30 m variable (GPP: gC m-2 d-1): the tiles' residuals
+    (aligned with ``plan``) blended with a raised-cosine window and added to the base field
+    of ``condition`` (C, H, W; layer 0: bilinear GPP_M for S1/S2, the fusion mean), both in
+    network units (``scale`` per unit, a checkpoint's ``normalisation``); clamped at 0 for a
+    ``non_negative`` variable. Accumulates in plan order, so the result does not depend on
+    the order the tiles were sampled in."""
     _, height, width = condition.shape
     tile_h, tile_w = plan[0].h, plan[0].w
     total = np.zeros((residuals[0].shape[0], height, width))
@@ -99,8 +107,8 @@ def blend_tiles(
     for tile, residual in zip(plan, residuals, strict=True):
         total[(slice(None), *tile.window)] += residual * w
         weight[tile.window] += w
-    residual = total / weight
-    return np.maximum((condition[0][None] + residual) * GPP_SCALE, 0.0).astype("float32")
+    values = (condition[0][None] + total / weight) * scale
+    return (np.maximum(values, 0.0) if non_negative else values).astype("float32")
 
 
 def tiles_touching(window: Window, plan: Sequence[Tile]) -> list[Tile]:

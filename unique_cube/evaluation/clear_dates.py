@@ -11,6 +11,7 @@ world has one.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -20,15 +21,25 @@ from pathlib import Path
 import numpy as np
 
 from unique_cube.config.catalog import Catalog
-from unique_cube.config.pipeline import Pipeline
+from unique_cube.config.pipeline import Period, Pipeline
 from unique_cube.downscale.checkpoint import Checkpoint
 from unique_cube.downscale.conditions import apply_static_normalisation
 from unique_cube.downscale.consistency import coarse_mismatch, make_consistent
+from unique_cube.downscale.fusion import FusionMean
+from unique_cube.downscale.fusion_train import (
+    calibrate,
+    fusion_condition,
+    fusion_stacks,
+    reference_history,
+    reference_pairs,
+)
 from unique_cube.downscale.pairs import Pairs, cached_pairs, pair_conditions
 from unique_cube.downscale.pure_pixel import PurePixelModel
 from unique_cube.downscale.sampling import downscale, torch_threads
+from unique_cube.evaluation.strata import AGE_BINS, Scoreboard, age_classes
 from unique_cube.gpp.features import FEATURES
 from unique_cube.gpp.predict import MapInputs, gpp_landsat
+from unique_cube.grid import grid_latitude
 from unique_cube.inputs.weather import weather_for
 from unique_cube.scores import (
     Moments,
@@ -42,8 +53,13 @@ from unique_cube.scores import (
 
 __all__ = [
     "ClearDates",
+    "FusionInputs",
+    "by_reference_age",
     "clear_dates",
     "ensemble_scores",
+    "fusion_inputs",
+    "fusion_members",
+    "fusion_quicklook",
     "pooled_scores",
     "pure_pixel_maps",
     "quicklook",
@@ -66,6 +82,19 @@ class ClearDates:
     """(N, K, H, W) by scheme."""
     truth: np.ndarray | None
     """The truth on the dates (N, H, W), when the world has one."""
+    fusion: FusionInputs | None = None
+    """The fusion downscaler's features on the dates (for the hold-out), when it is trained."""
+
+
+@dataclass
+class FusionInputs:
+    """The fusion features of the clear dates and the references behind them."""
+
+    stacks: np.ndarray
+    """(N, F, H, W) features of :func:`~unique_cube.downscale.fusion_train.fusion_stacks`."""
+    names: list[str]
+    ages: np.ndarray
+    """(N, H, W) days since each pixel's reference (NaN: none)."""
 
 
 def sample_members(pipeline: Pipeline, checkpoints: dict[str, Checkpoint], raw: np.ndarray,
@@ -77,6 +106,8 @@ def sample_members(pipeline: Pipeline, checkpoints: dict[str, Checkpoint], raw: 
     out = {}
     with torch_threads(threads):
         for scheme, ckpt in checkpoints.items():
+            if scheme == "fusion":  # its conditions need the references: fusion_members
+                continue
             static = apply_static_normalisation(raw, ckpt.static) if scheme == "s2" else None
             conditions = pair_conditions(pairs, static, scheme)
             started = time.perf_counter()
@@ -94,7 +125,7 @@ def sample_members(pipeline: Pipeline, checkpoints: dict[str, Checkpoint], raw: 
 
 def clear_dates(
     pipeline: Pipeline, catalog: Catalog, checkpoints: dict[str, Checkpoint], raw: np.ndarray,
-    types: np.ndarray, truth, say, *, members: int, threads: int,
+    names: list[str], types: np.ndarray, truth, say, *, members: int, threads: int,
     pure: PurePixelModel | None = None, min_clear: float | None = None,
     clearest: int | None = None,
 ) -> ClearDates:  # fmt: skip
@@ -107,11 +138,56 @@ def clear_dates(
     maps = {"bilinear": pairs.gpp_m_30m}
     ensembles = sample_members(pipeline, checkpoints, raw, pairs, members, say,
                                threads=threads)  # fmt: skip
+    fusion = None
+    if "fusion" in checkpoints:
+        fusion = fusion_inputs(pipeline, catalog, pairs, raw, names, say)
+        ensembles["fusion"], maps["fusion_mean"] = fusion_members(
+            pipeline, checkpoints["fusion"], pairs, fusion, members, say, threads=threads
+        )
     maps.update({scheme: m.mean(axis=1) for scheme, m in ensembles.items()})
     if pure is not None:
         maps["pure_pixel_oracle"] = pure_pixel_maps(pipeline, catalog, pairs, pure, types)
     observed = truth(pairs.dates) if truth is not None else None
-    return ClearDates(pairs, maps, ensembles, observed)
+    return ClearDates(pairs, maps, ensembles, observed, fusion)
+
+
+def fusion_inputs(pipeline: Pipeline, catalog: Catalog, pairs: Pairs, raw: np.ndarray,
+                  names: list[str], say) -> FusionInputs:  # fmt: skip
+    """The fusion features of the pairs' dates, each referenced to the HLS dates before it —
+    back to ``downscale.reference_days`` before the period — never to the date itself."""
+    spec = pipeline.downscale
+    first = min(pairs.dates).date()
+    period = Period(first - dt.timedelta(days=spec.reference_days), max(pairs.dates).date())
+    history = reference_pairs(pipeline, catalog, period, say)
+    days = [d.date() for d in pairs.dates]
+    stacks, features, ages = fusion_stacks(
+        days, pairs.gpp_m, pairs.gpp_m_30m, reference_history(history), raw, names,
+        grid_latitude(pipeline.grid.geobox), spec.reference_days,
+    )  # fmt: skip
+    return FusionInputs(stacks, features, ages)
+
+
+def fusion_members(
+    pipeline: Pipeline, ckpt: Checkpoint, pairs: Pairs, inputs: FusionInputs, members: int,
+    say, *, threads: int,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(N, K, H, W) calibrated members of the fusion downscaler and its mean alone (N, H, W)
+    on the pairs' dates."""
+    spec = pipeline.downscale
+    mean_model = FusionMean(ckpt.fusion["mean_model"], ckpt.fusion["features"])
+    started = time.perf_counter()
+    means, out = [], []
+    with torch_threads(threads):
+        for i, stack in enumerate(inputs.stacks):
+            mean = mean_model.predict(stack, inputs.names, threads)
+            condition = fusion_condition(ckpt, stack, inputs.names, mean)
+            drawn = downscale(ckpt, condition, samples=members, ddim_steps=spec.ddim_steps,
+                              tile=spec.tile, overlap=spec.overlap, seed=spec.seed + i)  # fmt: skip
+            means.append(mean)
+            out.append(calibrate(drawn, mean, ckpt.fusion))
+    say(f"fusion: {len(means)} dates x {members} members "
+        f"({time.perf_counter() - started:.0f} s, {threads} torch threads)")  # fmt: skip
+    return np.stack(out), np.stack(means)
 
 
 def pure_pixel_maps(pipeline: Pipeline, catalog: Catalog, pairs: Pairs, model: PurePixelModel,
@@ -221,7 +297,59 @@ def score_clear_dates(dates: ClearDates) -> dict:
     out["coarse_consistency"] = {
         scheme: _consistency(dates.maps[scheme], pairs) for scheme in dates.members
     }
+    if dates.fusion is not None:
+        out["by_reference_age"] = by_reference_age(dates)
     return out
+
+
+def by_reference_age(dates: ClearDates) -> dict:
+    """Every method against GPP_L on the clear dates by the age of the pixel's fusion
+    reference (its last clear GPP_L before the date; ``never``: none within
+    ``downscale.reference_days``), on the pixels where every method has a value."""
+    board = Scoreboard()
+    for i in range(len(dates.pairs.dates)):
+        labels = {"age": age_classes(dates.fusion.ages[i])}
+        board.add(labels, dates.pairs.target[i], {k: v[i] for k, v in dates.maps.items()})
+    table = board.table().get("age", {})
+    order = [label for _, label in AGE_BINS] + ["never"]
+    return {label: table[label] for label in order if label in table}
+
+
+def fusion_quicklook(dates: ClearDates, path: Path) -> None:
+    """A PNG of the cloudiest clear date that has a truth: truth, bilinear GPP_M, S2 (when
+    trained), the fusion mean of members, its spread, the reference age and GPP_L."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs, fusion = dates.pairs, dates.fusion
+    clear = np.isfinite(pairs.target).mean(axis=(1, 2))
+    i = int(np.argmin(np.where(clear > 0, clear, np.inf)))
+    panels = []
+    if dates.truth is not None:
+        panels.append(("truth", dates.truth[i], "YlGn"))
+    panels.append(("bilinear GPP_M", pairs.gpp_m_30m[i], "YlGn"))
+    if "s2" in dates.maps:
+        panels.append(("S2 (paper)", dates.maps["s2"][i], "YlGn"))
+    panels += [("fusion (ensemble mean)", dates.maps["fusion"][i], "YlGn"),
+               ("fusion spread (sd)", dates.members["fusion"][i].std(axis=0), "magma"),
+               ("reference age (days)", fusion.ages[i], "viridis"),
+               (f"GPP_L ({clear[i]:.0%} clear)", pairs.target[i], "YlGn")]  # fmt: skip
+    top = float(np.nanpercentile(dates.maps["fusion"][i], 99.5)) or 1.0
+    fig, axes = plt.subplots(2, 4, figsize=(14.4, 6.8), squeeze=False)
+    for ax in axes.ravel()[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (title, image, cmap) in zip(axes.ravel(), panels, strict=False):
+        vmax = top if cmap == "YlGn" else float(np.nanpercentile(image, 99.5) or 1.0)
+        shown = ax.imshow(image, vmin=0, vmax=vmax, cmap=cmap)
+        ax.set_title(title, fontsize=10)
+        ax.set_axis_off()
+        fig.colorbar(shown, ax=ax, shrink=0.7)
+    fig.suptitle(f"{pairs.dates[i]:%Y-%m-%d}: a cloudy test date (gC m$^{{-2}}$ d$^{{-1}}$)",
+                 fontsize=11)  # fmt: skip
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def pooled_scores(observed: np.ndarray, predicted: np.ndarray, factor: int) -> dict:

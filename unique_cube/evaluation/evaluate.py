@@ -3,9 +3,10 @@
 On the test period (``downscale.test``), written to ``<evaluation.output>/evaluation.json``:
 
 * ``vs_gpp_l`` — every HLS date with enough of the region clear (:mod:`.clear_dates`):
-  bilinear GPP_M, S1, S2, the pure-pixel oracle; per date and pooled; ``ensemble``: the
+  bilinear GPP_M, the fusion downscaler (``fusion``; its regression mean alone:
+  ``fusion_mean``), S1, S2, the pure-pixel oracle; per date and pooled; ``ensemble``: the
   schemes' fair CRPS, rank histogram and spread/RMSE ratio with ``evaluation.members``
-  members;
+  members; ``by_reference_age``: every method by the age of the fusion reference;
 * ``daily_vs_truth``, ``strata``, ``by_age`` — the product path's own days against the truth
   (:mod:`.daily`), every day or 1 in ``evaluation.daily_every``;
 * ``spatial_holdout`` — the scheme trained on the west, scored on the east (:mod:`.holdout`);
@@ -28,10 +29,16 @@ import dask
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import load_checkpoint
+from unique_cube.downscale.fusion_train import reference_pairs
 from unique_cube.downscale.pairs import cached_pairs, static_and_types
 from unique_cube.downscale.pure_pixel import PurePixelModel
 from unique_cube.errors import ConfigError, DownscaleError, EmptySearchError
-from unique_cube.evaluation.clear_dates import clear_dates, quicklook, score_clear_dates
+from unique_cube.evaluation.clear_dates import (
+    clear_dates,
+    fusion_quicklook,
+    quicklook,
+    score_clear_dates,
+)
 from unique_cube.evaluation.daily import clear_history, make_days, sample_days, score_days
 from unique_cube.evaluation.holdout import spatial_holdout
 from unique_cube.evaluation.strata import Strata
@@ -53,6 +60,10 @@ FUTURE_DATA = {
     "by_age": "as daily_vs_truth (the age itself counts only clear dates up to the day)",
     "spatial_holdout": "as vs_gpp_l",
     "pure_pixel_oracle": "reads the date's own Landsat: an oracle, not a daily product",
+    "fusion": "its reference is GPP_L of HLS dates strictly before the date (never the date's "
+              "own Landsat); the GPP_M it conditions on is gap-filled as vs_gpp_l says; in the "
+              "daily product a day with a clear HLS overpass takes that day's GPP_L for its "
+              "clear pixels (HLS is published 2-5 days after the overpass)",
 }  # fmt: skip
 
 
@@ -91,7 +102,7 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
     with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
         raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
         try:
-            dates = clear_dates(pipeline, catalog, checkpoints, raw, types, truth, say,
+            dates = clear_dates(pipeline, catalog, checkpoints, raw, names, types, truth, say,
                                 members=evaluation.members, threads=evaluation.threads,
                                 pure=pure,
                                 min_clear=evaluation.min_clear_fraction)  # fmt: skip
@@ -108,10 +119,14 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
             spec.test.start - dt.timedelta(days=evaluation.history_days), spec.test.end,
         )  # fmt: skip
         training = None
-        if evaluation.holdout and product.scheme != "bilinear":
+        if evaluation.holdout and product.scheme == "fusion":
+            training = reference_pairs(pipeline, catalog, spec.train or pipeline.gpp.train, say)
+        elif evaluation.holdout and product.scheme != "bilinear":
             training = cached_pairs(pipeline, catalog, spec.train or pipeline.gpp.train, say,
                                     types=types)  # fmt: skip
     result = score_clear_dates(dates)
+    if dates.fusion is not None:
+        fusion_quicklook(dates, output / "fusion_quicklook.png")
     timings["clear_dates"] = time.perf_counter() - began
     if training is not None:
         began = time.perf_counter()
@@ -142,10 +157,11 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
 
 
 def trained_downscalers(pipeline: Pipeline) -> tuple[dict, PurePixelModel | None]:
-    """The S1/S2 checkpoints and the pure-pixel model in ``downscale.output`` (those present),
-    loaded safely (a file carrying code is refused before anything else is read)."""
+    """The S1, S2 and fusion checkpoints and the pure-pixel model in ``downscale.output``
+    (those present), loaded safely (a file carrying code is refused before anything else is
+    read)."""
     output = Path(pipeline.downscale.output)
-    paths = {s: output / f"downscaler_{s}.pt" for s in ("s1", "s2")}
+    paths = {s: output / f"downscaler_{s}.pt" for s in ("s1", "s2", "fusion")}
     checkpoints = {s: load_checkpoint(p, s) for s, p in paths.items() if p.exists()}
     pure_path = output / "pure_pixel.pt"
     return checkpoints, PurePixelModel.load(pure_path) if pure_path.exists() else None
@@ -168,9 +184,9 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
         raise DownscaleError(f"no downscaler checkpoint in {output}; run train-downscaler first")
     truth = open_truth(pipeline)
     with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
-        raw, _, types = static_and_types(catalog, pipeline.grid.geobox)
+        raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
         started = time.perf_counter()
-        dates = clear_dates(pipeline, catalog, checkpoints, raw, types, truth, say,
+        dates = clear_dates(pipeline, catalog, checkpoints, raw, names, types, truth, say,
                             members=spec.samples, threads=spec.threads, pure=pure,
                             clearest=spec.max_eval_dates)  # fmt: skip
     result = score_clear_dates(dates)

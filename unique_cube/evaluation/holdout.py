@@ -17,10 +17,16 @@ import numpy as np
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.conditions import normalise_static
+from unique_cube.downscale.fit import train
+from unique_cube.downscale.fusion_train import fit_fusion, training_settings, training_stacks
 from unique_cube.downscale.pairs import Pairs, pair_conditions
 from unique_cube.downscale.sampling import torch_threads
-from unique_cube.downscale.train import train
-from unique_cube.evaluation.clear_dates import ClearDates, pooled_scores, sample_members
+from unique_cube.evaluation.clear_dates import (
+    ClearDates,
+    fusion_members,
+    pooled_scores,
+    sample_members,
+)
 from unique_cube.grid import COARSE_FACTOR
 
 __all__ = ["spatial_holdout", "split_column"]
@@ -43,6 +49,9 @@ def spatial_holdout(pipeline: Pipeline, training: Pairs, raw: np.ndarray, names:
     training pairs) and score it on the east of the clear test dates."""
     spec, scheme = pipeline.downscale, pipeline.product.scheme
     cut = split_column(training.target.shape[-1])
+    if scheme == "fusion":
+        members = _fusion_west(pipeline, training, raw, names, dates, cut, say)
+        return _score_east(pipeline, scheme, members, dates, cut)
     static, info = (None, {})
     if scheme == "s2":
         # Normalised with the west's statistics only: nothing of the east is seen.
@@ -62,6 +71,32 @@ def spatial_holdout(pipeline: Pipeline, training: Pairs, raw: np.ndarray, names:
     members = sample_members(
         pipeline, {scheme: ckpt}, raw, dates.pairs, k, say, threads=pipeline.evaluation.threads
     )[scheme]
+    return _score_east(pipeline, scheme, members, dates, cut)
+
+
+def _fusion_west(pipeline: Pipeline, training: Pairs, raw: np.ndarray, names: list[str],
+                 dates: ClearDates, cut: int, say) -> np.ndarray:  # fmt: skip
+    """The fusion downscaler trained on the west of ``training`` (its reference pairs: every
+    date with clear pixels); its members on the clear test dates."""
+    stacks, features = training_stacks(pipeline, training, raw, names)
+    say(f"hold-out: training fusion on the west {cut} px of {training.target.shape[-1]} "
+        f"({len(training.dates)} dates, {pipeline.downscale.steps} steps)")  # fmt: skip
+    k = min(pipeline.product.samples, dates.members["fusion"].shape[1])
+    threads = pipeline.evaluation.threads
+    with torch_threads(threads):
+        ckpt, _ = fit_fusion(stacks[..., :cut], features, training.target[..., :cut],
+                             **training_settings(pipeline, members=k), threads=threads,
+                             say=say)  # fmt: skip
+    members, _ = fusion_members(pipeline, ckpt, dates.pairs, dates.fusion, k, say,
+                                threads=threads)  # fmt: skip
+    return members
+
+
+def _score_east(pipeline: Pipeline, scheme: str, members: np.ndarray, dates: ClearDates,
+                cut: int) -> dict:  # fmt: skip
+    """The held-out model's means beside the whole-region model's and bilinear GPP_M on the
+    eastern pixels of the clear test dates."""
+    k = members.shape[1]
     target = dates.pairs.target[..., cut:]
     maps = {
         "bilinear": dates.maps["bilinear"][..., cut:],

@@ -21,6 +21,7 @@ __all__ = [
     "item_time",
     "parse_bbox",
     "parse_datetime",
+    "solar_day",
 ]
 
 
@@ -113,7 +114,7 @@ def deduplicate(items: Iterable[pystac.Item], source: Source) -> list[pystac.Ite
     """One item per tile and solar day: the latest processing wins (then the larger id)."""
     best: dict[tuple[Any, ...], pystac.Item] = {}
     for item in items:
-        key = (_tile_key(item, source), _solar_day(item))
+        key = (_tile_key(item, source), solar_day(item))
         kept = best.get(key)
         if kept is None or _processing_rank(item, source) > _processing_rank(kept, source):
             best[key] = item
@@ -146,7 +147,7 @@ def item_time(item: pystac.Item) -> dt.datetime:
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
 
 
-def _solar_day(item: pystac.Item) -> dt.date:
+def solar_day(item: pystac.Item) -> dt.date:
     """Local solar date at the item's centre, as odc-stac's ``groupby="solar_day"`` uses."""
     stamp = item_time(item)
     if item.bbox:

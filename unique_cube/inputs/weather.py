@@ -139,7 +139,12 @@ def on_geobox(daily: xr.Dataset, geobox) -> xr.Dataset:
     lon, lat = to_lonlat.transform(xx, yy)
     lat_da = xr.DataArray(lat, dims=("y", "x"), coords={"y": ys, "x": xs})
     lon_da = xr.DataArray(lon, dims=("y", "x"), coords={"y": ys, "x": xs})
-    return daily.interp(lat=lat_da, lon=lon_da)
+    # Ascending by reversed slices: xarray's own sorting indexes lat and lon at once with
+    # arrays, which dask cannot do on a time-chunked cube (a date list selected from it).
+    for dim in ("lat", "lon"):
+        if daily.sizes[dim] > 1 and float(daily[dim][0]) > float(daily[dim][-1]):
+            daily = daily.isel({dim: slice(None, None, -1)})
+    return daily.interp(lat=lat_da, lon=lon_da, assume_sorted=True)
 
 
 def weather_items(catalog: Catalog, source: str, geobox, start, end) -> list:

@@ -18,6 +18,10 @@ Fallback chain when inputs are missing (each step sets its QA bit; see
    at most ``product.max_missing_fraction`` of the grid inside the MODIS footprints needs it;
    else the day is skipped.
 4. S2 without its static layers (no DEM or land-cover item) → S1, when its checkpoint exists.
+5. Fusion without static layers, or with no clear HLS date within its ``reference_days``
+   before the day (a new region's first days) → S2, then S1, then bilinear (the item's
+   ``fallback`` says why). Its reference state not brought up to date → the day fails (the
+   next run retries it), never a fallback.
 
 Coarse pixels outside every MODIS item's footprint (``RunContext.outside``, found before the
 run makes a day) have no GPP_M to fill from: they are left empty (NaN GPP, GPP_M and spread,
@@ -29,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +42,8 @@ from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.actors import TileRequest
 from unique_cube.downscale.conditions import condition_stack, validate_condition
 from unique_cube.downscale.consistency import coarse_errors, make_consistent
+from unique_cube.downscale.fusion import block_anomaly, fusion_features
+from unique_cube.downscale.fusion_train import calibrate, fusion_condition, out_of_range
 from unique_cube.downscale.tiling import (
     ResidualCache,
     Tile,
@@ -47,7 +53,7 @@ from unique_cube.downscale.tiling import (
     tile_plan,
     tiles_touching,
 )
-from unique_cube.errors import InputsLostError
+from unique_cube.errors import DownscaleError, InputsLostError, LockBusyError, StoreError
 from unique_cube.grid import (
     COARSE_FACTOR,
     Window,
@@ -60,8 +66,9 @@ from unique_cube.grid import (
 from unique_cube.grid import COARSE_FACTOR as factor
 from unique_cube.product.coarse import Lost, named_reads
 from unique_cube.product.models import ProductModels
-from unique_cube.product.static import StaticLayers, align_static
-from unique_cube.product.store import QA_FLAGS
+from unique_cube.product.reference import ReferenceStore
+from unique_cube.product.static import StaticLayers, align_static, fusion_terrain
+from unique_cube.product.store import QA_FLAGS, QA_PATH_MASK
 
 __all__ = [
     "DayPlan",
@@ -126,6 +133,13 @@ class RunContext:
     """The inputs' catalog (``None`` when the run has no day to make)."""
     outside: np.ndarray | None = None
     """Coarse pixels outside every MODIS footprint (left empty); ``None``: none."""
+    references: ReferenceStore | None = None
+    """The HLS dates' GPP_L the fusion scheme folds into each day's reference state."""
+    reference_error: Exception | None = None
+    """Why the reference state could not be brought up to date: the fusion days fail (or,
+    while another run holds its lock, are left to the next run)."""
+    latitude: float = 0.0
+    """The grid centre's latitude (the terrain illumination of the fusion features)."""
 
     @property
     def gap_days(self) -> int:
@@ -159,6 +173,10 @@ class DayPlan:
     details: dict
     outside: np.ndarray | None = None
     """Coarse pixels outside every MODIS footprint: left empty."""
+    reference_dates: set = field(default_factory=set)
+    """Fusion: the HLS dates that are some pixel's reference (the day's provenance)."""
+    counts: dict = field(default_factory=dict)
+    """Fusion: pixels per QA outcome, summed over the windows."""
 
 
 def plan_day(
@@ -193,7 +211,7 @@ def plan_day(
             f"GPP_M missing on {share:.0%} of the coarse grid{inside} (no clear MODIS within "
             f"{spec.max_gap_days} days); at most {spec.max_missing_fraction:.0%} is filled"
         )
-    coarse_qa = np.zeros(gpp_m.shape, dtype="uint8")
+    coarse_qa = np.zeros(gpp_m.shape, dtype="uint16")
     filled_in_time = np.isfinite(gpp_m) & (gap > 0)
     long_gap = filled_in_time & (gap > run.models.card.gap_fill_days)
     coarse_qa[filled_in_time & ~long_gap] |= QA_FLAGS["gpp_m_gap_filled"]
@@ -202,13 +220,19 @@ def plan_day(
     coarse_qa[out_of_range] |= QA_FLAGS["gpp_m_out_of_range"]
     coarse_qa[outside] = 0
 
-    scheme = spec.scheme
+    scheme, fallback = spec.scheme, ""
+    if scheme == "fusion":
+        scheme, fallback = _fusion_fallback(run, day)
+    if scheme == "s2" and run.static.problem and fallback:
+        scheme = "s1" if "s1" in run.models.checkpoints else "bilinear"
     if scheme == "s2" and run.static.problem:
         if "s1" not in run.models.checkpoints:
             raise DaySkipped(f"S2 needs its static layers: {run.static.problem}; no S1 fallback")
         scheme = "s1"
     details = {"scheme": scheme, "seed": day_seed(spec.seed, day), "samples": spec.samples,
                "ddim_steps": spec.ddim_steps}  # fmt: skip
+    if fallback:
+        details["fallback"] = fallback
     if lost is not None:
         details["lost_inputs"] = lost.reads
     details["qa_fractions"] = {
@@ -223,6 +247,33 @@ def plan_day(
     return DayPlan(day, gpp_m.astype("float32"), fill_nearest(gpp_m).astype("float32"),
                    coarse_qa, lost.mask if lost is not None else None, scheme, details,
                    outside if outside.any() else None)  # fmt: skip
+
+
+def _fusion_fallback(run: RunContext, day: dt.date) -> tuple[str, str]:
+    """The fusion scheme, or the documented fallback (S2, then S1, then bilinear) and why:
+    no static layers, or no clear HLS date within the checkpoint's ``reference_days`` before
+    the day (a new region's first days). A reference state that could not be updated is no
+    reason to fall back: the day fails (:class:`LockBusyError` while another run holds it)."""
+    if isinstance(run.reference_error, LockBusyError):
+        raise LockBusyError(f"the reference state is being updated by another run "
+                            f"({run.reference_error}); the next run makes the day")  # fmt: skip
+    if run.reference_error is not None or run.references is None:
+        raise StoreError(f"the reference state could not be updated "
+                         f"({run.reference_error or 'no reference store'}); the next run "
+                         "retries the day")  # fmt: skip
+    ckpt = run.models.checkpoints["fusion"]
+    max_days = int(ckpt.fusion["reference_days"])
+    why = ""
+    if run.static.problem:
+        why = f"the fusion needs the static layers: {run.static.problem}"
+    elif not run.references.before(day, max_days):
+        why = f"no clear HLS date in the {max_days} days before {day} (no reference yet)"
+    if not why:
+        return "fusion", ""
+    checkpoints = run.models.checkpoints
+    scheme = ("s2" if "s2" in checkpoints and not run.static.problem
+              else "s1" if "s1" in checkpoints else "bilinear")  # fmt: skip
+    return scheme, f"fusion → {scheme}: {why}"
 
 
 def make_windows(run: RunContext, plan: DayPlan, write: Callable[..., None]) -> None:
@@ -259,14 +310,18 @@ def window_arrays(
     the optional consistency shift: bilinear GPP_M, or the ensemble of the tiles touching the
     window, sampled on the conditions of their ``extent`` (those not in ``cache``)."""
     spec = run.pipeline.product
+    fusion = None
     if plan.scheme == "bilinear":
         gpp = bilinear_window(plan.filled, factor, window)
         spread = np.zeros_like(gpp)
     else:
         ckpt = run.models.checkpoints[plan.scheme]
-        layers = align_static(run.static, extent, ckpt.static) if plan.scheme == "s2" else None
-        condition = condition_stack(bilinear_window(plan.filled, factor, extent), layers,
-                                    plan.scheme)  # fmt: skip
+        base = bilinear_window(plan.filled, factor, extent)
+        if plan.scheme == "fusion":
+            condition, fusion = _fusion_condition(run, plan, ckpt, extent, base)
+        else:
+            layers = align_static(run.static, extent, ckpt.static) if plan.scheme == "s2" else None
+            condition = condition_stack(base, layers, plan.scheme)
         validate_condition(condition, ckpt.model.config["cond_channels"], ckpt.scheme)
 
         def sample(missing: list[Tile]) -> list[np.ndarray]:
@@ -277,11 +332,20 @@ def window_arrays(
             ])  # fmt: skip
 
         members = blend_tiles(condition, local_plan(tiles, extent),
-                              cache.residuals(tiles, sample), overlap=spec.overlap)  # fmt: skip
+                              cache.residuals(tiles, sample), overlap=spec.overlap,
+                              **ckpt.blend_options)  # fmt: skip
+        if fusion is not None:
+            members = calibrate(members, fusion["mean"], ckpt.fusion,
+                                ckpt.blend_options["non_negative"])  # fmt: skip
         members = members[(slice(None), *window.within(extent))]
         gpp, spread = members.mean(axis=0), members.std(axis=0)
-    path = "bilinear" if plan.scheme == "bilinear" else f"ddpm_{plan.scheme}"
+    path = "bilinear" if plan.scheme == "bilinear" else (
+        "fusion" if plan.scheme == "fusion" else f"ddpm_{plan.scheme}")  # fmt: skip
     qa = blocks_window(plan.coarse_qa, factor, window) | QA_FLAGS[path]
+    if fusion is not None:
+        inner = fusion["inner"] = window.within(extent)
+        qa[fusion["no_reference"][inner]] |= QA_FLAGS["no_reference"]
+        qa[fusion["out_of_range"][inner]] |= QA_FLAGS["fusion_input_out_of_range"]
     if plan.lost is not None:
         qa[blocks_window(plan.lost, factor, window)] |= QA_FLAGS["input_lost"]
     if plan.outside is not None:  # no GPP_M there: the gap-free field only conditions tiles
@@ -295,5 +359,65 @@ def window_arrays(
     if spec.coarse_consistency and plan.scheme != "bilinear":
         gpp = make_consistent(gpp, coarse, factor)
         qa |= QA_FLAGS["coarse_consistency_corrected"]
+    if fusion is not None:
+        gpp, spread = _own_clear_pixels(run, plan, window, gpp, spread, qa, fusion)
     after = coarse_errors(gpp, coarse, factor)
     return gpp.astype("float32"), spread.astype("float32"), qa, (before, after)
+
+
+#: What a pixel that is the day's own clear GPP_L no longer has: the fusion's flags, a shift.
+_NOT_ON_CLEAR = (QA_PATH_MASK | QA_FLAGS["no_reference"] | QA_FLAGS["fusion_input_out_of_range"]
+                 | QA_FLAGS["coarse_consistency_corrected"])  # fmt: skip
+
+
+def _own_clear_pixels(run: RunContext, plan: DayPlan, window: Window, gpp: np.ndarray,
+                      spread: np.ndarray, qa: np.ndarray, fusion: dict) -> tuple:  # fmt: skip
+    """On a day with a clear HLS overpass its clear pixels are that day's GPP_L (QA path
+    ``gpp_l_clear``, spread 0, never shifted); counts for the day's item."""
+    clear = run.references.clear(plan.day, window)
+    seen = np.isfinite(clear) & np.isfinite(gpp) if clear is not None else np.zeros_like(qa, bool)
+    if seen.any():
+        gpp, spread = np.where(seen, clear, gpp), np.where(seen, 0.0, spread)
+        qa[seen] = (qa[seen] & (0xFFFF ^ _NOT_ON_CLEAR)) | QA_FLAGS["gpp_l_clear"]
+    inner = fusion["inner"]
+    for name, mask in (("gpp_l_clear", seen), ("pixels", np.isfinite(gpp)),
+                       ("no_reference", fusion["no_reference"][inner] & ~seen)):  # fmt: skip
+        plan.counts[name] = plan.counts.get(name, 0) + int(mask.sum())
+    return gpp, spread
+
+
+def _fusion_condition(run: RunContext, plan: DayPlan, ckpt, extent: Window,
+                      base: np.ndarray) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """The fusion conditions of ``extent`` on ``plan.day``: the reference state as of the day,
+    the features, the regression mean; and what the QA needs (pixels without a reference,
+    features outside the training range). The reference is read over the extent grown to
+    whole 480 m blocks, so its within-block anomalies are those of training (the whole
+    grid's blocks) wherever the extent starts."""
+    max_days = int(ckpt.fusion["reference_days"])
+    aligned = _block_aligned(extent, run.pipeline.grid.geobox.shape)
+    grown = run.references.state(plan.day, aligned, max_days, plan.reference_dates)
+    inner = extent.within(aligned)
+    anomaly = block_anomaly(grown.gpp, factor, offset=(aligned.y0, aligned.x0))[inner]
+    reference = grown.window(*inner)
+    terrain, names = fusion_terrain(run.static, extent, ckpt, plan.day, run.latitude)
+    stack, features = fusion_features(plan.day, base, blocks_window(plan.filled, factor, extent),
+                                      reference, terrain, names, anomaly=anomaly)  # fmt: skip
+    try:
+        mean = run.models.fusion_mean.predict(stack, features,
+                                              threads=run.pipeline.product.cpu_threads)  # fmt: skip
+    except DownscaleError:
+        raise
+    except Exception as err:  # LightGBM's own error type
+        raise DownscaleError(f"the fusion mean failed on {extent}: {err}") from err
+    condition = fusion_condition(ckpt, stack, features, mean)
+    return condition, {"mean": mean, "no_reference": ~np.isfinite(reference.gpp),
+                       "out_of_range": out_of_range(ckpt, stack)}  # fmt: skip
+
+
+def _block_aligned(extent: Window, shape: tuple[int, int]) -> Window:
+    """``extent`` grown to whole ``factor`` blocks of the grid (cut at its edge)."""
+
+    def edges(start: int, stop: int, size: int) -> tuple[int, int]:
+        return start // factor * factor, min(-(-stop // factor) * factor, size)
+
+    return Window(*edges(extent.y0, extent.y1, shape[0]), *edges(extent.x0, extent.x1, shape[1]))

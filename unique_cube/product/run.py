@@ -37,7 +37,7 @@ from unique_cube.errors import (
     UniqueCubeError,
 )
 from unique_cube.files import write_json
-from unique_cube.grid import coarse_geobox
+from unique_cube.grid import coarse_geobox, grid_latitude
 from unique_cube.inputs.search import open_catalog
 from unique_cube.product.coarse import CoarseDays, block_inputs, gpp_m_block
 from unique_cube.product.coverage import check_coverage
@@ -51,9 +51,10 @@ from unique_cube.product.day import (
     plan_day,
 )
 from unique_cube.product.models import ProductModels, check_models
+from unique_cube.product.reference import ReferenceStore, ensure_references
 from unique_cube.product.stac import day_item
 from unique_cube.product.static import StaticLayers, static_for
-from unique_cube.product.store import ProductStore, marker_path
+from unique_cube.product.store import ProductStore, locked, marker_path
 from unique_cube.redact import redact
 from unique_cube.version import __version__
 
@@ -195,22 +196,49 @@ def _prepare(stack, pipeline: Pipeline, models: ProductModels, store: ProductSto
     when there are days to make; ``outside``: the coarse pixels the days leave empty."""
     spec = pipeline.product
     static, catalog = StaticLayers({}, {}), None
+    references, reference_error = None, None
     layout = day_layout(pipeline)
     if todo:  # else nothing to make: no catalog, no cluster
         if sampler is None and spec.scheme != "bilinear":
             sampler = _actor_sampler(stack, spec, models, say)
         catalog = stack.enter_context(open_catalog(pipeline))
-        if spec.scheme == "s2":
+        if spec.scheme in ("s2", "fusion"):
             static = static_for(catalog, pipeline.grid.geobox, layout.extents,
                                 store.root / "cache" / "static", spec.read_retries)  # fmt: skip
+        if spec.scheme == "fusion":
+            references, reference_error = _references(pipeline, catalog, store, todo, models,
+                                                      say)  # fmt: skip
     if static.problem:
-        say(f"warning: {static.problem}; days fall back to S1")
+        fallback = "S2, S1 or bilinear" if spec.scheme == "fusion" else "S1"
+        say(f"warning: {static.problem}; days fall back to {fallback}")
     if outside is not None:
         say(f"warning: {outside.mean():.0%} of the grid is outside every "
             f"{pipeline.gpp.modis.source} item; its pixels are left empty")  # fmt: skip
     if len(layout.windows) > 1:
         say(f"each day in {len(layout.windows)} windows of at most {spec.window} px")
-    return RunContext(pipeline, models, static, layout, sampler, catalog, outside)
+    return RunContext(pipeline, models, static, layout, sampler, catalog, outside, references,
+                      reference_error, grid_latitude(pipeline.grid.geobox))  # fmt: skip
+
+
+def _references(pipeline: Pipeline, catalog, store: ProductStore, todo: list[dt.date],
+                models: ProductModels, say) -> tuple[ReferenceStore, Exception | None]:  # fmt: skip
+    """The reference state brought up to date for the days to make (the HLS dates of the
+    ``downscale.reference_days`` before the first, in date order), under its lock; or the
+    error that stopped it (the days then fail, or are left to the next run while another run
+    holds the lock — never made without the reference they should have had)."""
+    references = ReferenceStore(store.root, pipeline.grid.geobox)
+    try:
+        with locked(references.folder / ".lock", pipeline.product.lock_timeout_s):
+            removed = references.clean_leftovers()
+            if removed:
+                log.info("removed partial reference dates: %s", ", ".join(removed))
+            ensure_references(pipeline, catalog, references, todo, say,
+                              models.hashes.get("gpp_landsat", ""))  # fmt: skip
+    except (UniqueCubeError, OSError, KeyError, ValueError) as err:
+        log.debug("the reference state was not updated", exc_info=True)
+        say(f"warning: the reference state could not be updated: {err}")
+        return references, err
+    return references, None
 
 
 def _actor_sampler(
@@ -273,7 +301,7 @@ def _one_day(
     say(f"{day}: done in {seconds:.1f} s ({details['scheme']}; 480 m mismatch with GPP_M "
         f"{before:.3f} → {after:.3f} gC m-2 d-1)")  # fmt: skip
     keep = ("scheme", "coarse_mismatch_before", "coarse_mismatch_after", "qa_fractions",
-            "lost_inputs")  # fmt: skip
+            "lost_inputs", "fallback", "reference")  # fmt: skip
     return DayResult(day, "done", "", seconds, {k: details[k] for k in keep if k in details})
 
 
@@ -291,11 +319,18 @@ def _make_day(
         make_windows(run, plan, writer.write)
         cogs = writer.finish(plan.gpp_m)
         span = dt.timedelta(days=run.gap_days)
+        landsat = {}
+        if plan.scheme == "fusion":  # the HLS items of its reference and its own clear pixels
+            own = {day} if run.references.path(day).exists() else set()
+            landsat = {run.pipeline.gpp.landsat.source:
+                       run.references.items(plan.reference_dates | own)}  # fmt: skip
+            plan.details["reference"] = _reference_note(plan)
         provenance = {
             run.pipeline.gpp.modis.source: sorted(
                 iid for when, iid in coarse.modis_items if abs(when - day) <= span
             ),
             run.pipeline.gpp.weather: coarse.weather_items,
+            **landsat,
             **run.static.items,
         }
         item = day_item(run.pipeline, store, day, cogs, provenance, plan.details,
@@ -307,6 +342,16 @@ def _make_day(
                                 if "file:checksum" in a}}  # fmt: skip
         store.commit(writer, item, marker)
     return plan.details
+
+
+def _reference_note(plan) -> dict:
+    """What a fusion day's item says of its reference state."""
+    dates = sorted(plan.reference_dates)
+    pixels = max(plan.counts.get("pixels", 0), 1)
+    return {"dates": [d.isoformat() for d in dates],
+            "oldest_days": (plan.day - dates[0]).days if dates else None,
+            "gpp_l_clear_fraction": plan.counts.get("gpp_l_clear", 0) / pixels,
+            "no_reference_fraction": plan.counts.get("no_reference", 0) / pixels}  # fmt: skip
 
 
 def _skip(store, day, reason: str, say, record: bool = True) -> DayResult:

@@ -74,7 +74,7 @@ def day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashes
             "processing:datetime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "processing:lineage": (
                 "GPP_M: LightGBM on MODIS indices and reanalysis weather (480 m); "
-                f"30 m: {details['scheme']} conditional diffusion ensemble of "
+                f"30 m: {_LINEAGE.get(details['scheme'], details['scheme'])} ensemble of "
                 f"{pipeline.product.samples}, mean and spread"
             ),
             **{f"unique_cube:{k}": v for k, v in details.items()},
@@ -92,6 +92,16 @@ def day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashes
             {"rel": "self", "href": f"./{day.isoformat()}.json", "type": "application/geo+json"},
         ],
     }
+
+
+_LINEAGE = {
+    "fusion": "fusion of the last clear GPP_L per pixel (HLS/Landsat model) and the GPP_M "
+              "change since, a LightGBM mean plus a calibrated conditional diffusion residual; "
+              "clear pixels of the day's own HLS overpass are its GPP_L;",
+    "s2": "S2 conditional diffusion (GPP_M, DEM, land cover)",
+    "s1": "S1 conditional diffusion (GPP_M)",
+    "bilinear": "bilinear GPP_M (no downscaler)",
+}  # fmt: skip
 
 
 def file_checksum(path: Path) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from unique_cube.downscale.conditions import apply_static_normalisation
+from unique_cube.downscale.fusion import terrain_features
 from unique_cube.errors import CatalogError, DownscaleError, LoadError
 from unique_cube.files import write_atomic
 from unique_cube.grid import Window
@@ -25,7 +26,7 @@ from unique_cube.inputs.reads import lost_reads, use_read_policy
 from unique_cube.inputs.static import static_items, static_layers
 from unique_cube.product.coarse import lost_read, named_reads, read_owners
 
-__all__ = ["StaticLayers", "align_static", "static_for"]
+__all__ = ["StaticLayers", "align_static", "fusion_terrain", "static_for"]
 
 
 log = logging.getLogger(__name__)
@@ -108,3 +109,20 @@ def align_static(static: StaticLayers, extent: Window, info: dict) -> np.ndarray
     zeros = np.zeros(layers.shape[1:], dtype="float32")
     stack = np.stack([by_name.get(n, zeros) for n in info["names"]])
     return apply_static_normalisation(stack, info)
+
+
+def fusion_terrain(static: StaticLayers, extent: Window, ckpt, day, latitude: float):
+    """The terrain features of ``extent`` (:func:`~unique_cube.downscale.fusion.
+    terrain_features`) with the land-cover classes of the fusion checkpoint, in its order (a
+    class absent here is 0)."""
+    layers, names = static.layers(extent)
+    terrain, terrain_names = terrain_features(layers, names, day, latitude)
+    wanted = [n for n in ckpt.fusion["features"] if n.startswith("lc_")]
+    by_name = dict(zip(terrain_names, terrain, strict=True))
+    extra = [n for n in terrain_names if n.startswith("lc_") and n not in wanted]
+    if extra:
+        log.warning("land-cover classes %s were not in the fusion downscaler's training "
+                    "region; they are left out of its features", extra)  # fmt: skip
+    zeros = np.zeros(layers.shape[1:], dtype="float32")
+    kept = [n for n in terrain_names if not n.startswith("lc_")] + wanted
+    return np.stack([by_name.get(n, zeros) for n in kept]), kept

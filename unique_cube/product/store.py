@@ -49,6 +49,7 @@ from unique_cube.product.variables import (
     GPP_UNITS,
     QA_FLAGS,
     QA_PATH_MASK,
+    STORE_LAYOUT,
     VARIABLES,
 )
 from unique_cube.redact import redact
@@ -163,6 +164,13 @@ class ProductStore:
         if self.zarr.exists():
             attrs = self._zarr_attrs()
             grid = self._grid_attrs()
+            layout = attrs.get("unique_cube_layout", 1)
+            if layout != STORE_LAYOUT:
+                raise StoreError(
+                    f"{self.zarr} was made by an earlier unique-cube (store layout {layout}, "
+                    f"this one writes layout {STORE_LAYOUT}: 16-bit QA with the fusion paths); "
+                    "give this pipeline a new product folder, or move the old one away"
+                )
             if attrs.get("unique_cube_grid") != grid:
                 raise StoreError(
                     f"{self.zarr} holds a product on another grid ({attrs.get('unique_cube_grid')}"
@@ -229,6 +237,7 @@ class ProductStore:
                 title="unique_cube daily gross primary productivity (30 m)",
                 Conventions="CF-1.8",
                 unique_cube_grid=self._grid_attrs(),
+                unique_cube_layout=STORE_LAYOUT,
             )
             template.to_zarr(self.zarr, mode="w-", compute=False, zarr_format=3,
                              consolidated=False, encoding=self._encoding())  # fmt: skip

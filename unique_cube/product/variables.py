@@ -16,6 +16,7 @@ __all__ = [
     "GPP_UNITS",
     "QA_FLAGS",
     "QA_PATH_MASK",
+    "STORE_LAYOUT",
     "VARIABLES",
 ]
 
@@ -27,20 +28,30 @@ GPP_STANDARD_NAME = "gross_primary_productivity_of_biomass_expressed_as_carbon"
 
 GPP_UNITS = "g m-2 day-1"
 
-#: QA bits of each 30 m pixel. Bits 0-1 say which path produced the value (0: none).
+#: QA bits of each 30 m pixel. Bits 0-2 say which path produced the value (0: none):
+#: the S2/S1 diffusion downscalers, bilinear GPP_M, the fusion downscaler, or the day's own
+#: clear GPP_L (a clear HLS overpass). The other bits flag how complete the inputs were.
 QA_FLAGS = {
     "ddpm_s2": 1,
     "ddpm_s1": 2,
     "bilinear": 3,
-    "gpp_m_gap_filled": 4,
-    "gpp_m_long_gap_filled": 8,
-    "gpp_m_neighbour_filled": 16,
-    "gpp_m_out_of_range": 32,
-    "coarse_consistency_corrected": 64,
-    "input_lost": 128,
+    "fusion": 4,
+    "gpp_l_clear": 5,
+    "gpp_m_gap_filled": 8,
+    "gpp_m_long_gap_filled": 16,
+    "gpp_m_neighbour_filled": 32,
+    "gpp_m_out_of_range": 64,
+    "coarse_consistency_corrected": 128,
+    "input_lost": 256,
+    "no_reference": 512,
+    "fusion_input_out_of_range": 1024,
 }
 
-QA_PATH_MASK = 3
+QA_PATH_MASK = 7
+
+#: The product store's layout; a store of another layout is refused (layout 1: uint8 QA
+#: with a 2-bit path).
+STORE_LAYOUT = 2
 
 #: The 30 m variables: dtype, fill value and CF attributes.
 VARIABLES = {
@@ -53,10 +64,10 @@ VARIABLES = {
         "long_name": "ensemble standard deviation of gpp (uncertainty)",
     }),
     # No _FillValue: 0 means "no value" through the flags, and readers keep the integers.
-    "qa": ("uint8", None, {
+    "qa": ("uint16", None, {
         "long_name": "quality: which path produced the pixel and how complete its inputs were",
-        "flag_masks": [3, 3, 3, 4, 8, 16, 32, 64, 128],
-        "flag_values": [1, 2, 3, 4, 8, 16, 32, 64, 128],
+        "flag_masks": [QA_PATH_MASK if v <= QA_PATH_MASK else v for v in QA_FLAGS.values()],
+        "flag_values": list(QA_FLAGS.values()),
         "flag_meanings": " ".join(QA_FLAGS),
     }),
 }  # fmt: skip
@@ -72,5 +83,5 @@ COARSE_VARIABLES = {
 FINE_COGS = {
     "gpp": ("float32", float("nan"), "average"),
     "gpp_sd": ("float32", float("nan"), "average"),
-    "qa": ("uint8", 0, "nearest"),
+    "qa": ("uint16", 0, "nearest"),
 }
