@@ -257,7 +257,8 @@ def test_korea_pipeline_validates_and_runs_on_the_demo_catalog(
                        train={"start": "2023-01-01", "end": "2023-12-31"})  # fmt: skip
     spec["grid"] = {"crs": "EPSG:32652", "bounds": manifest["region"]["bbox"], "resolution": 30}
     spec["downscale"].update(output=str(trained_downscalers / "ds"),
-                             test={"start": "2023-06-01", "end": "2023-10-31"})  # fmt: skip
+                             test={"start": "2023-06-01", "end": "2023-10-31"},
+                             reference_days=48)  # the fusion checkpoint's (conftest)  # fmt: skip
     spec["product"]["output"] = str(tmp_path / "product")
     path = tmp_path / "korea-on-demo.yaml"
     path.write_text(yaml.safe_dump(spec))

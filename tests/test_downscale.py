@@ -152,10 +152,11 @@ def test_train_and_evaluate_downscaler_on_the_small_world(
     report = json.loads((out / "evaluation.json").read_text())
     assert len(report["dates"]) == 2
     for against in ("vs_gpp_l", "vs_truth"):
-        assert set(report["table"][against]) == {"bilinear", "pure_pixel", "ddpm_s1", "ddpm_s2"}
+        assert set(report["table"][against]) == {"bilinear", "pure_pixel", "ddpm_s1", "ddpm_s2",
+                                                 "fusion", "fusion_mean"}  # fmt: skip
         assert report["table"][against]["bilinear"]["rmse"] > 0
-    assert set(report["ensemble"]) == {"s1", "s2"}
-    for scheme in ("s1", "s2"):
+    assert set(report["ensemble"]) == {"s1", "s2", "fusion"}
+    for scheme in ("s1", "s2", "fusion"):
         mismatch = report["coarse_consistency"][scheme]
         assert mismatch["after"] < 0.05 * max(mismatch["before"], 1e-3) + 1e-3
     assert (out / "quicklook.png").stat().st_size > 10_000

@@ -367,7 +367,7 @@ def test_a_truth_store_without_gpp_is_refused(tmp_path: Path) -> None:
 
 # --- the demo's evaluation (small world) --------------------------------------------------------
 
-METHODS = {"bilinear", "s1", "s2", "pure_pixel_oracle"}
+METHODS = {"bilinear", "fusion", "fusion_mean", "s1", "s2", "pure_pixel_oracle"}
 AGE_LABELS = {"0", "1-8", "9-16", "17-32", "gt32", "never"}
 
 
@@ -392,7 +392,7 @@ def test_the_demo_evaluation_holds_every_figure(trained_downscalers: Path) -> No
         assert _finite(scores["bias"]) and -1 <= scores["r"] <= 1, (method, scores)
     assert [row["date"] for row in result["per_date"]] == dates
 
-    assert set(result["ensemble"]) == {"s1", "s2"}
+    assert set(result["ensemble"]) == {"s1", "s2", "fusion"}
     for scheme, scores in result["ensemble"].items():
         assert scores["members"] == 2, scheme  # evaluation.members
         assert scores["crps"] > 0 and scores["spread_rmse_ratio"] > 0, (scheme, scores)
@@ -401,7 +401,7 @@ def test_the_demo_evaluation_holds_every_figure(trained_downscalers: Path) -> No
         assert sum(histogram) == pytest.approx(1.0) and min(histogram) >= 0
 
     daily, sample = result["daily_vs_truth"], result["daily_sample"]
-    assert set(daily) == {"bilinear", "s2"}  # product.scheme beside bilinear GPP_M
+    assert set(daily) == {"bilinear", "fusion"}  # product.scheme (the default) beside bilinear
     assert sample["every"] == 16 and sample["days_asked"] == 10  # 2023-06-01..10-31, 1 in 16
     assert 0 < sample["days_scored"] <= sample["days_asked"]
     assert len(result["days"]) == sample["days_scored"]
@@ -416,7 +416,7 @@ def test_the_demo_evaluation_holds_every_figure(trained_downscalers: Path) -> No
     assert set(result["strata"]["gpp_m"]) <= {"observed", "gap_filled"}
     for stratum, classes in result["strata"].items():
         for name, methods in classes.items():
-            assert set(methods) == {"bilinear", "s2"}, (stratum, name)
+            assert set(methods) == {"bilinear", "fusion"}, (stratum, name)
             assert all(s["n"] >= 100 and s["rmse"] > 0 for s in methods.values()), (stratum, name)
     # Each stratum splits the same scored pixels.
     for classes in result["strata"].values():
@@ -424,16 +424,20 @@ def test_the_demo_evaluation_holds_every_figure(trained_downscalers: Path) -> No
     seasons = result["strata"]["season"].values()
     assert sum(m["bilinear"]["n"] for m in seasons) == daily["bilinear"]["n"]
     assert result["by_age"] and set(result["by_age"]) <= AGE_LABELS
-    assert all(m["s2"]["rmse"] > 0 for m in result["by_age"].values())
+    assert all(m["fusion"]["rmse"] > 0 for m in result["by_age"].values())
+    ages = result["by_reference_age"]  # the clear dates by the age of the fusion reference
+    assert ages and set(ages) <= AGE_LABELS
+    assert all(set(m) == METHODS for m in ages.values())
 
     holdout = result["spatial_holdout"]
-    assert {"bilinear", "s2", "s2_seen"} <= set(holdout)
+    assert {"bilinear", "fusion", "fusion_seen"} <= set(holdout)
     assert holdout["west_columns"] + holdout["east_columns"] == 160
-    for method in ("bilinear", "s2", "s2_seen"):
+    for method in ("bilinear", "fusion", "fusion_seen"):
         assert holdout[method]["rmse"] > 0 and _finite(holdout[method]["bias"]), method
 
     assert "daily_vs_truth" in result["future_data"]
-    assert "pure_pixel_oracle" in result["future_data"]
+    assert "pure_pixel_oracle" in result["future_data"] and "fusion" in result["future_data"]
+    assert (trained_downscalers / "eval" / "fusion_quicklook.png").stat().st_size > 10_000
 
 
 def test_the_demo_evaluation_matches_its_own_maps(
@@ -453,15 +457,15 @@ def test_the_demo_evaluation_matches_its_own_maps(
     product = xr.open_zarr(trained_downscalers / "eval" / "product" / "gpp.zarr",
                            consolidated=False)  # fmt: skip
     product_days = product["time"].values.astype("datetime64[D]")
-    errors: dict[str, list[np.ndarray]] = {"bilinear": [], "s2": []}
+    errors: dict[str, list[np.ndarray]] = {"bilinear": [], "fusion": []}
     for day in days:
         layer = product.isel(time=int(np.flatnonzero(product_days == day)[0]))
         true = truth["gpp"].isel(time=int(np.flatnonzero(truth_days == day)[0])).values
         qa = layer["qa"].values
         bilinear = upsample_bilinear(layer["gpp_m"].values, COARSE_FACTOR)
         maps = {"bilinear": np.where(qa & QA_PATH_MASK, bilinear, np.nan),
-                "s2": layer["gpp"].values}  # fmt: skip
-        ok = np.isfinite(true) & np.isfinite(maps["bilinear"]) & np.isfinite(maps["s2"])
+                "fusion": layer["gpp"].values}  # fmt: skip
+        ok = np.isfinite(true) & np.isfinite(maps["bilinear"]) & np.isfinite(maps["fusion"])
         for name, values in maps.items():
             errors[name].append(values[ok].astype("float64") - true[ok])
     for name, parts in errors.items():

@@ -572,6 +572,6 @@ def validate_pipeline(path: str | Path) -> list[str]:
     trained = [p.name for p in [models / "gpp_modis.model", models / "gpp_landsat.model"]
                if p.exists()]  # fmt: skip
     if pipeline.downscale is not None:
-        trained += [p.name for p in Path(pipeline.downscale.output).glob("downscaler_s?.pt")]
+        trained += [p.name for p in Path(pipeline.downscale.output).glob("downscaler_*.pt")]
     lines.append(f"models present: {', '.join(trained) if trained else 'none yet (train first)'}")
     return lines

@@ -333,8 +333,11 @@ class ActorPool:
                     try:
                         return call.result(timeout=_POLL_S)
                     except TimeoutError:
-                        if call.done():  # the call's own outcome, not the poll's
-                            raise
+                        # Done meanwhile (a race the poll lost): its own outcome, a result or
+                        # its own error, never the poll's TimeoutError (an OSError, which would
+                        # pass for a lost worker).
+                        if call.done():
+                            return call.result()
                     # A call to a dead worker may never return: watch the actor's task, and its
                     # worker while the task is pinned there but not yet done.
                     status = future.status
