@@ -14,7 +14,6 @@ A date is written beside the others and renamed into place when complete.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import shutil
@@ -235,10 +234,3 @@ def _items_by_day(catalog, pipeline: Pipeline, first: dt.date, last: dt.date) ->
     for item in found:
         out.setdefault(solar_day(item), []).append(item.id)
     return out
-
-
-def provenance_note(store: ReferenceStore, used) -> dict:
-    """What a day's item says of its reference: the HLS dates and items it was made of."""
-    dates = sorted(used)
-    return {"reference_dates": [d.isoformat() for d in dates],
-            "reference_items": json.loads(json.dumps(store.items(dates)))}  # fmt: skip
