@@ -48,7 +48,8 @@ def test_manifest_counts_and_layout(demo_world):
     assert manifest["items"]["esa-worldcover"] == 1
     assert manifest["items"]["cop-dem-glo-30"] >= 1
     sites = list(csv.DictReader((path / "flux" / "sites.csv").open()))
-    assert len(sites) == manifest["sites"] == 8
+    assert len(sites) == manifest["sites"] == 10  # 8 on their own patches
+    assert manifest["region_sites"] == 2  # and 2 inside the region
     assert {s["IGBP"] for s in sites} <= {"DBF", "ENF", "MF", "CRO", "GRA"}
     assert len({s["IGBP"] for s in sites}) >= 4
 

@@ -435,6 +435,40 @@ def test_the_demo_evaluation_holds_every_figure(trained_downscalers: Path) -> No
     for method in ("bilinear", "fusion", "fusion_seen"):
         assert holdout[method]["rmse"] > 0 and _finite(holdout[method]["bias"]), method
 
+    # The small world's 2 towers inside its region, held out of training (hold_out_region):
+    # the product's 7 x 7 px window and GPP_M's pixel against the tower GPP, on the same days.
+    towers = result["towers"]
+    assert towers["window_px"] == 7 and towers["days"] == sample["days_scored"]
+    assert len(towers["sites"]) == 2 and all(s.startswith("DR-") for s in towers["sites"])
+    for method in ("product", "gpp_m"):
+        assert towers[method]["n_sites"] == 2 and towers[method]["n_days"] >= 4, towers[method]
+        assert towers[method]["rmse"] > 0 and _finite(towers[method]["bias"]), towers[method]
+        assert towers[method]["n_days"] == sum(s["n_days"] for s in towers["sites"].values())
+    assert towers["rmse_ratio"] == pytest.approx(towers["product"]["rmse"] /
+                                                 towers["gpp_m"]["rmse"])  # fmt: skip
+    metrics = json.loads((trained_downscalers / "report" / "metrics.json").read_text())
+    for method in ("product", "gpp_m"):  # the keys dashboards read
+        scores = metrics["evaluation"]["towers"][method]
+        assert scores["rmse"] == towers[method]["rmse"] and scores["n_sites"] == 2
+        assert scores["r"] == towers[method]["r"]
+    assert metrics["evaluation"]["towers"]["rmse_ratio"] == towers["rmse_ratio"]
+
+    # Step 1 against the truth on the same clear dates, by slope class and season.
+    for key in ("gpp_l_vs_truth", "gpp_m_vs_truth"):
+        table = result[key]
+        assert table["rmse"] > 0 and _finite(table["bias"]) and table["n_dates"] >= 1, key
+        assert set(table["by_slope"]) <= {"lt5", "5to15", "gt15"} and table["by_slope"], key
+        assert table["by_season"], key
+        shown = metrics["evaluation"][key]
+        assert shown["rmse"] == table["rmse"] and shown["bias"] == table["bias"]
+        for name, scores in table["by_slope"].items():
+            assert shown["by_slope"][name]["bias"] == scores["bias"]
+    assert result["gpp_l_vs_truth"]["n"] > 1000
+    for model in ("modis", "landsat"):  # the spatial CV per plant type and per season
+        cv = metrics["gpp_models"][model]
+        assert cv["per_vegetation_type"] and cv["per_season"], model
+        assert all(_finite(v["rmse"]) for v in cv["per_season"].values())
+
     assert "daily_vs_truth" in result["future_data"]
     assert "pure_pixel_oracle" in result["future_data"] and "fusion" in result["future_data"]
     assert (trained_downscalers / "eval" / "fusion_quicklook.png").stat().st_size > 10_000

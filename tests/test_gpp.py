@@ -39,7 +39,7 @@ def _table(sites: pd.DataFrame, days: int = 60) -> pd.DataFrame:
     for site in sites["site"]:
         frame = pd.DataFrame({f: rng.normal(size=days) for f in FEATURES})
         frame["ndvi"] = rng.uniform(0.1, 0.9, days)
-        frame["gpp"] = 12 * frame["ndvi"] + 0.8 * frame["tair"] + rng.normal(0, 0.5, days)
+        frame["gpp"] = 12 * frame["ndvi"] + 0.8 * frame["tair_local"] + rng.normal(0, 0.5, days)
         frame["site"] = site
         frame["date"] = pd.date_range("2021-05-01", periods=days)
         rows.append(frame)
@@ -120,7 +120,7 @@ def _features(shape=(2, 30, 40), seed=2) -> xr.Dataset:
 
 def test_predict_is_lazy_and_matches_the_booster(model_card: Path) -> None:
     features = _features().chunk({"time": 1, "y": 15, "x": 40})
-    features["tair"][0, 0, 0] = np.nan
+    features["tair_local"][0, 0, 0] = np.nan
     features["ndvi"][1, 5, 5] = 5.0  # far outside what training saw
     with raise_if_dask_computes():
         result = predict(features, model_card)

@@ -11,6 +11,7 @@ from unique_cube.config.catalog import load_catalog
 from unique_cube.demo.check import region_geobox
 from unique_cube.gpp.features import fill_gaps
 from unique_cube.gpp.predict import MapInputs, gpp_landsat, gpp_modis
+from unique_cube.inputs.terrain import coarse_terrain, grid_terrain
 from unique_cube.inputs.weather import weather_for
 
 
@@ -29,15 +30,18 @@ def test_region_maps_from_both_models(demo_world, demo_server, trained_models) -
     catalog = load_catalog("demo").with_url(demo_server.url)
     geobox = region_geobox(manifest)
     daily = weather_for(catalog, "era5", geobox, "2023-06-01", "2023-07-31", 9)
+    terrain = grid_terrain(catalog, geobox, daily)  # the reanalysis's elevation: computed
     with raise_if_dask_computes():
         landsat = gpp_landsat(
-            MapInputs(catalog, "hls-l30", trained_models / "gpp_landsat.card.json", geobox, daily),
+            MapInputs(catalog, "hls-l30", trained_models / "gpp_landsat.card.json", geobox,
+                      daily, terrain),
             "2023-06-01/2023-07-31",
-        )
+        )  # fmt: skip
         modis = gpp_modis(
-            MapInputs(catalog, "modis-sr", trained_models / "gpp_modis.card.json", geobox, daily),
+            MapInputs(catalog, "modis-sr", trained_models / "gpp_modis.card.json", geobox,
+                      daily, coarse_terrain(terrain, 16)),
             "2023-06-01/2023-07-31",
-        )
+        )  # fmt: skip
     assert landsat.gpp.shape[1:] == (160, 160)
     assert modis.gpp.shape == (61, 10, 10)  # daily, 480 m
     assert landsat.gpp.attrs["units"] == "g m-2 day-1"

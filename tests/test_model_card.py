@@ -45,11 +45,11 @@ product:
 
 
 def _rows(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Feature rows and a GPP that depends on ndvi and tair very differently."""
+    """Feature rows and a GPP that depends on ndvi and tair_local very differently."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, len(FEATURES)))
     x[:, FEATURES.index("ndvi")] = rng.uniform(0.1, 0.9, n)
-    y = 12 * x[:, FEATURES.index("ndvi")] + 0.8 * x[:, FEATURES.index("tair")]
+    y = 12 * x[:, FEATURES.index("ndvi")] + 0.8 * x[:, FEATURES.index("tair_local")]
     return x, y + rng.normal(0, 0.3, n)
 
 
@@ -109,7 +109,7 @@ def _edit_card(card_path: Path, **changes) -> None:
 
 def _swapped(features: tuple[str, ...]) -> list[str]:
     swapped = list(features)
-    i, j = swapped.index("ndvi"), swapped.index("tair")
+    i, j = swapped.index("ndvi"), swapped.index("tair_local")
     swapped[i], swapped[j] = swapped[j], swapped[i]
     return swapped
 
@@ -153,7 +153,7 @@ def test_training_writes_the_feature_names_and_the_hash_the_card_is_checked_by(
     assert json.loads((tmp_path / "gpp_modis.model").read_text())["features"] == list(FEATURES)
     np.testing.assert_allclose(GppModel(card_path).predict(x), ridge.predict(x), rtol=1e-6)
     _edit_card(card_path, features=_swapped(FEATURES))
-    with pytest.raises(ModelError, match="feature 1 is tair in the card, ndvi in the model"):
+    with pytest.raises(ModelError, match="feature 1 is tair_local in the card, ndvi in the model"):
         GppModel(card_path)
 
 
@@ -165,8 +165,8 @@ def test_a_card_with_two_features_swapped_is_refused_naming_both_files(models: P
     _edit_card(card_path, features=_swapped(FEATURES))
     expected = (
         f"{card_path} and its model {model_path} disagree: "
-        "feature 1 is tair in the card, ndvi in the model; "
-        "feature 6 is ndvi in the card, tair in the model; "
+        "feature 1 is tair_local in the card, ndvi in the model; "
+        "feature 6 is ndvi in the card, tair_local in the model; "
     )
     for load in (check_model, GppModel):
         with pytest.raises(ModelError) as caught:
@@ -174,7 +174,10 @@ def test_a_card_with_two_features_swapped_is_refused_naming_both_files(models: P
         assert str(caught.value).startswith(expected)
         assert "retrain" in str(caught.value)
     _edit_card(card_path, features=list(FEATURES)[:-1])  # one feature dropped
-    with pytest.raises(ModelError, match=r"the card lists 10 features .*, the model takes 11"):
+    with pytest.raises(
+        ModelError,
+        match=rf"the card lists {len(FEATURES) - 1} features .*, the model takes {len(FEATURES)}",
+    ):
         check_model(card_path)
 
 
@@ -186,7 +189,7 @@ def test_run_refuses_a_swapped_card_before_any_day(models: Path, capsys) -> None
     assert main(["run", str(spec), "--date", "2023-08-01"]) == 3
     err = capsys.readouterr().err
     assert f"{models / 'gpp_modis.card.json'} and its model {models / 'gpp_modis.model'}" in err
-    assert "feature 1 is tair in the card, ndvi in the model" in err
+    assert "feature 1 is tair_local in the card, ndvi in the model" in err
     assert not (models.parent / "product").exists()  # no day begun
 
 
@@ -269,8 +272,8 @@ def _values(change):
          "node 0's child 0 is not a new node of"),  # a cycle
         (_resized(_first("left_child", _values(lambda v: v[:-1]))),
          r"left_child has (\d+) values, not (\d+)"),
-        (_resized(_first("split_feature", _values(lambda v: ["11", *v[1:]]))),
-         "split_feature 11 is not one of 11 features"),
+        (_resized(_first("split_feature", _values(lambda v: [str(len(FEATURES)), *v[1:]]))),
+         f"split_feature {len(FEATURES)} is not one of {len(FEATURES)} features"),
         (_resized(_first("num_leaves", lambda v: str(int(v) + 2))),
          r"leaf_value has \d+ values, not \d+"),
         (_resized(_first("decision_type", _values(lambda v: ["1", *v[1:]]))),
@@ -409,5 +412,5 @@ def test_check_models_puts_the_model_and_card_hashes_in_the_days_item(models: Pa
     # A correct card and one with two features swapped never share provenance: the swapped
     # one is refused before any day, and any edit of a card changes the card's hash.
     _edit_card(models / "gpp_modis.card.json", features=_swapped(FEATURES))
-    with pytest.raises(ModelError, match="feature 1 is tair in the card"):
+    with pytest.raises(ModelError, match="feature 1 is tair_local in the card"):
         check_models(pipeline)

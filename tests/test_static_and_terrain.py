@@ -1,15 +1,22 @@
-"""Slope/aspect and land-cover fractions; the demo world's relief and land cover."""
+"""Slope/aspect, the GPP models' terrain terms at grids and towers, land-cover fractions; the
+demo world's relief and land cover."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import xarray as xr
 from conftest import raise_if_dask_computes
 
+from unique_cube.config import load_catalog
+from unique_cube.demo.check import region_geobox
 from unique_cube.demo.terrain import PFT, PFT_TO_WORLDCOVER, make_terrain
-from unique_cube.errors import ConfigError
+from unique_cube.errors import ConfigError, LoadError
+from unique_cube.gpp.features import TERRAIN
 from unique_cube.inputs.static import class_fractions, slope_aspect
+from unique_cube.inputs.terrain import coarse_terrain, grid_terrain, terrain_terms, tower_terrain
+from unique_cube.inputs.weather import weather_for
 
 
 def plane(dz_dx: float, dz_dy: float, n: int = 8, pixel: float = 30.0) -> xr.DataArray:
@@ -108,3 +115,55 @@ def test_worldcover_mapping_and_determinism(terrain) -> None:
     np.testing.assert_array_equal(again.pft_10m, terrain.pft_10m)
     other = make_terrain((200, 200), np.random.default_rng(8))
     assert not np.array_equal(other.elevation, terrain.elevation)
+
+
+def test_terrain_terms_of_a_south_facing_plane() -> None:
+    terms = terrain_terms(plane(0.0, 0.2))  # higher in the north: falls towards the south
+    inner = terms.isel(y=slice(1, -1), x=slice(1, -1))
+    slope = np.arctan(0.2)
+    np.testing.assert_allclose(inner["cos_slope"], np.cos(slope), rtol=1e-5)
+    np.testing.assert_allclose(inner["southness"], np.sin(slope), rtol=1e-5)
+    flat = terrain_terms(plane(0.0, 0.0))
+    assert float(np.abs(flat["southness"]).max()) == 0.0
+
+
+@pytest.mark.integration
+def test_grid_and_tower_terrain_agree_on_the_demo_world(demo_world, demo_server) -> None:
+    manifest = demo_world[1]
+    catalog = load_catalog("demo").with_url(demo_server.url)
+    geobox = region_geobox(manifest)
+    daily = weather_for(catalog, "era5", geobox, "2023-06-01", "2023-06-03", 9)
+    grid = grid_terrain(catalog, geobox, daily).compute()
+    assert set(grid.data_vars) == {*TERRAIN, "latitude"}
+    assert all(bool(np.isfinite(grid[v]).all()) for v in grid.data_vars)
+    # The reanalysis's elevation is smooth: between the grid's lowest and highest pixels,
+    # and much less varied than the terrain.
+    assert float(grid["elevation_reference"].std()) < 0.5 * float(grid["elevation"].std())
+    coarse = coarse_terrain(grid, 16)
+    assert coarse["elevation"].shape == (geobox.shape[0] // 16, geobox.shape[1] // 16)
+    np.testing.assert_allclose(float(coarse["elevation"].mean()),
+                               float(grid["elevation"].mean()), rtol=1e-4)  # fmt: skip
+
+    # Towers at three pixels of the grid: their 3-pixel windows are the grid's means there
+    # (up to the DEM's resampling, done separately for a tower's patch: a few m on 45° slopes).
+    from pyproj import Transformer
+
+    rows, cols = np.array([40, 80, 120]), np.array([30, 100, 60])
+    xs, ys = geobox.coords["x"].values[cols], geobox.coords["y"].values[rows]
+    lon, lat = Transformer.from_crs(geobox.crs.to_wkt(), "EPSG:4326",
+                                    always_xy=True).transform(xs, ys)  # fmt: skip
+    sites = pd.DataFrame({"site": ["A", "B", "C"], "lat": lat, "lon": lon})
+    towers = tower_terrain(catalog, sites, daily, {"landsat": 90.0})["landsat"]
+    for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+        window = grid.isel(y=slice(r - 1, r + 2), x=slice(c - 1, c + 2))
+        assert float(towers["elevation"][i]) == pytest.approx(float(window["elevation"].mean()),
+                                                              abs=5.0)  # fmt: skip
+        assert float(towers["cos_slope"][i]) == pytest.approx(float(window["cos_slope"].mean()),
+                                                              abs=0.06)  # fmt: skip
+        assert float(towers["elevation_reference"][i]) == pytest.approx(
+            float(grid["elevation_reference"][r, c]), abs=1.0
+        )
+
+    far = pd.DataFrame({"site": ["Nowhere"], "lat": [10.0], "lon": [100.0]})
+    with pytest.raises(LoadError, match=r"Nowhere|no DEM item"):
+        tower_terrain(catalog, far, daily, {"landsat": 90.0})

@@ -33,6 +33,7 @@ from unique_cube.errors import (
     UnknownSourceError,
 )
 from unique_cube.inputs import RetryPolicy, add_indices, load, search
+from unique_cube.inputs.flux import read_flux, read_flux_dir
 from unique_cube.version import __version__
 
 __all__ = [
@@ -54,5 +55,7 @@ __all__ = [
     "add_indices",
     "load",
     "load_catalog",
+    "read_flux",
+    "read_flux_dir",
     "search",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 __all__ = [
     "COARSE_FACTOR",
@@ -30,6 +31,8 @@ __all__ = [
     "from_blocks",
     "grid_latitude",
     "lonlat_bbox",
+    "lonlat_pixels",
+    "sites_in_region",
     "upsample_bilinear",
 ]
 
@@ -46,6 +49,38 @@ def grid_latitude(geobox) -> float:
     """The latitude of the grid's centre (degrees)."""
     _, south, _, north = lonlat_bbox(geobox)
     return (south + north) / 2
+
+
+def lonlat_pixels(lon, lat, geobox) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column (integers) of the pixel of ``geobox`` (any CRS) holding each point
+    ``lon``, ``lat`` (degrees); a point off the grid gets its would-be pixel, outside
+    ``0..shape``; a point without finite coordinates gets (-1, -1)."""
+    from pyproj import Transformer
+
+    to_grid = Transformer.from_crs("EPSG:4326", geobox.crs.to_wkt(), always_xy=True)
+    lon = np.atleast_1d(np.asarray(lon, dtype="float64"))
+    lat = np.atleast_1d(np.asarray(lat, dtype="float64"))
+    x, y = to_grid.transform(lon, lat)
+    cols, rows = ~geobox.transform * (np.asarray(x, "float64"), np.asarray(y, "float64"))
+    rows, cols = np.floor(np.asarray(rows, "float64")), np.floor(np.asarray(cols, "float64"))
+    bad = ~(np.isfinite(rows) & np.isfinite(cols))
+    rows[bad], cols[bad] = -1, -1
+    return rows.astype("int64"), cols.astype("int64")
+
+
+def sites_in_region(sites: pd.DataFrame, geobox) -> pd.Series:
+    """Which sites of a site table (columns ``lat``, ``lon`` in degrees) stand inside the grid
+    ``geobox`` (odc-geo GeoBox, any CRS): a boolean Series on the table's index.
+
+    Decided from the coordinates alone: a site on the grid's left or top edge is inside, on
+    its right or bottom edge outside (a pixel's half-open bounds); text or missing
+    coordinates are outside."""
+    lon = pd.to_numeric(sites["lon"], errors="coerce").to_numpy(dtype="float64")
+    lat = pd.to_numeric(sites["lat"], errors="coerce").to_numpy(dtype="float64")
+    rows, cols = lonlat_pixels(lon, lat, geobox)
+    ny, nx = geobox.shape
+    inside = (rows >= 0) & (rows < ny) & (cols >= 0) & (cols < nx)
+    return pd.Series(inside, index=sites.index, name="in_region", dtype=bool)
 
 
 def coarse_geobox(geobox, factor: int = COARSE_FACTOR):

@@ -19,6 +19,7 @@ import numpy as np
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.evaluation.evaluate import OLD_NAMES
+from unique_cube.evaluation.towers import METHODS as TOWER_METHODS
 from unique_cube.grid import upsample_bilinear
 from unique_cube.product.store import marker_path
 from unique_cube.product.variables import QA_PATH_MASK
@@ -64,7 +65,9 @@ def metrics(pipeline: Pipeline, days: list[dt.date], truth=None) -> dict:
     cv = json.loads((Path(pipeline.gpp.output) / "cv_report.json").read_text())
     gpp_models = {
         name: {**_pick(cv[name]["cv"]["overall"]), "n_sites": int(cv[name]["n_sites"]),
-               "folds": int(cv[name]["folds"])}
+               "folds": int(cv[name]["folds"]),
+               **{group: _scores(cv[name]["cv"].get(group, {}), ("r", "rmse", "bias", "n"))
+                  for group in ("per_vegetation_type", "per_season")}}
         for name in ("modis", "landsat")
     }  # fmt: skip
     evaluation = _evaluation(pipeline)
@@ -159,7 +162,42 @@ def _evaluation_metrics(evaluation: dict) -> dict:
             for method, scores in evaluation["spatial_holdout"].items()
             if isinstance(scores, dict)
         }
+    out["towers"] = _tower_metrics(evaluation.get("towers") or {})
+    for key in ("gpp_l_vs_truth", "gpp_m_vs_truth"):
+        if key in evaluation:
+            out[key] = _truth_metrics(evaluation[key])
     out["future_data"] = evaluation.get("future_data", {})
+    return out
+
+
+def _truth_metrics(table: dict) -> dict:
+    """Step 1 against the truth: pooled RMSE/bias/r and per slope class and season."""
+    keys = ("rmse", "bias", "r", "n")
+    return {
+        **{k: table.get(k) for k in keys},
+        "by_slope": _scores(table.get("by_slope", {}), keys),
+        "by_season": _scores(table.get("by_season", {}), keys),
+        "n_dates": table.get("n_dates"),
+    }
+
+
+def _tower_metrics(towers: dict) -> dict:
+    """The validation at the held-out towers inside the region: pooled per method (``product``,
+    ``gpp_m``; None when not scored, with a ``note`` saying why), ``rmse_ratio`` (the
+    product's RMSE over GPP_M's) and per tower."""
+    out: dict = {
+        method: {k: towers.get(method, {}).get(k) for k in ("rmse", "bias", "r", "n_sites",
+                                                             "n_days")}
+        for method in TOWER_METHODS
+    }  # fmt: skip
+    out["rmse_ratio"] = towers.get("rmse_ratio")
+    out["sites"] = {
+        site: {"n_days": scores.get("n_days"),
+               **{m: _pick(scores.get(m, {}), ("rmse", "bias", "r")) for m in TOWER_METHODS}}
+        for site, scores in (towers.get("sites") or {}).items()
+    }  # fmt: skip
+    if towers.get("note"):
+        out["note"] = towers["note"]
     return out
 
 
@@ -276,8 +314,8 @@ def _figures(pipeline: Pipeline, days: list[dt.date], truth) -> dict[str, str]:
 
 def _virtual_towers(pft) -> list[tuple[str, tuple[int, int]]]:
     """One pixel per vegetation type (``pft``: the truth's type map with CF flag attributes),
-    the one furthest inside its type: where a tower would stand (the demo world's real towers
-    are outside the product region)."""
+    the one furthest inside its type: where a tower would stand (whatever towers the region
+    has: those are scored in the evaluation's ``towers``)."""
     from scipy import ndimage
 
     codes = pft.attrs.get("flag_values", [])
@@ -371,12 +409,74 @@ def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
                 " (<code>_seen</code>: the model trained on the whole region)</h3>",
                 _table(evaluation["spatial_holdout"], ("rmse", "bias", "r",
                                                        "within_block_rmse"))]  # fmt: skip
+    out += _truth_section(evaluation)
+    out += _tower_section(evaluation.get("towers") or {})
     future = evaluation.get("future_data") or {}
     if future:
         out.append("<h3>Figures that use data from after their day</h3><ul>"
                    + "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>"
                              for k, v in future.items()) + "</ul>")  # fmt: skip
     return out
+
+
+def _cv_groups(models: dict) -> list[str]:
+    """The spatial CV per plant type and per season, both models side by side (r / RMSE)."""
+    out = []
+    for group, title in (("per_vegetation_type", "plant type (IGBP)"), ("per_season", "season")):
+        rows: dict[str, dict] = {}
+        for model, scores in models.items():
+            for name, values in (scores.get(group) or {}).items():
+                r, rmse = values.get("r"), values.get("rmse")
+                rows.setdefault(name, {})[model] = (
+                    f"{r:.2f} / {rmse:.2f}" if r is not None and rmse is not None else None
+                )
+        if rows:
+            out += [f"<h3>Spatial CV by {title}: r / RMSE</h3>", _table(rows, tuple(models))]
+    return out
+
+
+def _truth_section(evaluation: dict) -> list[str]:
+    """Step 1's maps against the truth on the clear dates, pooled, by slope and by season."""
+    rows: dict[str, dict] = {}
+    for key, label in (("gpp_l_vs_truth", "GPP_L (30 m)"), ("gpp_m_vs_truth", "GPP_M (480 m)")):
+        table = evaluation.get(key)
+        if not table:
+            continue
+        rows[f"{label} all"] = table
+        for group in ("by_slope", "by_season"):
+            for name, scores in table.get(group, {}).items():
+                unit = "°" if group == "by_slope" else ""
+                rows[f"{label} {name}{unit}"] = scores
+    if not rows:
+        return []
+    return ["<h3>Step 1 against the truth on the clear dates (GPP_L on its clear pixels, GPP_M "
+            "against the truth's 480 m means; slope classes in degrees; goal RMSE ≤ 1.0, "
+            "|bias| ≤ 0.3 in every class)</h3>",
+            _table(rows, ("rmse", "bias", "r", "n"))]  # fmt: skip
+
+
+def _tower_section(towers: dict) -> list[str]:
+    """The table of the validation at the held-out towers (per tower, then pooled)."""
+    title = "<h3>At the towers inside the region (held out of the GPP models' training)</h3>"
+    if towers.get("note") or not towers.get("sites"):
+        return [title, f"<p>{html.escape(towers.get('note') or 'not scored')}</p>"]
+    columns = ("n_days", *(f"{k} {m}" for k in ("rmse", "bias", "r") for m in TOWER_METHODS))
+    rows = {
+        name: {"n_days": scores.get("n_days"),
+               **{f"{k} {m}": (scores.get(m) or {}).get(k) for k in ("rmse", "bias", "r")
+                  for m in TOWER_METHODS}}
+        for name, scores in [*towers["sites"].items(),
+                             ("pooled", {"n_days": towers["product"].get("n_days"),
+                                         **{m: towers[m] for m in TOWER_METHODS}})]
+    }  # fmt: skip
+    ratio = towers.get("rmse_ratio")
+    return [
+        title,
+        "<p>The product: mean over the tower's window of 30 m pixels; GPP_M: the tower's 480 m "
+        "pixel; against the tower's GPP on the same days (gC m<sup>-2</sup> d<sup>-1</sup>). "
+        f"RMSE of the product over GPP_M's: {_cell(ratio)} (goal: 0.8 or less).</p>",
+        _table(rows, columns),
+    ]
 
 
 def _evaluation_figures(evaluation: dict) -> dict[str, str]:
@@ -441,6 +541,7 @@ def write_report(pipeline: Pipeline, days: list[dt.date], folder: str | Path) ->
         f"{product['peak_rss_mb']:.0f} MB.</p>",
         "<h2>Step 1: GPP models (20-fold spatial cross-validation at the towers)</h2>",
         _table(result["gpp_models"], ("r", "rmse", "bias", "n_sites", "folds")),
+        *_cv_groups(result["gpp_models"]),
         "".join(f'<img src="{figures[k]}">' for k in ("cv_modis", "cv_landsat") if k in figures),
         "<h2>Step 2: downscaling on the test year's clear dates</h2><h3>against the true "
         "30 m GPP on the same dates</h3>",

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 
 __all__ = [
+    "SEASONS",
     "Moments",
     "block_anomalies",
     "crps_ensemble",
@@ -17,6 +18,10 @@ __all__ = [
     "spread_rmse_ratio",
     "within_block_rmse",
 ]
+
+#: Meteorological seasons by month (northern hemisphere labels), for scores by season.
+SEASONS = {12: "DJF", 1: "DJF", 2: "DJF", 3: "MAM", 4: "MAM", 5: "MAM",
+           6: "JJA", 7: "JJA", 8: "JJA", 9: "SON", 10: "SON", 11: "SON"}  # fmt: skip
 
 
 def metrics(observed: np.ndarray, predicted: np.ndarray) -> dict:

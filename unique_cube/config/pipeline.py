@@ -146,6 +146,10 @@ class FluxSpec:
     min_qc: float = 0.5
     """Days with NEE_VUT_REF_QC (the fraction of good half-hours, 0-1) below this are
     dropped."""
+    hold_out_region: bool = False
+    """Towers whose coordinates fall inside the product grid (``grid``) are left out of the
+    GPP models' training and kept for validating the product (``unique-cube evaluate``'s
+    ``towers``)."""
 
     def _check(self) -> tuple[str, str] | None:
         return _out_of_range(self, {"min_qc": _FRACTION})
@@ -158,13 +162,21 @@ class ModelSpec:
     source: str
     """Source name in the pipeline's catalog."""
     min_clear: int = 1
-    """Clear pixels (of the 3×3 window) a day needs: 1 to 9."""
+    """Clear pixels of the tower window a day needs: 1 to ``window``²."""
     gap_fill_days: int = 0
     """Fill index gaps in time up to this many days (0: clear days only; at most 366)."""
+    window: int = 3
+    """Side of a tower's window in the source's pixels (odd: centred on the tower's pixel);
+    its mean indices, and the terrain's over the same extent, are the tower's features."""
 
     def _check(self) -> tuple[str, str] | None:
-        return _out_of_range(self, {"min_clear": _Range(1, 9, "pixels of the 3×3 window"),
-                                    "gap_fill_days": _GAP_DAYS})  # fmt: skip
+        if self.window % 2 == 0 or not 1 <= self.window <= 33:
+            return "window", f"must be an odd number of pixels from 1 to 33, got {self.window}"
+        return _out_of_range(self, {
+            "min_clear": _Range(1, self.window**2, f"pixels of the {self.window}×{self.window} "
+                                "window"),
+            "gap_fill_days": _GAP_DAYS,
+        })  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -375,13 +387,22 @@ class EvaluationSpec:
     threads: int = 2
     """torch threads of the evaluation's sampling and hold-out training (set, not inherited;
     nothing else computes beside them)."""
+    tower_window: int = 7
+    """Side in 30 m pixels of the window centred on a held-out tower (``flux.hold_out_region``)
+    whose mean product GPP is scored against the tower's (odd; 7: 210 m, most of a flux
+    footprint)."""
 
     def _check(self) -> tuple[str, str] | None:
-        return _out_of_range(self, {
+        problem = _out_of_range(self, {
             "min_clear_fraction": _FRACTION, "members": _Range(2, why="a spread needs two"),
             "daily_every": _ONE_OR_MORE, "history_days": _Range(0, 366),
             "threads": _ONE_OR_MORE,
+            "tower_window": _Range(1, 63, "a flux footprint spans a few hundred metres"),
         })  # fmt: skip
+        if problem is None and self.tower_window % 2 == 0:
+            return "tower_window", (f"must be odd (a window centred on the tower's pixel), got "
+                                    f"{self.tower_window}")  # fmt: skip
+        return problem
 
 
 @dataclass(frozen=True)
@@ -498,6 +519,12 @@ class Pipeline:
     """Override the catalog's STAC API URL."""
     path: str = field(default="", compare=False)
 
+    def _check(self) -> tuple[str, str] | None:
+        if self.flux.hold_out_region and self.grid is None:
+            return "flux", ("hold_out_region is true but there is no grid section: the towers "
+                            "held out are those inside the grid")  # fmt: skip
+        return None
+
     def require(self, *sections: str, command: str) -> None:
         """Raise :class:`~unique_cube.errors.ConfigError` unless every section ``command``
         needs is present (and, for a product made by a downscaler, the downscale section)."""
@@ -564,10 +591,13 @@ def validate_pipeline(path: str | Path) -> list[str]:
         pipeline.require("grid", "downscale", "product", "evaluation",
                          command="unique-cube evaluate")  # fmt: skip
         test = pipeline.downscale.test
+        towers = (f"; towers inside the grid held out of training, the product's "
+                  f"{evaluation.tower_window} x {evaluation.tower_window} px window scored "
+                  "at them" if pipeline.flux.hold_out_region else "")  # fmt: skip
         lines.append(f"evaluation: {evaluation.output} (every HLS date >= "
                      f"{evaluation.min_clear_fraction:.0%} clear, {evaluation.members} members; "
                      f"the product on 1 day in {evaluation.daily_every} of "
-                     f"{test.start}..{test.end})")  # fmt: skip
+                     f"{test.start}..{test.end}{towers})")  # fmt: skip
     models = Path(gpp.output)
     trained = [p.name for p in [models / "gpp_modis.model", models / "gpp_landsat.model"]
                if p.exists()]  # fmt: skip

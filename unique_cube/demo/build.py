@@ -48,8 +48,11 @@ log = logging.getLogger(__name__)
 #    shadows and takes bright ground for cloud; towers see mixed fetches, some with a lasting
 #    bias and noisy years; crop parcels, calendars and per-area plant parameters vary (issue 19).
 #    The manifest has "metrics" (fmask_omission, last_year_analog_r2).
+# 4: a few towers inside the region (issue 21: validation at towers), from their own random
+#    stream: everything else is as in version 3. The manifest's "sites" counts every tower,
+#    "region_sites" those inside the region.
 #: Bumped whenever the generator's output changes; a world of another version is rebuilt.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 MANIFEST = "world.json"
 _OWNED = ("stac", "cogs", "era5", "flux", "truth", MANIFEST)
 COLLECTION_TEXT = {
@@ -109,7 +112,8 @@ def build_world(
     world = make_world(size, int(np.random.default_rng(streams[0]).integers(2**31)))
     reanalysis = make_reanalysis(world, rng[1])
     t = lap("layout_and_weather", t)
-    say(f"world laid out: region {world.region.shape}, {len(world.sites)} towers, "
+    say(f"world laid out: region {world.region.shape}, {len(world.towers)} towers "
+        f"({len(world.region_sites)} inside the region), "
         f"{len(reanalysis.days)} days")  # fmt: skip
 
     items: dict[str, list[dict]] = {}
@@ -146,7 +150,8 @@ def build_world(
             "shape": list(world.region.shape),
         },
         "domain_bbox": list(world.domain_bounds()),
-        "sites": len(world.sites),
+        "sites": len(world.towers),
+        "region_sites": len(world.region_sites),
         "items": counts,
         "bytes": _sizes(out),
         "seconds": timings,

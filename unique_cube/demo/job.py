@@ -139,7 +139,8 @@ def run_demo(
     began = time.perf_counter()
     _stage("[4/6] evaluation",
            f"on the test year: every clear date (bilinear, fusion, S1, S2, pure-pixel oracle), the "
-           f"daily product on 1 day in {evaluation.daily_every}, strata, spatial hold-out",
+           f"daily product on 1 day in {evaluation.daily_every}, strata, spatial hold-out, "
+           "the towers inside the region",
            out / ".stamp", stamp, [out / "evaluation.json"],
            lambda: evaluate(pipeline, say=say), say)  # fmt: skip
     say(f"      ({time.perf_counter() - began:.0f} s)")

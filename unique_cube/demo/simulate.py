@@ -133,7 +133,7 @@ def simulate_days(
         if index % TRUTH_DAYS_PER_CHUNK == TRUTH_DAYS_PER_CHUNK - 1 or index == len(days) - 1:
             filled = index % TRUTH_DAYS_PER_CHUNK + 1
             write_truth(truth_path, index + 1 - filled, truth[:filled])
-        towers.record(day, sim.canopies[1], states[1])
+        towers.record(day, sim.canopies[1], states[1], region=states[0])
         field = sim.sky.field(index)
         height = float(sim.rng.uniform(1_000, 4_000))
         modis_items.append(sim.modis_day(index, day, states, field, height))

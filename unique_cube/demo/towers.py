@@ -8,6 +8,10 @@ sites (energy-balance closure, partitioning: ±10-25 %), a calibration that drif
 year and noisier years, meteorology at the tower (not at the reanalysis cell), gaps from
 instrument failures, and towers that started later than others.
 Missing values are -9999, as in FLUXNET2015.
+
+The towers inside the region (:attr:`~.world.World.region_sites`) measure the region's own
+pixels the same way (the footprint centred on the tower's pixel); their random traits come from
+a stream of their own, so the other towers' files are the same with or without them.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from .world import FETCH_RADIUS, PIXEL, Site, World, tower_footprint
 __all__ = ["FOOTPRINT_PIXELS", "TowerRecorder"]
 
 FOOTPRINT_PIXELS = 2 * int(FETCH_RADIUS // PIXEL)  # 600 m x 600 m centred on the tower
+#: The same footprint around a tower at a pixel's centre (the region's towers): odd.
+REGION_FOOTPRINT_PIXELS = FOOTPRINT_PIXELS + 1
 BIASED_SITES = 0.25  # share of the sites with a lasting bias
 NOISY_YEARS = 0.2  # share of site-years with twice the random error
 COLUMNS = (
@@ -46,12 +52,17 @@ class TowerRecorder:
     def __init__(self, world: World, rng: np.random.Generator):
         self.world = world
         self.rng = rng
+        # The region's towers draw their traits from their own stream (see the module).
+        self.region_rng = np.random.default_rng([world.seed, 21, 1])
         self.days: list[dt.date] = []
-        self.rows: dict[str, list[tuple[float, ...]]] = {s.id: [] for s in world.sites}
+        self.rows: dict[str, list[tuple[float, ...]]] = {s.id: [] for s in world.towers}
         self.weights = tower_footprint(FOOTPRINT_PIXELS, PIXEL)
+        self.region_weights = tower_footprint(REGION_FOOTPRINT_PIXELS, PIXEL)
 
-    def record(self, day: dt.date, canopy, state) -> None:
-        """Take the day's truth at each tower from the canopy that simulates the patches."""
+    def record(self, day: dt.date, canopy, state, region=None) -> None:
+        """Take the day's truth at each tower from the canopy that simulates the patches
+        (``state``) and, when ``region`` (the region's state of the day) is given, at the
+        towers inside the region."""
         self.days.append(day)
         h = FOOTPRINT_PIXELS // 2
         rows_of = dict(canopy.parts)
@@ -62,24 +73,27 @@ class TowerRecorder:
             cy = (rows.start + rows.stop) // 2
             cx = state.gpp.shape[1] // 2
             window = (slice(cy - h, cy + h), slice(cx - h, cx + h))
-            self.rows[site.id].append(
-                (
-                    float((state.gpp[window] * self.weights).sum()),
-                    float(state.tair[cy, cx]),
-                    float(state.shortwave[cy, cx]),
-                    float(state.vpd[cy, cx]),
-                    float(state.precipitation[cy, cx]),
-                    float((state.fapar[window] * self.weights).sum()),
-                )
-            )
+            self.rows[site.id].append(_measured(state, window, self.weights, (cy, cx)))
+        if region is None:
+            return
+        h = REGION_FOOTPRINT_PIXELS // 2
+        origin_x, origin_y = self.world.domain_origin
+        area = self.world.region
+        for site in self.world.region_sites:
+            # At a pixel's centre: the odd window is centred on it.
+            cy = int((origin_y - site.y) // PIXEL) - area.row
+            cx = int((site.x - origin_x) // PIXEL) - area.col
+            window = (slice(cy - h, cy + h + 1), slice(cx - h, cx + h + 1))
+            self.rows[site.id].append(_measured(region, window, self.region_weights, (cy, cx)))
 
     def write(self, directory: Path) -> list[Path]:
-        """Write one ``FLX_<site>_FLUXNET2015_FULLSET_DD_<y0>-<y1>_1-4.csv`` per site and
-        ``sites.csv`` (SITE_ID, LOCATION_LAT, LOCATION_LONG, IGBP, ...)."""
+        """Write one ``FLX_<site>_FLUXNET2015_FULLSET_DD_<y0>-<y1>_1-4.csv`` per recorded site
+        and ``sites.csv`` (SITE_ID, LOCATION_LAT, LOCATION_LONG, IGBP, ...)."""
         directory.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for site in self.world.sites:
-            paths.append(self._write_site(directory, site))
+        towers = [(site, self.rng) for site in self.world.sites]
+        towers += [(site, self.region_rng) for site in self.world.region_sites
+                   if self.rows[site.id]]  # fmt: skip
+        paths = [self._write_site(directory, site, rng) for site, rng in towers]
         table = directory / "sites.csv"
         with table.open("w", newline="") as f:
             writer = csv.writer(f)
@@ -87,15 +101,14 @@ class TowerRecorder:
                 ["SITE_ID", "LOCATION_LAT", "LOCATION_LONG", "LOCATION_ELEV", "IGBP",
                  "PFT", "UTM_EPSG", "UTM_X", "UTM_Y", "FILE"]
             )  # fmt: skip
-            for site, path in zip(self.world.sites, paths, strict=True):
+            for (site, _), path in zip(towers, paths, strict=True):
                 writer.writerow(
                     [site.id, site.lat, site.lon, site.elevation, site.igbp,
                      site.pft, 32652, round(site.x, 1), round(site.y, 1), path.name]
                 )  # fmt: skip
         return [table, *paths]
 
-    def _write_site(self, directory: Path, site: Site) -> Path:
-        rng = self.rng
+    def _write_site(self, directory: Path, site: Site, rng: np.random.Generator) -> Path:
         values = np.array(self.rows[site.id], dtype="float64")
         gpp, tair, sw, vpd, precip, fapar = values.T
         n = len(self.days)
@@ -154,6 +167,20 @@ class TowerRecorder:
                     ]
                 )
         return path
+
+
+def _measured(state, window: tuple[slice, slice], weights: np.ndarray,
+              at: tuple[int, int]) -> tuple[float, ...]:  # fmt: skip
+    """The truth a tower records: footprint-weighted GPP (and fAPAR) over ``window``, the
+    meteorology at its pixel ``at``."""
+    return (
+        float((state.gpp[window] * weights).sum()),
+        float(state.tair[at]),
+        float(state.shortwave[at]),
+        float(state.vpd[at]),
+        float(state.precipitation[at]),
+        float((state.fapar[window] * weights).sum()),
+    )
 
 
 def _fmt(value: float, present: bool) -> str:

@@ -7,7 +7,11 @@ Everything sits in the HLS/MGRS tile T52SCG (UTM 52N, EPSG:32652), on that tile'
 * the **sites** — small patches around flux towers on a jittered grid over the domain (a few
   km apart, mostly in different reanalysis cells), each with its own elevation and vegetation
   type, hence its own weather. A tower's fetch is not pure: its type covers 60-90 % of the
-  flux footprint (:func:`tower_footprint`), other types the rest, as around real towers.
+  flux footprint (:func:`tower_footprint`), other types the rest, as around real towers;
+* the **region's towers** (:attr:`World.region_sites`) — a few towers inside the region itself,
+  measuring the region's own pixels: the towers a product is validated at. They are placed
+  from their own random stream, so a world of the same seed is otherwise the same with or
+  without them.
 
 The world exists only in the region and the site patches: elsewhere the published rasters hold
 their nodata value, as a real archive does outside a scene's footprint.
@@ -28,6 +32,8 @@ from .terrain import Terrain, fractal_field, make_terrain
 __all__ = [
     "CRS",
     "IGBP",
+    "REGION_SITE_MARGIN",
+    "REGION_SITE_SPACING",
     "SIZES",
     "Area",
     "Site",
@@ -60,11 +66,14 @@ class WorldSize:
     domain_pixels: int
     """Side of the domain (what the items cover) in 30 m pixels."""
     n_sites: int
+    """Towers on their own patches, off the region."""
     site_pixels: int
     """Side of each tower patch in 30 m pixels."""
     start: dt.date
     end: dt.date
     """First and last day simulated (inclusive)."""
+    n_region_sites: int = 0
+    """Towers inside the application region (held out of training to validate the product)."""
 
     @property
     def days(self) -> list[dt.date]:
@@ -74,16 +83,19 @@ class WorldSize:
 
 SIZES: Mapping[str, WorldSize] = MappingProxyType(
     {
-        # What `make demo` builds: a 12 km region, 24 towers over 54 km, two years: train 2022,
-        # test 2023 (about 38 % of the full world's simulated pixels a day, half its days).
+        # What `make demo` builds: a 12 km region, 24 towers over 54 km and 4 inside the region,
+        # two years: train 2022, test 2023 (about 38 % of the full world's simulated pixels a
+        # day, half its days).
         "compact": WorldSize(
-            "compact", 400, 1800, 24, 100, dt.date(2022, 1, 1), dt.date(2023, 12, 31)
+            "compact", 400, 1800, 24, 100, dt.date(2022, 1, 1), dt.date(2023, 12, 31), 4
         ),
-        # The full configuration: a 24 km region, 42 towers over 72 km, four years: train
-        # 2020-2022, test 2023 (pipelines/demo-full.yaml).
-        "full": WorldSize("full", 800, 2400, 42, 100, dt.date(2020, 1, 1), dt.date(2023, 12, 31)),
-        # For tests: a 4.8 km region, 8 towers, one year.
-        "small": WorldSize("small", 160, 960, 8, 60, dt.date(2023, 1, 1), dt.date(2023, 12, 31)),
+        # The full configuration: a 24 km region, 42 towers over 72 km and 6 inside the region,
+        # four years: train 2020-2022, test 2023 (pipelines/demo-full.yaml).
+        "full": WorldSize(
+            "full", 800, 2400, 42, 100, dt.date(2020, 1, 1), dt.date(2023, 12, 31), 6
+        ),
+        # For tests: a 4.8 km region, 8 towers and 2 inside the region, one year.
+        "small": WorldSize("small", 160, 960, 8, 60, dt.date(2023, 1, 1), dt.date(2023, 12, 31), 2),
     }
 )
 
@@ -120,7 +132,7 @@ class Site:
     lon: float
     elevation: float
     area: int
-    """Index of the tower's patch in :attr:`World.areas`."""
+    """Index of the tower's patch in :attr:`World.areas` (0: a tower inside the region)."""
 
     @property
     def igbp(self) -> str:
@@ -136,12 +148,20 @@ class World:
     areas: tuple[Area, ...]
     """The region first, then one patch per site."""
     sites: tuple[Site, ...]
+    """The towers on their own patches (off the region), one per patch."""
     domain_origin: tuple[float, float]
     """Upper-left corner of the domain (x, y) in EPSG:32652."""
+    region_sites: tuple[Site, ...] = ()
+    """The towers inside the region (``area`` 0), at pixel centres."""
 
     @property
     def region(self) -> Area:
         return self.areas[0]
+
+    @property
+    def towers(self) -> tuple[Site, ...]:
+        """Every tower: those on their own patches, then those inside the region."""
+        return (*self.sites, *self.region_sites)
 
     @property
     def domain_shape(self) -> tuple[int, int]:
@@ -281,7 +301,65 @@ def make_world(size: WorldSize | str = "compact", seed: int = 0) -> World:
                 area=i + 1,
             )
         )
-    return World(size, seed, tuple(areas), tuple(sites), domain_origin)
+    # The region's towers come from a stream of their own: the rest of the world is the same
+    # as without them (and as before they existed).
+    inside = []
+    placed = _place_region_sites(region, size.n_region_sites, np.random.default_rng([seed, 21]))
+    for j, (row, col, pft) in enumerate(placed):
+        x = domain_origin[0] + (region.col + col + 0.5) * PIXEL
+        y = domain_origin[1] - (region.row + row + 0.5) * PIXEL
+        lon, lat = to_lonlat.transform(x, y)
+        inside.append(
+            Site(
+                id=f"DR-{pft}{j + 1:02d}",
+                pft=pft,
+                x=x,
+                y=y,
+                lat=round(float(lat), 5),
+                lon=round(float(lon), 5),
+                elevation=round(float(region.terrain.elevation[row, col]), 1),
+                area=0,
+            )
+        )
+    return World(size, seed, tuple(areas), tuple(sites), domain_origin, tuple(inside))
+
+
+#: The region's towers stand this many pixels from its edge, or more: their whole flux
+#: footprint (:data:`FETCH_RADIUS`) inside the region.
+REGION_SITE_MARGIN = int(FETCH_RADIUS // PIXEL) + 1
+#: ... and this many pixels apart, or more (two 480 m pixels: never the same GPP_M pixel).
+REGION_SITE_SPACING = 32
+
+
+def _place_region_sites(
+    region: Area, count: int, rng: np.random.Generator, tries: int = 5_000
+) -> list[tuple[int, int, int]]:
+    """Pixels (row, col in the region) and vegetation types of ``count`` towers inside the
+    region: away from its edge (:data:`REGION_SITE_MARGIN`) and from each other
+    (:data:`REGION_SITE_SPACING`), each standing in a vegetated type that covers at least half
+    of its flux footprint (no tower on a lake or a village)."""
+    pft_10m = region.terrain.pft_10m
+    ny, nx = region.shape
+    half = int(FETCH_RADIUS // 10.0) + 1  # 10 m cells either side of the tower's cell
+    weights = tower_footprint(2 * half + 1, 10.0)
+    placed: list[tuple[int, int, int]] = []
+    low = REGION_SITE_MARGIN
+    for _ in range(tries):
+        if len(placed) == count:
+            break
+        row, col = int(rng.integers(low, ny - low)), int(rng.integers(low, nx - low))
+        if any(np.hypot(row - r, col - c) < REGION_SITE_SPACING for r, c, _ in placed):
+            continue
+        cy, cx = 3 * row + 1, 3 * col + 1  # the 10 m cell at the pixel's centre
+        fetch = pft_10m[cy - half : cy + half + 1, cx - half : cx + half + 1]
+        shares = np.bincount(fetch.ravel(), weights=weights.ravel(), minlength=9)
+        pft = int(np.argmax(shares))
+        own = pft_10m[cy - 1 : cy + 2, cx - 1 : cx + 2]
+        if pft in IGBP and pft not in (7, 8) and shares[pft] >= 0.5 and (own == pft).all():
+            placed.append((row, col, pft))
+    if len(placed) < count:
+        raise ValueError(f"only {len(placed)} of {count} tower positions inside the region")
+    return placed
 
 
 def _site_types(n_sites: int, rng: np.random.Generator) -> list[tuple[int, tuple[int, int]]]:

@@ -30,6 +30,7 @@ import numpy as np
 
 from unique_cube.downscale.reference import Reference
 from unique_cube.errors import DownscaleError
+from unique_cube.gpp.features import illumination as sun_on_slope
 from unique_cube.grid import COARSE_FACTOR
 
 __all__ = [
@@ -50,18 +51,13 @@ TERRAIN_FEATURES = ("elevation", "slope", "northness", "eastness", "illumination
 
 def illumination(slope_deg: np.ndarray, aspect_cos: np.ndarray, day: dt.date,
                  latitude: float) -> np.ndarray:  # fmt: skip
-    """Clear-sky direct irradiance on the slope relative to flat ground at solar noon:
-    cos(incidence) / cos(zenith), ≥ 0 (the sun due south of the pixel north of the
-    declination, due north south of it)."""
-    declination = 23.44 * np.sin(np.radians(360 / 365 * (day.timetuple().tm_yday - 81)))
-    zenith = np.radians(min(abs(latitude - declination), 89.0))
-    towards_equator = 1.0 if latitude >= declination else -1.0
+    """Clear-sky direct irradiance on the slope relative to flat ground at solar noon
+    (:func:`unique_cube.gpp.features.illumination`, the GPP models' own definition) from the
+    slope (degrees) and the cosine of the aspect (NaN on flat ground)."""
     slope = np.radians(slope_deg)
-    # Downslope aspect facing the sun (south in the north) has cos(aspect) = -1.
-    incidence = np.cos(zenith) * np.cos(slope) - towards_equator * np.sin(zenith) * np.sin(
-        slope
-    ) * np.nan_to_num(aspect_cos)
-    return np.maximum(incidence / np.cos(zenith), 0.0).astype("float32")
+    southness = -np.sin(slope) * np.nan_to_num(aspect_cos)
+    doy = day.timetuple().tm_yday
+    return sun_on_slope(np.cos(slope), southness, latitude, doy).astype("float32")
 
 
 def terrain_features(static: np.ndarray, names: Sequence[str], day: dt.date,

@@ -10,6 +10,11 @@ On the test period (``downscale.test``), written to ``<evaluation.output>/evalua
 * ``daily_vs_truth``, ``strata``, ``by_age`` — the product path's own days against the truth
   (:mod:`.daily`), every day or 1 in ``evaluation.daily_every``;
 * ``spatial_holdout`` — the scheme trained on the west, scored on the east (:mod:`.holdout`);
+* ``towers`` — the product days at the towers inside the region, held out of the GPP models'
+  training (``flux.hold_out_region``): the product's ``evaluation.tower_window`` window and
+  GPP_M's 480 m pixel against the tower GPP, per tower and pooled (:mod:`.towers`);
+* ``gpp_l_vs_truth``, ``gpp_m_vs_truth`` — step 1's maps on the clear dates against the truth,
+  pooled, by slope class and by season (:mod:`.gpp_truth`): a floor under every scheme;
 * ``future_data`` — which of these figures use inputs observed after their day.
 """
 
@@ -40,8 +45,10 @@ from unique_cube.evaluation.clear_dates import (
     score_clear_dates,
 )
 from unique_cube.evaluation.daily import clear_history, make_days, sample_days, score_days
+from unique_cube.evaluation.gpp_truth import pairs_vs_truth
 from unique_cube.evaluation.holdout import spatial_holdout
 from unique_cube.evaluation.strata import Strata
+from unique_cube.evaluation.towers import held_out_towers, validate_at_towers
 from unique_cube.evaluation.truth import open_truth
 from unique_cube.files import sha256_file, write_json
 from unique_cube.inputs.search import open_catalog
@@ -59,6 +66,9 @@ FUTURE_DATA = {
     "strata": "as daily_vs_truth",
     "by_age": "as daily_vs_truth (the age itself counts only clear dates up to the day)",
     "spatial_holdout": "as vs_gpp_l",
+    "towers": "as daily_vs_truth",
+    "gpp_l_vs_truth": "none: the date's own Landsat and weather",
+    "gpp_m_vs_truth": "as vs_gpp_l",
     "pure_pixel_oracle": "reads the date's own Landsat: an oracle, not a daily product",
     "fusion": "its reference is GPP_L of HLS dates strictly before the date (never the date's "
               "own Landsat); the GPP_M it conditions on is gap-filled as vs_gpp_l says; in the "
@@ -91,6 +101,7 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
     check_periods(pipeline)
     spec, evaluation, product = pipeline.downscale, pipeline.evaluation, pipeline.product
     truth = open_truth(pipeline)  # checked before anything is computed
+    towers = held_out_towers(pipeline)  # their flux files too
     output = Path(evaluation.output)
     checkpoints, pure = trained_downscalers(pipeline)  # refused before any input is read
     if product.scheme != "bilinear" and product.scheme not in checkpoints:
@@ -125,6 +136,8 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
             training = cached_pairs(pipeline, catalog, spec.train or pipeline.gpp.train, say,
                                     types=types)  # fmt: skip
     result = score_clear_dates(dates)
+    if dates.truth is not None:  # step 1's own floor: GPP_L and GPP_M against the truth
+        result.update(pairs_vs_truth(dates.pairs, dates.truth, raw[names.index("slope")]))
     if dates.fusion is not None:
         fusion_quicklook(dates, output / "fusion_quicklook.png")
     timings["clear_dates"] = time.perf_counter() - began
@@ -135,7 +148,7 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
     every = 1 if full else evaluation.daily_every
     if truth is None:
         say("no truth store (downscale.truth): the daily figures need one; skipped")
-    else:
+    if truth is not None or towers.note is None:
         began = time.perf_counter()
         days = sample_days(spec.test, every)
         folder = _product_folder(pipeline, output / "product", say)
@@ -143,17 +156,34 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
             f"{spec.test.end} → {folder}")  # fmt: skip
         done = make_days(pipeline, days, folder, say)
         timings["daily_product"] = time.perf_counter() - began
+        result["daily_sample"] = {"every": every, "days_asked": len(days),
+                                  "days_scored": len(done)}  # fmt: skip
+    if truth is not None:
         began = time.perf_counter()
         classes = dict(catalog.source("worldcover").classes)
         strata = Strata.of(types, classes, raw[names.index("slope")])
         result.update(score_days(pipeline, folder, done, truth, strata, history))
-        result["daily_sample"] = {"every": every, "days_asked": len(days),
-                                  "days_scored": len(done)}  # fmt: skip
         timings["daily_scores"] = time.perf_counter() - began
+    if towers.note is None:
+        began = time.perf_counter()
+        result["towers"] = validate_at_towers(towers, folder / "gpp.zarr", done,
+                                              evaluation.tower_window)  # fmt: skip
+        product_scores, gpp_m = result["towers"]["product"], result["towers"]["gpp_m"]
+        say(f"towers: {product_scores['n_sites']} held-out towers inside the region, "
+            f"{product_scores['n_days']} tower-days: RMSE product "
+            f"{_num(product_scores['rmse'])}, GPP_M {_num(gpp_m['rmse'])}")  # fmt: skip
+        timings["towers"] = time.perf_counter() - began
+    else:
+        say(towers.note)
+        result["towers"] = {"note": towers.note}
     result["future_data"] = FUTURE_DATA
     result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     write_json(output / "evaluation.json", result)
     return result
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
 
 
 def trained_downscalers(pipeline: Pipeline) -> tuple[dict, PurePixelModel | None]:
@@ -190,6 +220,8 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
                             members=spec.samples, threads=spec.threads, pure=pure,
                             clearest=spec.max_eval_dates)  # fmt: skip
     result = score_clear_dates(dates)
+    if dates.truth is not None:  # step 1's own floor: GPP_L and GPP_M against the truth
+        result.update(pairs_vs_truth(dates.pairs, dates.truth, raw[names.index("slope")]))
     result["table"] = {
         against: {OLD_NAMES.get(name, name): scores for name, scores in result[against].items()}
         for against in ("vs_gpp_l", "vs_truth") if against in result

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from unique_cube.scores import Moments
+from unique_cube.scores import SEASONS, Moments
 
 __all__ = [
     "AGE_BINS",
@@ -30,8 +30,6 @@ __all__ = [
     "slope_classes",
 ]
 
-SEASONS = {12: "DJF", 1: "DJF", 2: "DJF", 3: "MAM", 4: "MAM", 5: "MAM",
-           6: "JJA", 7: "JJA", 8: "JJA", 9: "SON", 10: "SON", 11: "SON"}  # fmt: skip
 #: Slope classes (degrees): upper bounds and labels.
 SLOPE_CLASSES = ((5.0, "lt5"), (15.0, "5to15"), (np.inf, "gt15"))
 #: Days since the pixel's last clear 30 m observation: upper bounds (inclusive) and labels;

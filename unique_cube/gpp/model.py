@@ -220,7 +220,9 @@ class GppModel:
 
             try:
                 booster = lgb.Booster(model_str=checked.text)
-            except lgb.basic.LightGBMError as err:
+            except (lgb.basic.LightGBMError, ValueError) as err:
+                # ValueError: LightGBM hands its parameters back as JSON, which an edited
+                # parameter line can break (json.JSONDecodeError).
                 raise ModelError(f"{checked.model_path}: not a LightGBM model ({err})") from err
             self._fitted = Fitted(self.card.learner, booster=booster)
         self.path = checked.card_path

@@ -24,9 +24,10 @@ from unique_cube.config.pipeline import Pipeline
 from unique_cube.errors import ModelError
 from unique_cube.gpp.features import feature_cube
 from unique_cube.gpp.model import GPP_ATTRS, ModelCard, cached_model
-from unique_cube.grid import coarse_geobox, lonlat_bbox
+from unique_cube.grid import COARSE_FACTOR, coarse_geobox, lonlat_bbox
 from unique_cube.inputs.cube import load
 from unique_cube.inputs.search import search
+from unique_cube.inputs.terrain import coarse_terrain, grid_terrain
 
 __all__ = ["MapInputs", "gpp_landsat", "gpp_modis", "predict"]
 
@@ -98,13 +99,23 @@ class MapInputs:
     """The region's 30 m grid (GPP_M is made on its coarse grid)."""
     daily: xr.Dataset
     """Daily weather covering the maps' days (:func:`~unique_cube.inputs.weather.weather_for`)."""
+    terrain: xr.Dataset
+    """The terrain terms on the map's grid: ``geobox`` for GPP_L, its coarse grid for GPP_M
+    (:func:`~unique_cube.inputs.terrain.grid_terrain`, :func:`coarse_terrain`)."""
 
     @classmethod
-    def of(cls, pipeline: Pipeline, catalog: Catalog, model: str, daily: xr.Dataset) -> MapInputs:
-        """The inputs of a pipeline's ``modis`` or ``landsat`` model."""
+    def of(cls, pipeline: Pipeline, catalog: Catalog, model: str, daily: xr.Dataset,
+           terrain: xr.Dataset | None = None) -> MapInputs:  # fmt: skip
+        """The inputs of a pipeline's ``modis`` or ``landsat`` model; ``terrain`` is the
+        grid's 30 m terrain (loaded when not given), averaged to 480 m for ``modis``."""
+        geobox = pipeline.grid.geobox
+        if terrain is None:
+            terrain = grid_terrain(catalog, geobox, daily)
+        if model == "modis":
+            terrain = coarse_terrain(terrain, COARSE_FACTOR)
         return cls(catalog, getattr(pipeline.gpp, model).source,
-                   Path(pipeline.gpp.output) / f"gpp_{model}.card.json", pipeline.grid.geobox,
-                   daily)  # fmt: skip
+                   Path(pipeline.gpp.output) / f"gpp_{model}.card.json", geobox, daily,
+                   terrain)  # fmt: skip
 
 
 def gpp_landsat(
@@ -121,7 +132,7 @@ def gpp_landsat(
     items = search(source, lonlat_bbox(geobox), period, catalog=catalog)
     cube = load(items, catalog.source(source), geobox,
                 chunks={"time": 1, "y": chunks, "x": chunks})  # fmt: skip
-    features = feature_cube(cube, inputs.daily, geobox)
+    features = feature_cube(cube, inputs.daily, inputs.terrain, geobox)
     result = predict(features, inputs.card_path)
     result["clear"] = cube["clear"]
     if keep_features:
@@ -158,7 +169,7 @@ def gpp_modis(
         cube["clear"] = cube["clear"].fillna(False).astype(bool)
     if gap_fill_days is None:
         gap_fill_days = ModelCard.read(inputs.card_path).gap_fill_days
-    features = feature_cube(cube, daily, coarse, gap_fill_days=gap_fill_days)
+    features = feature_cube(cube, daily, inputs.terrain, coarse, gap_fill_days=gap_fill_days)
     result = predict(features, inputs.card_path)
     result["clear"] = cube["clear"]  # where the day itself was observed (not gap-filled)
     return result

@@ -5,7 +5,9 @@ For a source, the towers' 3×3-pixel windows are cut from one lazy cube on the s
 once, whatever the number of towers and days: one lazy computation for all sites. Per site and
 day the table keeps the mean of each index over the clear pixels of the window and the count of
 clear pixels; :func:`training_table` turns them into the models' features with the same
-function that makes them for a map (:func:`unique_cube.gpp.features.model_features`).
+function that makes them for a map (:func:`unique_cube.gpp.features.model_features`), the
+weather brought down to the terrain of the same windows
+(:func:`unique_cube.inputs.terrain.tower_terrain`).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from unique_cube.config.catalog import Catalog, Source
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.errors import LoadError
 from unique_cube.gpp.features import FEATURE_INDICES, FEATURES, model_features
+from unique_cube.grid import sites_in_region
 from unique_cube.inputs.cube import load
 from unique_cube.inputs.flux import read_flux_dir, read_sites
 from unique_cube.inputs.indices import add_indices
 from unique_cube.inputs.search import search
+from unique_cube.inputs.terrain import tower_terrain
 from unique_cube.inputs.weather import at_points, daily_weather
 
 log = logging.getLogger(__name__)
@@ -92,7 +96,8 @@ def tower_features(
     out["n_clear"] = windows["clear"].sum("pixel").astype("int16")
     out = out.drop_vars([c for c in out.coords if c not in ("time",)])
     out = out.assign_coords(site=sites["site"].to_numpy())
-    out.attrs = {"source_collection": source.collection, "window_pixels": window}
+    out.attrs = {"source_collection": source.collection, "window_pixels": window,
+                 "window_metres": window * abs(float(geobox.resolution.x))}  # fmt: skip
     return out
 
 
@@ -108,6 +113,7 @@ def training_table(
     sites: pd.DataFrame,
     features: xr.Dataset,
     weather: xr.Dataset,
+    terrain: xr.Dataset,
     *,
     min_clear: int = 1,
     gap_fill_days: int = 0,
@@ -115,8 +121,9 @@ def training_table(
     """Join tower targets with the model features: one row per site and day.
 
     ``features`` are :func:`tower_features` (time, site), computed; ``weather`` the daily
-    reanalysis at the towers (time, site). Index values of windows with fewer than
-    ``min_clear`` clear pixels are dropped, then the features are made by
+    reanalysis at the towers (time, site); ``terrain`` the towers' terrain terms over the
+    same windows (site; :func:`unique_cube.inputs.terrain.tower_terrain`). Index values of
+    windows with fewer than ``min_clear`` clear pixels are dropped, then the features are made by
     :func:`~unique_cube.gpp.features.model_features` exactly as for a map (index gaps of at
     most ``gap_fill_days`` filled in time); days left without every feature are left out.
     """
@@ -129,7 +136,8 @@ def training_table(
         n_clear = n_clear.groupby("time").max()
     met = weather.assign_coords(time=pd.DatetimeIndex(weather["time"].values).normalize())
     met = met.reindex(time=indices["time"].values, site=indices["site"].values)
-    table = model_features(indices, met, gap_fill_days=gap_fill_days)
+    terrain = terrain.reindex(site=indices["site"].values)
+    table = model_features(indices, met, terrain, gap_fill_days=gap_fill_days)
     table["n_clear"] = n_clear  # kept for the record: 0 on a day filled in time
     table = table.to_dataframe().reset_index().rename(columns={"time": "date"})
     table = table[["site", "date", *FEATURES, "n_clear"]].dropna(subset=list(FEATURES))
@@ -150,6 +158,11 @@ def training_tables(
 
     spec = pipeline.gpp
     sites = read_sites(pipeline.flux.sites)
+    if pipeline.flux.hold_out_region:
+        inside = sites_in_region(sites, pipeline.grid.geobox)
+        say(f"{int(inside.sum())} tower(s) inside the region held out for validation: "
+            f"{', '.join(sites['site'][inside]) or 'none'}")  # fmt: skip
+        sites = sites[~inside].reset_index(drop=True)
     flux = read_flux_dir(
         pipeline.flux.directory,
         sites["site"],
@@ -171,24 +184,28 @@ def training_tables(
     # The reanalysis month before the first day holds its first local hours.
     padded = f"{period.start - dt.timedelta(days=1)}/{period.end + dt.timedelta(days=1)}"
     weather_items = search(spec.weather, bbox, padded, catalog=catalog)
-    weather = at_points(
-        daily_weather(weather_items, catalog.source(spec.weather),
-                      utc_offset_hours=spec.utc_offset_hours),
-        sites["lat"], sites["lon"],
-    ).assign_coords(site=sites["site"].to_numpy())  # fmt: skip
+    daily = daily_weather(weather_items, catalog.source(spec.weather),
+                          utc_offset_hours=spec.utc_offset_hours)  # fmt: skip
+    weather = at_points(daily, sites["lat"], sites["lon"]).assign_coords(
+        site=sites["site"].to_numpy()
+    )
     features = {}
     for key in MODELS:
         model_spec = getattr(spec, key)
         items = search(model_spec.source, bbox, period.stac_datetime, catalog=catalog)
         say(f"{key}: {len(items)} {catalog.source(model_spec.source).collection} items")
-        features[key] = tower_features(items, catalog.source(model_spec.source), sites)
+        features[key] = tower_features(items, catalog.source(model_spec.source), sites,
+                                       window=model_spec.window)  # fmt: skip
     say("computing tower windows and weather (one Dask computation)")
     weather, *computed = dask.compute(weather, *(features[k] for k in MODELS))
+    widths = {k: features[k].attrs["window_metres"] for k in MODELS}
+    say("terrain at the towers: " + ", ".join(f"{k} window {w:.0f} m" for k, w in widths.items()))
+    terrain = tower_terrain(catalog, sites, daily, widths)
     tables = {}
     for key, feats in zip(MODELS, computed, strict=True):
         model_spec = getattr(spec, key)
         table = training_table(
-            flux, sites, feats, weather,
+            flux, sites, feats, weather, terrain[key],
             min_clear=model_spec.min_clear, gap_fill_days=model_spec.gap_fill_days,
         )  # fmt: skip
         tables[key] = table

@@ -29,7 +29,7 @@ from unique_cube.gpp.learners import LEARNER_PARAMS, Fitted, fit_learner, save_m
 from unique_cube.gpp.model import ModelCard
 from unique_cube.gpp.towers import MODELS, training_tables
 from unique_cube.inputs.search import open_catalog
-from unique_cube.scores import metrics
+from unique_cube.scores import SEASONS, metrics
 from unique_cube.version import __version__
 
 __all__ = ["cross_validate", "spatial_folds", "train", "train_gpp"]
@@ -92,7 +92,12 @@ def _report(oof: pd.DataFrame) -> dict:
         str(int(k)): {**metrics(g["gpp"], g["predicted"]), "sites": sorted(g["site"].unique())}
         for k, g in oof.groupby("fold")
     }
-    return {"overall": overall, "per_vegetation_type": by_type, "per_fold": by_fold}
+    by_season = {}
+    if "date" in oof:
+        seasons = pd.to_datetime(oof["date"]).dt.month.map(SEASONS)
+        by_season = {str(k): metrics(g["gpp"], g["predicted"]) for k, g in oof.groupby(seasons)}
+    return {"overall": overall, "per_vegetation_type": by_type, "per_season": by_season,
+            "per_fold": by_fold}  # fmt: skip
 
 
 def _check_columns(table: pd.DataFrame, needed: Sequence[str]) -> None:

@@ -21,9 +21,10 @@ import xarray as xr
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.errors import EmptySearchError
 from unique_cube.gpp.predict import MapInputs, gpp_modis
-from unique_cube.grid import coarse_geobox, lonlat_bbox
+from unique_cube.grid import COARSE_FACTOR, coarse_geobox, lonlat_bbox
 from unique_cube.inputs.reads import lost_reads, strip_query, use_read_policy
 from unique_cube.inputs.search import search
+from unique_cube.inputs.terrain import computed_coarse_terrain
 from unique_cube.inputs.weather import weather_for, weather_items
 
 __all__ = [
@@ -177,7 +178,9 @@ def gpp_m_block(pipeline: Pipeline, catalog, card_path: Path, inputs: BlockInput
     geobox = pipeline.grid.geobox
     ledger = f"gpp-m-{uuid.uuid4().hex}"
     with use_read_policy(retries=pipeline.product.read_retries, ledger=ledger):
-        maps = MapInputs(catalog, pipeline.gpp.modis.source, card_path, geobox, inputs.daily)
+        terrain = computed_coarse_terrain(catalog, geobox, inputs.daily, COARSE_FACTOR)
+        maps = MapInputs(catalog, pipeline.gpp.modis.source, card_path, geobox, inputs.daily,
+                         terrain)  # fmt: skip
         result = gpp_modis(maps, inputs.period, items=inputs.modis_items, every_day=True,
                            gap_fill_days=inputs.gap)  # fmt: skip
     chosen = [np.datetime64(d, "ns") for d in todo]
