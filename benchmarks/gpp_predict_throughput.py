@@ -27,7 +27,7 @@ def _model(folder: str, threads: int) -> str:
     rng = np.random.default_rng(0)
     n = 20_000
     table = pd.DataFrame({f: rng.normal(size=n) for f in FEATURES})
-    table["gpp"] = 5 + 2 * table["ndvi"] + np.sin(table["tair"]) + rng.normal(0, 0.3, n)
+    table["gpp"] = 5 + 2 * table["ndvi"] + np.sin(table["tair_local"]) + rng.normal(0, 0.3, n)
     table["site"] = [f"S{i % 40:02d}" for i in range(n)]
     table["date"] = pd.Timestamp("2020-01-01")
     table["igbp"] = "DBF"

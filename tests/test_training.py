@@ -4,15 +4,18 @@ the reanalysis reader and the tower windows it uses."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import small_pipeline
 
 from unique_cube.config.catalog import load_catalog
-from unique_cube.errors import LoadError
-from unique_cube.gpp.towers import tower_features
+from unique_cube.config.pipeline import load_pipeline
+from unique_cube.errors import FluxError, LoadError
+from unique_cube.gpp.towers import tower_features, training_tables
 from unique_cube.inputs.flux import read_flux_dir, read_sites
 from unique_cube.inputs.search import search
 from unique_cube.inputs.weather import at_points, daily_weather
@@ -27,8 +30,14 @@ def test_train_gpp_writes_models_cards_and_report(trained_models: Path) -> None:
         assert (models / card["model_file"]).is_file()
         assert (models / f"gpp_{key}_cv.png").stat().st_size > 10_000
         table = pd.read_parquet(models / f"{key}_training.parquet")
-        assert {"site", "date", "gpp", "ndvi", "tair", "n_clear"} <= set(table.columns)
-        assert card["n_sites"] == 8 and report[key]["cv"]["overall"]["r"] > 0.7
+        assert {"site", "date", "gpp", "ndvi", "tair_local", "illumination", "n_clear"} <= set(
+            table.columns
+        )
+        # The 2 towers inside the region are held out of training (flux.hold_out_region).
+        assert card["n_sites"] == 8 and not table["site"].str.startswith("DR-").any()
+        assert report[key]["cv"]["overall"]["r"] > 0.7
+        assert set(report[key]["cv"]["per_season"]) <= {"DJF", "MAM", "JJA", "SON"}
+        assert report[key]["cv"]["per_season"] and report[key]["cv"]["per_vegetation_type"]
         assert card["source"] in ("modis-sr", "hls-l30") and "gap_fill_days" in card
     assert set(report["modis"]["cv"]["per_fold"]) == {"0", "1", "2", "3"}
     # Landsat rows are clear dates only; MODIS rows are gap-filled to most days.
@@ -78,3 +87,21 @@ def test_tower_windows_count_clear_pixels(demo_world, demo_catalog) -> None:
     far = pd.DataFrame({"site": ["XX-Far"], "lat": [35.0], "lon": [129.5], "igbp": ["DBF"]})
     with pytest.raises(LoadError, match=r"site XX-Far .* outside every hls2-l30 item"):
         tower_features(items, demo_catalog.source("hls-l30"), far)
+
+
+def test_flux_data_of_a_site_missing_from_the_site_table_is_named(
+    demo_world, tmp_path: Path
+) -> None:
+    """Checked right after reading the files: before any catalog search."""
+    world, _ = demo_world
+    flux = tmp_path / "flux"
+    shutil.copytree(world / "flux", flux)
+    first = sorted(flux.glob("FLX_*.csv"))[0]
+    shutil.copy(first, flux / first.name.replace(first.name.split("_")[1], "XX-New"))
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text(small_pipeline(world, tmp_path / "models").replace(", hold_out_region: true", "").replace(
+        f"directory: {world}/flux", f"directory: {flux}"))  # fmt: skip
+    pipeline = load_pipeline(spec)
+    with pytest.raises(FluxError, match=r"XX-New .*site table"):
+        training_tables(pipeline, catalog=None)
+    assert not (tmp_path / "models").exists()

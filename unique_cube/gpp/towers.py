@@ -22,7 +22,7 @@ import xarray as xr
 
 from unique_cube.config.catalog import Catalog, Source
 from unique_cube.config.pipeline import Pipeline
-from unique_cube.errors import LoadError
+from unique_cube.errors import FluxError, LoadError
 from unique_cube.gpp.features import FEATURE_INDICES, FEATURES, model_features
 from unique_cube.grid import sites_in_region
 from unique_cube.inputs.cube import load
@@ -158,17 +158,27 @@ def training_tables(
 
     spec = pipeline.gpp
     sites = read_sites(pipeline.flux.sites)
+    flux = read_flux_dir(
+        pipeline.flux.directory,
+        target=pipeline.flux.target,
+        min_qc=pipeline.flux.min_qc,
+    )
+    unknown = sorted(set(flux["site"]) - set(sites["site"]))
+    if unknown:
+        raise FluxError(
+            f"{pipeline.flux.directory}: flux data of site(s) {', '.join(unknown)} that the "
+            f"site table {pipeline.flux.sites} lacks (its coordinates and type are needed)"
+        )
+    without = sorted(set(sites["site"]) - set(flux["site"]))
+    if without:
+        say(f"{len(without)} site(s) of the site table without flux data: "
+            f"{', '.join(without[:10])}{' …' if len(without) > 10 else ''}")  # fmt: skip
     if pipeline.flux.hold_out_region:
         inside = sites_in_region(sites, pipeline.grid.geobox)
         say(f"{int(inside.sum())} tower(s) inside the region held out for validation: "
             f"{', '.join(sites['site'][inside]) or 'none'}")  # fmt: skip
         sites = sites[~inside].reset_index(drop=True)
-    flux = read_flux_dir(
-        pipeline.flux.directory,
-        sites["site"],
-        target=pipeline.flux.target,
-        min_qc=pipeline.flux.min_qc,
-    )
+    flux = flux[flux["site"].isin(sites["site"])]
     period = spec.train
     flux = flux[
         (flux["date"] >= pd.Timestamp(period.start)) & (flux["date"] <= pd.Timestamp(period.end))

@@ -95,9 +95,19 @@ def reanalysis_elevation(catalog: Catalog, lat: np.ndarray, lon: np.ndarray) -> 
     return out.sel(lat=lat, lon=lon)
 
 
+#: Reanalysis elevations computed in this process, by grid and DEM assets (a run's maps,
+#: pairs and references share one reanalysis grid).
+_REFERENCE: dict[tuple, xr.DataArray] = {}
+
+
 def _reference(daily: xr.Dataset, catalog: Catalog) -> xr.Dataset:
-    elevation = reanalysis_elevation(catalog, daily["lat"].values, daily["lon"].values)
-    return xr.Dataset({"elevation_reference": elevation})
+    lat, lon = daily["lat"].values, daily["lon"].values
+    key = (catalog.stac_url, tuple(np.round(lat, 6)), tuple(np.round(lon, 6)))
+    if key not in _REFERENCE:
+        if len(_REFERENCE) > 8:
+            _REFERENCE.clear()
+        _REFERENCE[key] = reanalysis_elevation(catalog, lat, lon)
+    return xr.Dataset({"elevation_reference": _REFERENCE[key]})
 
 
 def grid_terrain(catalog: Catalog, geobox, daily: xr.Dataset, *, chunks: int = 512,
