@@ -99,8 +99,8 @@ def test_flux_data_of_a_site_missing_from_the_site_table_is_named(
     first = sorted(flux.glob("FLX_*.csv"))[0]
     shutil.copy(first, flux / first.name.replace(first.name.split("_")[1], "XX-New"))
     spec = tmp_path / "pipeline.yaml"
-    spec.write_text(small_pipeline(world, tmp_path / "models").replace(", hold_out_region: true", "").replace(
-        f"directory: {world}/flux", f"directory: {flux}"))  # fmt: skip
+    text = small_pipeline(world, tmp_path / "models").replace(", hold_out_region: true", "")
+    spec.write_text(text.replace(f"directory: {world}/flux", f"directory: {flux}"))
     pipeline = load_pipeline(spec)
     with pytest.raises(FluxError, match=r"XX-New .*site table"):
         training_tables(pipeline, catalog=None)

@@ -5,8 +5,8 @@
 through the resilient reader of ``reads`` → ``indices`` (NDVI, EVI …), ``weather`` (daily
 reanalysis on a grid or at points), ``static`` (DEM and land-cover layers), ``terrain`` (the
 GPP models' DEM terms at tower windows and on grids, and the reanalysis's own elevation);
-``flux`` reads the tower files in their common formats, which are not STAC. A new input source is a catalog entry, plus a decoder here
-if its bands need one.
+``flux`` reads the tower files in their common formats, which are not STAC. A new input
+source is a catalog entry, plus a decoder here if its bands need one.
 """
 
 from unique_cube.inputs.cube import load
