@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
+import importlib.util
+import itertools
 import re
 import tomllib
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ NAMESPACE = "carbon"
 PIPELINE_PATH = "/etc/unique-cube/pipeline.yaml"
 VALUES_FILES = ("default", "operator-gpu", "local")
 DASK_API = "kubernetes.dask.org/v1"
+DASK_API_PATH = "/apis/kubernetes.dask.org/v1"
 SECRET_LOOKING = re.compile(r"KEY|SECRET|TOKEN|PASSW|CREDENTIAL", re.IGNORECASE)
 
 
@@ -102,6 +105,22 @@ def render(chart: helm.Chart, values: dict[str, Any]) -> Rendered:
 
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {item["name"]: item for item in container.get("env", [])}
+
+
+WRAPPER = ["python", "/opt/unique-cube/dask_workers.py"]
+
+
+def run_args(container: dict[str, Any]) -> list[str]:
+    """The runner's `unique-cube` command, with the scale-to-zero wrapper taken off."""
+    args = container["args"]
+    return args[args.index("--") + 1 :] if args[:2] == WRAPPER else args
+
+
+def scaled_to(container: dict[str, Any]) -> dict[str, int]:
+    """The wrapper's ``--scale RESOURCE/NAME=N`` options: the replicas during a run."""
+    args = container["args"]
+    targets = [args[i + 1] for i, arg in enumerate(args[: args.index("--")]) if arg == "--scale"]
+    return {target: int(n) for target, n in (item.rsplit("=", 1) for item in targets)}
 
 
 @pytest.fixture(scope="module")
@@ -337,7 +356,14 @@ def test_gpu_limits_agree_with_dask_worker_resources(rendered: dict[str, Rendere
             assert limit is None and resources is None
             assert container["image"].endswith("-cpu")
     group = release.one("DaskWorkerGroup")
-    assert group["spec"]["worker"]["replicas"] == values["dask"]["gpuWorkers"]["replicas"]
+    # At rest the group is empty; each run scales it to the replicas asked for.
+    assert group["spec"]["worker"]["replicas"] == 0
+    for pod in release.runner_pods():
+        scaled = scaled_to(pod["spec"]["containers"][0])
+        assert (
+            scaled[f"daskworkergroups/{group['metadata']['name']}"]
+            == (values["dask"]["gpuWorkers"]["replicas"])
+        )
     gpu_pod = group["spec"]["worker"]["spec"]
     assert gpu_pod["nodeSelector"] == values["dask"]["gpuWorkers"]["nodeSelector"]
     assert gpu_pod["tolerations"] == values["dask"]["gpuWorkers"]["tolerations"]
@@ -438,7 +464,7 @@ def test_daily_cronjob_runs_the_previous_day_once_at_a_time(
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     container = pod["containers"][0]
-    assert container["args"] == ["unique-cube", "run", PIPELINE_PATH, "--date", "yesterday"]
+    assert run_args(container) == ["unique-cube", "run", PIPELINE_PATH, "--date", "yesterday"]
 
 
 @pytest.mark.parametrize("values_name", ["operator-gpu", "local"])
@@ -450,7 +476,7 @@ def test_backfill_job_runs_the_range_from_values(
     compact = f"{backfill['start']}-{backfill['end']}".replace("-", "")
     assert job["metadata"]["name"].endswith(f"-backfill-{compact[:8]}-{compact[8:]}")
     pod = job["spec"]["template"]["spec"]
-    assert pod["containers"][0]["args"] == [
+    assert run_args(pod["containers"][0]) == [
         *("unique-cube", "run", PIPELINE_PATH),
         *("--start", backfill["start"], "--end", backfill["end"]),
     ]
@@ -521,13 +547,20 @@ def test_pods_run_as_non_root_on_a_read_only_root_with_scratch(
                 assert "emptyDir" in volumes[mounts[writable]], (where, writable)
 
 
-def test_secrets_are_referenced_never_rendered(rendered: dict[str, Rendered]) -> None:
+def test_secrets_are_referenced_never_rendered_and_only_where_used(
+    rendered: dict[str, Rendered],
+) -> None:
     values = ci_values("operator-gpu")["secrets"]
     release = rendered["operator-gpu"]
     assert not release.of_kind("Secret")
-    containers = list(release.containers())
-    assert len(containers) >= 5  # runner x2, scheduler, two worker groups, helm test
-    for where, container in containers:
+    containers = dict(release.containers())
+    # The runners read inputs and write outputs, the workers run the reads and writes; the
+    # scheduler only schedules and `helm test` only checks the pipeline file.
+    users = [w for w in containers if "/scheduler/" not in w and not w.startswith("Pod/")]
+    non_users = [w for w in containers if w not in users]
+    assert len(users) == 4 and len(non_users) == 2, containers  # runner x2, two worker groups
+    for where in users:
+        container = containers[where]
         key = env_of(container)["PC_SDK_SUBSCRIPTION_KEY"]
         assert key == {
             "name": "PC_SDK_SUBSCRIPTION_KEY",
@@ -540,12 +573,234 @@ def test_secrets_are_referenced_never_rendered(rendered: dict[str, Rendered]) ->
         }, where
         secret_refs = [e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e]
         assert secret_refs == [values["objectStore"]["secretName"]], where
+    for where in non_users:
+        container = containers[where]
+        assert not [e for e in env_of(container).values() if "valueFrom" in e], where
+        assert not [e for e in container["envFrom"] if "secretRef" in e], where
+        assert env_of(container)["AWS_REGION"]["value"] == "ap-northeast-2"  # plain extraEnv
+    for where, container in containers.items():
         for name, item in env_of(container).items():
             if SECRET_LOOKING.search(name):
                 assert "value" not in item, (where, name)
     # Only the env ConfigMap carries plain variables, and none of them looks secret.
     for configmap in release.of_kind("ConfigMap"):
         assert not [k for k in configmap["data"] if SECRET_LOOKING.search(k)]
+
+
+def test_secret_references_in_extra_env_skip_the_scheduler(chart: helm.Chart) -> None:
+    reference = {"secretKeyRef": {"name": "s3", "key": "secret"}}
+    values = merged(
+        ci_values("operator-gpu"),
+        {
+            "extraEnv": [{"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": reference}],
+            "extraEnvFrom": [{"secretRef": {"name": "more"}}, {"configMapRef": {"name": "m"}}],
+        },
+    )
+    containers = dict(render(chart, values).containers())
+    for where, container in containers.items():
+        has_secret = "AWS_SECRET_ACCESS_KEY" in env_of(container)
+        froms = [next(iter(e)) for e in container["envFrom"]]
+        if "/scheduler/" in where or where.startswith("Pod/"):
+            assert not has_secret and "secretRef" not in froms, where
+        else:
+            assert has_secret and froms.count("secretRef") == 2, where
+        assert froms.count("configMapRef") == 2, where
+
+
+# Operator mode: a claim, workers at zero between runs, probes
+
+
+def test_operator_mode_without_a_claim_fails_with_a_message(chart: helm.Chart) -> None:
+    values = ci_values("operator-gpu")
+    del values["persistence"]
+    with pytest.raises(helm.HelmRenderError, match=r"needs persistence\.existingClaim"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    values = merged(ci_values("operator-gpu"), {"rbac": {"create": False}})
+    with pytest.raises(helm.HelmRenderError, match=r"dask\.scaleToZero needs rbac\.create"):
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def readme_helm_install() -> dict[str, Any]:
+    """The `helm install` of the README's "Run on Kubernetes", its --set/--set-file values."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("helm install gpp deploy/helm/unique-cube")
+    lines = []
+    for line in readme[start:].splitlines():
+        lines.append(line.rstrip("\\ "))
+        if not line.endswith("\\"):
+            break
+    words = " ".join(lines).split()
+    values: dict[str, Any] = {}
+    for flag, item in itertools.pairwise(words):
+        if flag not in ("--set", "--set-file"):
+            continue
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = values
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = (REPO / value).read_text() if flag == "--set-file" else value
+    return values
+
+
+def test_readme_operator_example_renders_with_a_claim(chart: helm.Chart) -> None:
+    values = readme_helm_install()
+    assert values["dask"]["mode"] == "operator"
+    assert values["persistence"]["existingClaim"]
+    release = render(chart, values)
+    assert release.one("DaskCluster") and release.one("CronJob")
+    for pod in release.runner_pods():
+        mounts = {m["name"]: m["mountPath"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert mounts["data"] == "/data"  # where korea-daily.yaml writes
+        assert pod["spec"]["containers"][0]["workingDir"] == "/data"
+    # The pipeline the README mounts writes under that claim.
+    pipeline = yaml.safe_load(values["pipeline"])
+    assert Path(pipeline["product"]["output"]).is_relative_to("/data")
+    del values["persistence"]
+    with pytest.raises(helm.HelmRenderError, match=r"needs persistence\.existingClaim"):
+        render(chart, values)
+
+
+def test_workers_are_at_zero_between_runs_and_scaled_by_each_run(
+    chart: helm.Chart, rendered: dict[str, Rendered]
+) -> None:
+    release, values = rendered["operator-gpu"], ci_values("operator-gpu")
+    cluster, group = release.one("DaskCluster"), release.one("DaskWorkerGroup")
+    assert cluster["spec"]["worker"]["replicas"] == 0
+    assert group["spec"]["worker"]["replicas"] == 0
+    script = (CHART / "files" / "dask_workers.py").read_text()
+    configmap = release.one("ConfigMap", "-dask-workers")
+    assert configmap["data"]["dask_workers.py"].strip() == script.strip()
+    runners = release.runner_pods()
+    assert len(runners) == 2
+    for pod in runners:
+        container = pod["spec"]["containers"][0]
+        assert container["args"][:2] == WRAPPER
+        assert scaled_to(container) == {
+            f"daskclusters/{cluster['metadata']['name']}": values["dask"]["cpuWorkers"]["replicas"],
+            f"daskworkergroups/{group['metadata']['name']}": (
+                values["dask"]["gpuWorkers"]["replicas"]
+            ),
+        }
+        selector = container["args"][container["args"].index("--runners") + 1]
+        labels = dict(item.split("=") for item in selector.split(","))
+        assert labels.items() <= pod["metadata"]["labels"].items()  # it finds the other runs
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        script_volume = volumes[mounts["/opt/unique-cube"]]
+        assert script_volume["configMap"]["name"] == configmap["metadata"]["name"]
+    # The Role allows what the wrapper calls: the scale subresources and listing the pods.
+    rules = release.one("Role")["rules"]
+    assert any(
+        {"daskclusters/scale", "daskworkergroups/scale"} <= set(r["resources"])
+        and "patch" in r["verbs"]
+        for r in rules
+    )
+    assert any("pods" in r["resources"] and "list" in r["verbs"] for r in rules)
+    # Switched off: the groups keep their replicas all day and the runner runs bare.
+    always_on = render(chart, merged(values, {"dask": {"scaleToZero": False}}))
+    assert always_on.one("DaskWorkerGroup")["spec"]["worker"]["replicas"] == 2
+    assert always_on.one("DaskCluster")["spec"]["worker"]["replicas"] == 4
+    for pod in always_on.runner_pods():
+        assert pod["spec"]["containers"][0]["args"][:2] == ["unique-cube", "run"]
+    assert not [c for c in always_on.of_kind("ConfigMap") if "dask-workers" in str(c)]
+
+
+def test_workers_have_health_probes(rendered: dict[str, Rendered]) -> None:
+    workers = worker_containers(rendered["operator-gpu"])
+    assert len(workers) == 2
+    for where, container in workers:
+        port = dask_option(container["args"], "--dashboard-address")
+        (named,) = [p for p in container["ports"] if p["name"] == "http-dashboard"]
+        assert str(named["containerPort"]) == port, where
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert container[probe]["httpGet"] == {"port": "http-dashboard", "path": "/health"}
+        assert container["livenessProbe"]["failureThreshold"] >= 3  # a busy worker is slow
+
+
+# The scale-to-zero wrapper (files/dask_workers.py), against a fake API server
+
+
+def load_dask_workers():
+    spec = importlib.util.spec_from_file_location(
+        "dask_workers", CHART / "files" / "dask_workers.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakeApi:
+    def __init__(self, pods: list[tuple[str, str]]) -> None:
+        self.pods, self.calls = pods, []
+
+    def __call__(self, method: str, path: str, body: dict | None) -> dict:
+        self.calls.append((method, path, body))
+        if method == "GET":
+            return {"items": [{"metadata": {"name": n}, "status": {"phase": p}}
+                              for n, p in self.pods]}  # fmt: skip
+        return {}
+
+    def replicas(self) -> list[tuple[str, int]]:
+        return [(path.split("/")[-2], body["spec"]["replicas"])
+                for method, path, body in self.calls if method == "PATCH"]  # fmt: skip
+
+
+class FakeChild:
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    def wait(self) -> int:
+        return self.code
+
+    def send_signal(self, signum: int) -> None:
+        pass
+
+
+ARGV = [
+    *("--scale", "daskclusters/c=2", "--scale", "daskworkergroups/c-gpu=1"),
+    *("--runners", "app.kubernetes.io/component=runner", "--wait", "5"),
+    *("--", "unique-cube", "run", "p"),
+]
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_wrapper_scales_up_runs_and_scales_down(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    dask_workers = load_dask_workers()
+    monkeypatch.setenv("POD_NAMESPACE", NAMESPACE)
+    monkeypatch.setenv("HOSTNAME", "me")
+    monkeypatch.setattr(dask_workers, "ACCOUNT", "/nonexistent")
+    api, waited, started = FakeApi([("me", "Running"), ("old", "Succeeded")]), [], []
+    result = dask_workers.main(
+        ARGV,
+        request=api,
+        wait=lambda n, timeout: waited.append((n, timeout)),
+        start=lambda command: started.append(command) or FakeChild(code),
+    )
+    assert result == code  # a failed run fails the Job, after the scale-down
+    assert waited == [(3, 5.0)] and started == [["unique-cube", "run", "p"]]
+    assert api.replicas() == [("c", 2), ("c-gpu", 1), ("c", 0), ("c-gpu", 0)]
+    first_patch = next(path for method, path, _ in api.calls if method == "PATCH")
+    assert first_patch == f"{DASK_API_PATH}/namespaces/{NAMESPACE}/daskclusters/c/scale"
+
+
+def test_wrapper_leaves_the_workers_to_a_run_still_going(monkeypatch: pytest.MonkeyPatch) -> None:
+    dask_workers = load_dask_workers()
+    monkeypatch.setenv("POD_NAMESPACE", NAMESPACE)
+    monkeypatch.setenv("HOSTNAME", "me")
+    monkeypatch.setattr(dask_workers, "ACCOUNT", "/nonexistent")
+    api = FakeApi([("me", "Running"), ("backfill-x", "Running")])
+
+    def crash(command):
+        raise OSError("no such command")
+
+    with pytest.raises(OSError):
+        dask_workers.main(ARGV, request=api, wait=lambda n, t: None, start=crash)
+    assert api.replicas() == [("c", 2), ("c-gpu", 1)]  # the other run scales them down
+    api = FakeApi([("me", "Running")])
+    with pytest.raises(OSError):
+        dask_workers.main(ARGV, request=api, wait=lambda n, t: None, start=crash)
+    assert api.replicas()[-2:] == [("c", 0), ("c-gpu", 0)]
 
 
 # The image recipe

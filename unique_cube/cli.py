@@ -42,6 +42,7 @@ from unique_cube.gpp.train import train_gpp
 from unique_cube.inputs.search import search
 from unique_cube.inputs.stac_server import LocalStacServer
 from unique_cube.product.run import parse_day, product_days, run
+from unique_cube.progress import progress_lines
 from unique_cube.redact import install_redaction, redact
 from unique_cube.version import __version__
 
@@ -133,8 +134,15 @@ def _cmd_demo_world(args: argparse.Namespace) -> int:
     return 0
 
 
+#: The running command's ``say`` (:func:`unique_cube.progress.progress_lines`).
+_SAY: list = []
+
+
 def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    if _SAY:
+        _SAY[-1](text)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def _cmd_serve_catalog(args: argparse.Namespace) -> int:
@@ -395,7 +403,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("distributed").setLevel(level)
     install_redaction()
     try:
-        return args.func(args)
+        with progress_lines() as say:
+            _SAY.append(say)
+            try:
+                return args.func(args)
+            finally:
+                _SAY.pop()
     except UniqueCubeError as err:
         print(f"unique-cube {args.command}: error: {redact(err)}", file=sys.stderr)
         return err.exit_code

@@ -13,6 +13,8 @@ import datetime as dt
 import html
 import io
 import json
+import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,14 @@ from unique_cube.grid import upsample_bilinear
 from unique_cube.product.store import marker_path
 from unique_cube.product.variables import QA_PATH_MASK
 
-__all__ = ["metrics", "write_report"]
+__all__ = ["day_status", "metrics", "write_report"]
 
 
 _SCORES = ("r", "rmse", "bias")
+# Table columns that hold counts: printed as integers even when JSON gave them as floats.
+_COUNT_COLUMN = re.compile(r"^(n|n_\w+|folds|members|days|days_\w+)$")
+# Day maps in the report's day selector: the latest days of the run (each is a PNG inline).
+MAX_DAY_MAPS = 62
 
 
 def _pick(scores: dict, keys=_SCORES) -> dict:
@@ -56,6 +62,47 @@ def _product_runs(product: Path, days: list[dt.date]) -> dict:
             if day["status"] == "done" and day["day"] in wanted:
                 seconds[day["day"]] = day["seconds"]
     return {"seconds": seconds, "peak_rss_mb": peak}
+
+
+def day_status(product: str | Path, days: list[dt.date]) -> dict[str, dict]:
+    """Each day's last outcome in the run logs (``<product>/runs/*.json``, oldest first):
+    ``status`` (done, already done, skipped, failed; "not run" when no log names the day),
+    ``reason``, ``seconds`` and the ``run`` (its start) that said so."""
+    status = {d.isoformat(): {"status": "not run", "reason": "", "seconds": None, "run": None}
+              for d in days}  # fmt: skip
+    for path in sorted((Path(product) / "runs").glob("*.json")):
+        try:
+            log = json.loads(path.read_text())
+        except (OSError, ValueError):  # a log cut short by a killed run says nothing
+            continue
+        for entry in log.get("days", []):
+            day = entry.get("day")
+            if day not in status:
+                continue
+            if entry.get("status") == "already done" and status[day]["status"] == "done":
+                continue  # a later run that kept the day does not hide how it was made
+            status[day] = {"status": entry.get("status", "?"), "reason": entry.get("reason", ""),
+                           "seconds": entry.get("seconds"), "run": log.get("started")}  # fmt: skip
+    return status
+
+
+def _status_section(status: dict[str, dict]) -> list[str]:
+    """The per-day table of the run logs, with the count of each status above it."""
+    counts: dict[str, int] = {}
+    for entry in status.values():
+        counts[entry["status"]] = counts.get(entry["status"], 0) + 1
+    summary = ", ".join(f"{n} {html.escape(s)}" for s, n in counts.items())
+    rows = "".join(
+        f"<tr class='{html.escape(e['status'].replace(' ', '-'))}'><td>{day}</td>"
+        f"<td>{html.escape(e['status'])}</td><td class='reason'>{html.escape(e['reason'] or '')}"
+        f"</td><td>{_cell(e['seconds'])}</td><td>{html.escape(str(e['run'] or '–'))}</td></tr>"
+        for day, e in status.items()
+    )
+    return [
+        f"<h3>Each day in the run logs ({summary})</h3>",
+        "<table class='status'><tr><th>day</th><th>status</th><th>reason</th>"
+        f"<th>seconds</th><th>run started (UTC)</th></tr>{rows}</table>",
+    ]
 
 
 def metrics(pipeline: Pipeline, days: list[dt.date], truth=None) -> dict:
@@ -228,6 +275,22 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def _png_size(uri: str) -> tuple[int, int] | None:
+    """Width and height of a PNG data URI (its IHDR chunk), or None if it is not a PNG."""
+    head = base64.b64decode(uri.split(",", 1)[1][:44])
+    if head[:8] != b"\x89PNG\r\n\x1a\n":
+        return None
+    return struct.unpack(">II", head[16:24])
+
+
+def _img(uri: str, alt: str = "") -> str:
+    """An inline figure shown at its own pixel size: a figure wider than the page scrolls
+    sideways in its box rather than being shrunk below the size of its text."""
+    size = _png_size(uri)
+    dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
+    return f'<div class="fig"><img src="{uri}" alt="{html.escape(alt)}"{dims}></div>'
+
+
 def _figures(pipeline: Pipeline, days: list[dt.date], truth) -> dict[str, str]:
     import matplotlib
 
@@ -258,7 +321,7 @@ def _figures(pipeline: Pipeline, days: list[dt.date], truth) -> dict[str, str]:
         panels.insert(3, ("truth", true, "YlGn"))
         panels.insert(4, ("product − truth", product_map - true, "RdBu_r"))
     top = float(np.nanpercentile(product_map, 99.5))
-    columns = 4
+    columns = 3  # 3 x 3.6 in at 90 dpi: about 1000 px, the page's width
     rows = -(-len(panels) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows), squeeze=False)
     for ax in axes.ravel()[len(panels) :]:
@@ -277,6 +340,7 @@ def _figures(pipeline: Pipeline, days: list[dt.date], truth) -> dict[str, str]:
         fig.colorbar(shown, ax=ax, shrink=0.7)
     fig.suptitle(f"{done[day]} (gC m$^{{-2}}$ d$^{{-1}}$)", fontsize=11)
     figures["maps"] = _png(fig)
+    figures.update(day_maps(cube, done[-MAX_DAY_MAPS:], top))
 
     if truth is not None:
         true = truth["gpp"].sel(time=[np.datetime64(d, "ns") for d in done]).values
@@ -307,9 +371,72 @@ def _figures(pipeline: Pipeline, days: list[dt.date], truth) -> dict[str, str]:
             ax.plot(true.ravel()[pick], values.ravel()[pick], ".", ms=1, alpha=0.3)
             ax.plot([0, top], [0, top], "k-", lw=0.5)
             ax.set_title(f"{title}: r {s['r']:.3f}, RMSE {s['rmse']:.2f}", fontsize=9)
-            ax.set_xlabel("truth")
+            ax.set_xlabel("true GPP (gC m$^{-2}$ d$^{-1}$)")
+            ax.set_ylabel(f"{title} GPP (gC m$^{{-2}}$ d$^{{-1}}$)")
         figures["scatter"] = _png(fig)
     return figures
+
+
+def day_maps(cube, days: list[dt.date], top: float | None = None) -> dict[str, str]:
+    """One figure per product day (``day:<date>``): the 30 m GPP, its ensemble spread and the
+    QA value path, on the same colour scales for every day (GPP up to ``top``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gpp = cube["gpp"].sel(time=[np.datetime64(d, "ns") for d in days]).values
+    spread = cube["gpp_sd"].sel(time=[np.datetime64(d, "ns") for d in days]).values
+    qa = cube["qa"].sel(time=[np.datetime64(d, "ns") for d in days]).values
+    if top is None:
+        top = float(np.nanpercentile(gpp, 99.5)) if np.isfinite(gpp).any() else 1.0
+    spread_top = float(np.nanpercentile(spread, 99.5)) if np.isfinite(spread).any() else 1.0
+    figures = {}
+    for i, day in enumerate(days):
+        fig, axes = plt.subplots(1, 3, figsize=(10.8, 3.6))
+        panels = [
+            ("GPP, 30 m (ensemble mean)", gpp[i], {"cmap": "YlGn", "vmin": 0, "vmax": top}),
+            ("spread (ensemble sd)", spread[i],
+             {"cmap": "magma", "vmin": 0, "vmax": spread_top or 1.0}),
+            ("QA: value path (1 S2, 2 S1, 3 bilinear,\n4 fusion, 5 clear GPP_L)",
+             qa[i] & QA_PATH_MASK,
+             {"cmap": "tab10", "vmin": 0, "vmax": 9, "interpolation": "nearest"}),
+        ]  # fmt: skip
+        for ax, (title, image, style) in zip(axes, panels, strict=True):
+            shown = ax.imshow(image, **style)
+            ax.set_title(title, fontsize=10)
+            ax.set_axis_off()
+            fig.colorbar(shown, ax=ax, shrink=0.8)
+        fig.suptitle(f"{day} (GPP and spread in gC m$^{{-2}}$ d$^{{-1}}$)", fontsize=11)
+        figures[f"day:{day.isoformat()}"] = _png(fig)
+    return figures
+
+
+def _day_selector(figures: dict[str, str]) -> list[str]:
+    """The day maps behind a day selector: one shown at a time (the latest first), all inline
+    in the page with a few lines of script, so the file stays self-contained."""
+    days = sorted(key.split(":", 1)[1] for key in figures if key.startswith("day:"))
+    if not days:
+        return []
+    latest = days[-1]
+    options = "".join(
+        f"<option value='{d}'{' selected' if d == latest else ''}>{d}</option>" for d in days
+    )
+    boxes = "".join(
+        f"<div class='day' id='day-{d}'{'' if d == latest else ' hidden'}>"
+        f"{_img(figures[f'day:{d}'], f'GPP, spread and QA of {d}')}</div>"
+        for d in days
+    )
+    script = (
+        "<script>function showDay(d){document.querySelectorAll('div.day').forEach("
+        "function(b){b.hidden=(b.id!=='day-'+d)})}</script>"
+    )
+    return [
+        f"<h3>Each product day: GPP, spread and QA ({len(days)} days)</h3>",
+        f"<p><label>day <select onchange='showDay(this.value)'>{options}</select></label></p>",
+        boxes,
+        script,
+    ]
 
 
 def _virtual_towers(pft) -> list[tuple[str, tuple[int, int]]]:
@@ -330,10 +457,17 @@ def _virtual_towers(pft) -> list[tuple[str, tuple[int, int]]]:
     return points
 
 
-def _cell(value) -> str:
+def _cell(value, column: str = "") -> str:
+    """A table cell: counts (``n``, ``n_*``, ``folds``, ``members``, ``days``) and integers as
+    integers, other numbers with three decimals."""
     if value is None:
         return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if (isinstance(value, float | np.floating) and _COUNT_COLUMN.match(column)
+            and float(value).is_integer()):  # fmt: skip
         return f"{int(value):,}"
     if isinstance(value, float) and value.is_integer() and abs(value) >= 1000:
         return f"{int(value):,}"
@@ -344,7 +478,7 @@ def _table(rows: dict[str, dict], columns=_SCORES) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in ("", *columns))
     body = "".join(
         "<tr><td>" + html.escape(str(name)) + "</td>"
-        + "".join(f"<td>{_cell(values.get(c))}</td>" for c in columns) + "</tr>"
+        + "".join(f"<td>{_cell(values.get(c), c)}</td>" for c in columns) + "</tr>"
         for name, values in rows.items()
     )  # fmt: skip
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -383,7 +517,7 @@ def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
             _table(evaluation["ensemble"], ("members", "crps", "spread_rmse_ratio")),
         ]
         if "ranks" in figures:
-            out.append(f'<img src="{figures["ranks"]}">')
+            out.append(_img(figures["ranks"], "rank histograms"))
     if evaluation.get("by_reference_age"):
         rows, methods = _by_method(evaluation["by_reference_age"])
         out += ["<h3>Clear dates against GPP_L by the age of the fusion reference (the "
@@ -399,7 +533,7 @@ def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
         out += ["<h3>RMSE by days since the pixel's last clear 30 m observation</h3>",
                 _table(rows, methods)]  # fmt: skip
         if "by_age" in figures:
-            out.append(f'<img src="{figures["by_age"]}">')
+            out.append(_img(figures["by_age"], "RMSE by age"))
         for stratum, classes in evaluation.get("strata", {}).items():
             rows, methods = _by_method(classes)
             title = _STRATA.get(stratum, stratum.replace("_", " "))
@@ -542,7 +676,7 @@ def write_report(pipeline: Pipeline, days: list[dt.date], folder: str | Path) ->
         "<h2>Step 1: GPP models (20-fold spatial cross-validation at the towers)</h2>",
         _table(result["gpp_models"], ("r", "rmse", "bias", "n_sites", "folds")),
         *_cv_groups(result["gpp_models"]),
-        "".join(f'<img src="{figures[k]}">' for k in ("cv_modis", "cv_landsat") if k in figures),
+        "".join(_img(figures[k], k) for k in ("cv_modis", "cv_landsat") if k in figures),
         "<h2>Step 2: downscaling on the test year's clear dates</h2><h3>against the true "
         "30 m GPP on the same dates</h3>",
         _table(result["downscaling"].get("vs_truth", {})),
@@ -554,6 +688,7 @@ def write_report(pipeline: Pipeline, days: list[dt.date], folder: str | Path) ->
         sections += ["<h3>The demo world</h3>", _table({"world": result["world"]},
                      ("last_year_analog_r2", "fmask_omission", "generator_version"))]  # fmt: skip
     sections.append("<h2>The daily product</h2>")
+    sections += _status_section(day_status(pipeline.product.output, days))
     if "vs_truth" in product:
         sections.append(_table({"30 m product vs truth": product["vs_truth"]}))
     for key, title in (("maps", "One product day: GPP_M, bilinear, the 30 m product, the truth, "
@@ -561,12 +696,16 @@ def write_report(pipeline: Pipeline, days: list[dt.date], folder: str | Path) ->
                        ("series", "Time series at one pixel per vegetation type"),
                        ("scatter", "Validation against the truth (20 000 pixels)")):  # fmt: skip
         if key in figures:
-            sections.append(f'<h3>{title}</h3><img src="{figures[key]}" style="max-width:100%">')
+            sections.append(f"<h3>{title}</h3>{_img(figures[key], title)}")
+        if key == "maps":
+            sections += _day_selector(figures)
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>unique_cube report</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
-        "text-align:right}</style></head><body>" + "\n".join(sections) + "</body></html>"
+        "text-align:right}td.reason{text-align:left}tr.failed td{background:#fdd}"
+        "tr.skipped td{background:#ffd}.fig{overflow-x:auto}.fig img{max-width:none}"
+        "</style></head><body>" + "\n".join(sections) + "</body></html>"
     )
     (folder / "report.html").write_text(page)
     return result

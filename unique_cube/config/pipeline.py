@@ -455,6 +455,11 @@ class ProductSpec:
     """A day is made in square windows of this many 30 m pixels, so memory follows the window,
     not the grid; the maps do not depend on it. A multiple of the datacube's 128 px chunks; a
     multiple of its 512 px shards writes each shard once per day."""
+    zarr_layout: str = "sharded"
+    """The datacube's layout: ``sharded`` (Zarr v3, chunks of 1 day × 128 × 128 in shard files
+    of 8 days × 512 × 512: few files, for object stores) or ``unsharded`` (Zarr v2, plain
+    chunks of 1 day × 512 × 512 that GDAL ≥ 3.4 and QGIS read; GDAL 3.10 reads no Zarr v3
+    array that zarr-python writes). A product folder keeps the layout it was made with."""
     time_zone: str = "Asia/Seoul"
     """Where "yesterday" is computed."""
     period: Period | None = None
@@ -480,6 +485,8 @@ class ProductSpec:
         }) or _tiling_problem(self)  # fmt: skip
         if problem:
             return problem
+        if self.zarr_layout not in ("sharded", "unsharded"):
+            return "zarr_layout", f"must be sharded or unsharded, got {self.zarr_layout!r}"
         if self.window < 128 or self.window % 128:
             return "window", (f"window must be a multiple of 128 (the datacube's chunks), got "
                               f"{self.window}")  # fmt: skip

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ __all__ = [
     "SCHEDULER_ADDRESS_ENV",
     "dask_client",
     "find_gpu_workers",
+    "free_dashboard_address",
     "local_cluster",
 ]
 
@@ -57,6 +59,24 @@ def _cpu_model_nanny(*args, cores: int = 1, **kwargs):
     return nanny
 
 
+def free_dashboard_address(address: str) -> str:
+    """``address`` (``host:port``) if its port can be listened on, else the same host with
+    port 0 (any free one). Distributed would move a taken port itself, but with a warning
+    ("Port 8787 is already in use") that a user who did nothing wrong should not see; the
+    link said on start (``client.dashboard_link``) names the port actually used."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return address
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        # as the dashboard's server binds (SO_REUSEADDR): a port in TIME_WAIT is free to it
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), int(port)))
+        except OSError:
+            return f"{host}:0"
+    return address
+
+
 def local_cluster(
     *,
     cpu_workers: int = 1,
@@ -73,6 +93,9 @@ def local_cluster(
     dashboard moves to a free port when ``dashboard_address`` is taken (``None``: none).
     """
     from distributed import Nanny, Scheduler, SpecCluster
+
+    if dashboard_address is not None:
+        dashboard_address = free_dashboard_address(dashboard_address)
     from distributed.system import MEMORY_LIMIT
 
     memory = MEMORY_LIMIT // max(1, cpu_workers + gpu_workers)

@@ -2,22 +2,52 @@
 
 GDAL's COG driver does the layout (internal tiles, overviews, nodata, ZSTD); the file is
 written beside its final name and renamed into place, so a reader never sees half a COG.
+A :class:`Band` names the band and its unit in the file itself (GDAL keeps them in the
+GeoTIFF's own metadata tag, which the COG copy carries over), so QGIS, titiler and gdalinfo
+show ``gpp [g m-2 day-1]``, not ``Band 1``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from unique_cube.files import partial_path, write_atomic
 
-__all__ = ["COPY_CACHE_MB", "StagedCog", "write_cog"]
+__all__ = ["COPY_CACHE_MB", "Band", "StagedCog", "write_cog"]
 
 
 #: GDAL's block cache (MB) while a staged raster is copied into a COG.
 COPY_CACHE_MB = 64
+
+
+@dataclass(frozen=True)
+class Band:
+    """What a COG says of its one band besides the pixels and nodata."""
+
+    description: str
+    """The band's name in GDAL (``gdalinfo``'s ``Description``; QGIS and titiler show it)."""
+    units: str = ""
+    """Its unit (UDUNITS, as the CF ``units``); empty for flags and counts."""
+    scale: float = 1.0
+    """Physical value = ``scale`` × pixel + ``offset``."""
+    offset: float = 0.0
+    """See :attr:`scale`."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """The band's metadata (``gdalinfo``'s band ``Metadata``), e.g. CF ``flag_masks`` and
+    ``flag_meanings`` of a QA band."""
+
+    def apply(self, dataset) -> None:
+        """Set on band 1 of ``dataset`` (a rasterio dataset open for writing)."""
+        dataset.set_band_description(1, self.description)
+        if self.units:
+            dataset.set_band_unit(1, self.units)
+        dataset.scales, dataset.offsets = (self.scale,), (self.offset,)
+        if self.tags:
+            dataset.update_tags(1, **self.tags)
 
 
 def write_cog(
@@ -29,9 +59,11 @@ def write_cog(
     resampling: str = "nearest",
     *,
     tags: dict[str, str] | None = None,
+    band: Band | None = None,
     blocksize: int = 512,
 ) -> None:
-    """Write one single-band COG (ZSTD, ``blocksize`` tiles, overviews when larger than a tile)."""
+    """Write one single-band COG (ZSTD, ``blocksize`` tiles, overviews when larger than a
+    tile); ``tags`` are the file's metadata, ``band`` names its band."""
     import rasterio
     from affine import Affine
 
@@ -53,6 +85,8 @@ def write_cog(
         dst.write(array, 1)
         if tags:
             dst.update_tags(**tags)
+        if band is not None:
+            band.apply(dst)
 
 
 class StagedCog:
@@ -76,6 +110,7 @@ class StagedCog:
         resampling: str = "nearest",
         *,
         tags: dict[str, str] | None = None,
+        band: Band | None = None,
         blocksize: int = 512,
     ) -> None:
         import rasterio
@@ -94,6 +129,8 @@ class StagedCog:
         )  # fmt: skip
         if tags:
             self._dataset.update_tags(**tags)
+        if band is not None:
+            band.apply(self._dataset)
 
     def write(self, array: np.ndarray, rows: slice, cols: slice) -> None:
         """Pixels ``rows × cols`` of the raster."""

@@ -145,7 +145,8 @@ def run(
     outside = _check_coverage(pipeline, days, models, force)  # before anything is written
     geobox = pipeline.grid.geobox
     store = ProductStore(spec.output, geobox, coarse_geobox(geobox),
-                         lock_timeout=spec.lock_timeout_s)  # fmt: skip
+                         lock_timeout=spec.lock_timeout_s,
+                         zarr_layout=spec.zarr_layout)  # fmt: skip
     started = dt.datetime.now(dt.UTC)
     log_path = store.root / "runs" / f"{started:%Y%m%dT%H%M%S}-{os.getpid()}.json"
     try:

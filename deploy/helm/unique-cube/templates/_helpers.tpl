@@ -30,6 +30,23 @@ The DaskCluster's name. The operator derives "<name>-scheduler", "<name>-default
 {{- printf "tcp://%s-scheduler.%s.svc:8786" (include "unique-cube.daskClusterName" .) .Release.Namespace }}
 {{- end }}
 
+{{/*
+"true" in operator mode with dask.scaleToZero (the runner scales the worker groups), else "".
+*/}}
+{{- define "unique-cube.scaleToZero" -}}
+{{- if and (eq .Values.dask.mode "operator") .Values.dask.scaleToZero }}true{{ end }}
+{{- end }}
+
+{{/* Checks across values that the schema cannot express; fails the render with the fix. */}}
+{{- define "unique-cube.checks" -}}
+{{- if and (eq .Values.dask.mode "operator") (not .Values.persistence.existingClaim) }}
+{{- fail "dask.mode=operator needs persistence.existingClaim: a ReadWriteMany PersistentVolumeClaim (created outside the chart) for the pipeline's outputs and models; the root filesystem is read-only, so without it the run and the workers have nowhere to write (e.g. --set persistence.existingClaim=unique-cube-data)" }}
+{{- end }}
+{{- if and (include "unique-cube.scaleToZero" .) (not .Values.rbac.create) }}
+{{- fail "dask.scaleToZero needs rbac.create: the runner scales its worker groups through the Role (or set dask.scaleToZero=false)" }}
+{{- end }}
+{{- end }}
+
 {{- define "unique-cube.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -103,8 +120,10 @@ capabilities:
 {{- end }}
 
 {{/*
-Environment of every unique-cube container. Secrets only by reference. (dict "root" $
-"scheduler" true) adds DASK_SCHEDULER_ADDRESS (the runner in operator mode).
+Environment of a unique-cube container: (dict "root" $ "scheduler" BOOL "secrets" BOOL).
+"scheduler" adds DASK_SCHEDULER_ADDRESS (the runner in operator mode). Secrets, only by
+reference, reach only the pods that read inputs or write outputs ("secrets": the runner and
+the Dask workers; not the scheduler nor the helm test pod).
 */}}
 {{- define "unique-cube.env" -}}
 {{- $values := .root.Values }}
@@ -116,27 +135,34 @@ Environment of every unique-cube container. Secrets only by reference. (dict "ro
 - name: UNIQUE_CUBE_DASHBOARD_ADDRESS
   value: "0.0.0.0:8787"
 {{- end }}
-{{- with $values.secrets.planetaryComputer.secretName }}
+{{- $secrets := .secrets }}
+{{- with and $secrets $values.secrets.planetaryComputer.secretName }}
 - name: PC_SDK_SUBSCRIPTION_KEY
   valueFrom:
     secretKeyRef:
       name: {{ . }}
       key: {{ $values.secrets.planetaryComputer.key }}
 {{- end }}
-{{- with $values.extraEnv }}
-{{ toYaml . }}
+{{- range $values.extraEnv }}
+{{- if or $secrets (not (and .valueFrom .valueFrom.secretKeyRef)) }}
+{{ list . | toYaml }}
+{{- end }}
 {{- end }}
 {{- end }}
 
+{{/* envFrom of a unique-cube container: (dict "root" $ "secrets" BOOL), as for the env. */}}
 {{- define "unique-cube.envFrom" -}}
 - configMapRef:
-    name: {{ include "unique-cube.fullname" . }}-env
-{{- with .Values.secrets.objectStore.secretName }}
+    name: {{ include "unique-cube.fullname" .root }}-env
+{{- with and .secrets .root.Values.secrets.objectStore.secretName }}
 - secretRef:
     name: {{ . }}
 {{- end }}
-{{- with .Values.extraEnvFrom }}
-{{ toYaml . }}
+{{- $secrets := .secrets }}
+{{- range .root.Values.extraEnvFrom }}
+{{- if or $secrets (not .secretRef) }}
+{{ list . | toYaml }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -156,6 +182,11 @@ Environment of every unique-cube container. Secrets only by reference. (dict "ro
 - name: pipeline
   configMap:
     name: {{ include "unique-cube.fullname" .root }}-pipeline
+{{- end }}
+{{- if .scaler }}
+- name: dask-workers
+  configMap:
+    name: {{ include "unique-cube.fullname" .root }}-dask-workers
 {{- end }}
 {{- with $values.persistence.existingClaim }}
 - name: data
@@ -179,6 +210,11 @@ Environment of every unique-cube container. Secrets only by reference. (dict "ro
 {{- if .pipeline }}
 - name: pipeline
   mountPath: /etc/unique-cube
+  readOnly: true
+{{- end }}
+{{- if .scaler }}
+- name: dask-workers
+  mountPath: /opt/unique-cube
   readOnly: true
 {{- end }}
 {{- if $values.persistence.existingClaim }}
@@ -227,7 +263,21 @@ LocalCluster and serves its dashboard on 8787.
 {{- $root := .root }}
 {{- $values := $root.Values }}
 {{- $operator := eq $values.dask.mode "operator" }}
-{{- $gpus := ternary 0 (int $values.dask.local.gpus) $operator -}}
+{{- $gpus := ternary 0 (int $values.dask.local.gpus) $operator }}
+{{- $scaler := include "unique-cube.scaleToZero" $root }}
+{{- $args := .args }}
+{{- if $scaler }}
+{{- $cluster := include "unique-cube.daskClusterName" $root }}
+{{- $dask := $values.dask }}
+{{- $wrapper := list "python" "/opt/unique-cube/dask_workers.py" }}
+{{- $wrapper = concat $wrapper (list "--scale" (printf "daskclusters/%s=%d" $cluster (int $dask.cpuWorkers.replicas))) }}
+{{- if $dask.gpuWorkers.enabled }}
+{{- $wrapper = concat $wrapper (list "--scale" (printf "daskworkergroups/%s-gpu=%d" $cluster (int $dask.gpuWorkers.replicas))) }}
+{{- end }}
+{{- $selector := printf "app.kubernetes.io/instance=%s,app.kubernetes.io/component=runner" $root.Release.Name }}
+{{- $wrapper = concat $wrapper (list "--runners" $selector "--wait" (toString (int $dask.workerWaitSeconds)) "--") }}
+{{- $args = concat $wrapper .args }}
+{{- end -}}
 metadata:
   labels:
     {{- include "unique-cube.selectorLabels" $root | nindent 4 }}
@@ -254,7 +304,7 @@ spec:
       image: {{ include "unique-cube.image" (dict "root" $root "cuda" (gt $gpus 0)) }}
       imagePullPolicy: {{ $values.image.pullPolicy }}
       args:
-        {{- toYaml .args | nindent 8 }}
+        {{- toYaml $args | nindent 8 }}
       {{- if $values.persistence.existingClaim }}
       workingDir: {{ $values.persistence.mountPath }}
       {{- end }}
@@ -264,20 +314,20 @@ spec:
           containerPort: 8787
           protocol: TCP
       {{- end }}
-      {{- with include "unique-cube.env" (dict "root" $root "scheduler" $operator) | trim }}
+      {{- with include "unique-cube.env" (dict "root" $root "scheduler" $operator "secrets" true) | trim }}
       env:
         {{- . | nindent 8 }}
       {{- end }}
       envFrom:
-        {{- include "unique-cube.envFrom" $root | nindent 8 }}
+        {{- include "unique-cube.envFrom" (dict "root" $root "secrets" true) | nindent 8 }}
       resources:
         {{- include "unique-cube.resources" (dict "resources" $values.runner.resources "gpus" $gpus) | nindent 8 }}
       securityContext:
         {{- include "unique-cube.securityContext" $root | nindent 8 }}
       volumeMounts:
-        {{- include "unique-cube.volumeMounts" (dict "root" $root "pipeline" true) | nindent 8 }}
+        {{- include "unique-cube.volumeMounts" (dict "root" $root "pipeline" true "scaler" $scaler) | nindent 8 }}
   volumes:
-    {{- include "unique-cube.volumes" (dict "root" $root "pipeline" true) | nindent 4 }}
+    {{- include "unique-cube.volumes" (dict "root" $root "pipeline" true "scaler" $scaler) | nindent 4 }}
 {{- end }}
 
 {{/* Pod-level keys of a Dask pod (operator mode): (dict "root" $ "component" VALUES). */}}
@@ -292,14 +342,17 @@ volumes:
   {{- include "unique-cube.volumes" (dict "root" .root "pipeline" false) | nindent 2 }}
 {{- end }}
 
-{{/* Container keys shared by the scheduler and the workers: (dict "root" $ "resources" R "gpus" N). */}}
+{{/*
+Container keys shared by the scheduler and the workers:
+(dict "root" $ "resources" R "gpus" N "secrets" BOOL); only the workers need the secrets.
+*/}}
 {{- define "unique-cube.daskContainer" -}}
-{{- with include "unique-cube.env" (dict "root" .root "scheduler" false) | trim }}
+{{- with include "unique-cube.env" (dict "root" .root "scheduler" false "secrets" .secrets) | trim }}
 env:
   {{- . | nindent 2 }}
 {{- end }}
 envFrom:
-  {{- include "unique-cube.envFrom" .root | nindent 2 }}
+  {{- include "unique-cube.envFrom" (dict "root" .root "secrets" .secrets) | nindent 2 }}
 resources:
   {{- include "unique-cube.resources" (dict "resources" .resources "gpus" .gpus) | nindent 2 }}
 securityContext:
@@ -309,4 +362,26 @@ volumeMounts:
 {{- if .root.Values.persistence.existingClaim }}
 workingDir: {{ .root.Values.persistence.mountPath }}
 {{- end }}
+{{- end }}
+
+{{/*
+Probes of a Dask worker: its HTTP server's /health on the worker dashboard port. Liveness is
+lenient: a worker busy in a GIL-holding task (the GPU sampler) may answer late.
+*/}}
+{{- define "unique-cube.workerProbes" -}}
+readinessProbe:
+  httpGet:
+    port: http-dashboard
+    path: /health
+  initialDelaySeconds: 5
+  periodSeconds: 10
+  timeoutSeconds: 5
+livenessProbe:
+  httpGet:
+    port: http-dashboard
+    path: /health
+  initialDelaySeconds: 30
+  periodSeconds: 30
+  timeoutSeconds: 10
+  failureThreshold: 6
 {{- end }}
