@@ -15,10 +15,10 @@ The weather is brought down to the place (:func:`local_weather`), from its terra
 (:data:`TERRAIN`: the place's elevation and that of the reanalysis, the slope's cosine and its
 southness, means over a tower window or a map pixel): air temperature and dew point moved
 along standard lapse rates from the reanalysis's elevation to the place's (so VPD follows),
-the day's clearness index (shortwave over the top-of-atmosphere value), the clear-sky direct
-light on the slope at solar noon relative to flat ground (:func:`illumination`), and the
-shortwave on the slope (direct part by that ratio, diffuse part by the sky view, the diffuse
-fraction from the clearness index). A tower on a ridge is colder than its reanalysis cell, a
+the day's clearness index (shortwave over the top-of-atmosphere value), and the shortwave on
+the slope: its direct part by the clear-sky light on the slope at solar noon relative to flat
+ground (:func:`illumination`), its diffuse part by the sky view, the diffuse fraction from the
+clearness index. A tower on a ridge is colder than its reanalysis cell, a
 north slope darker than a south one; the reanalysis alone sees neither.
 """
 
