@@ -70,7 +70,9 @@ def test_demo_runs_the_main_job_end_to_end_and_reuses_it(demo_run, capsys) -> No
     assert "dashboard http" in err
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     for model in ("modis", "landsat"):
-        assert set(metrics["gpp_models"][model]) == {"r", "rmse", "bias", "n_sites", "folds"}
+        assert set(metrics["gpp_models"][model]) == {
+            "r", "rmse", "bias", "n_sites", "folds", "per_vegetation_type", "per_season"
+        }  # fmt: skip
     for against in ("vs_gpp_l", "vs_truth"):
         assert set(metrics["downscaling"][against]) == {
             "bilinear", "pure_pixel", "ddpm_s1", "ddpm_s2", "fusion", "fusion_mean"

@@ -149,8 +149,8 @@ def test_the_booster_is_not_serialised_into_tasks(model_card: Path) -> None:
 
 
 def test_bad_models_and_features_are_named(model_card: Path, tmp_path: Path) -> None:
-    features = _features().drop_vars("vpd")
-    with pytest.raises(ModelError, match=r"lacks feature\(s\) vpd"):
+    features = _features().drop_vars("vpd_local")
+    with pytest.raises(ModelError, match=r"lacks feature\(s\) vpd_local"):
         predict(features, model_card)
     card = json.loads(model_card.read_text())
     (tmp_path / "gpp_m.model").write_text("this is not a model\n")
@@ -161,7 +161,7 @@ def test_bad_models_and_features_are_named(model_card: Path, tmp_path: Path) -> 
     with pytest.raises(ModelError, match="not a unique-cube model card"):
         GppModel(tmp_path / "broken.card.json")
     model = GppModel(model_card)
-    with pytest.raises(ModelError, match="expected rows of 11 features"):
+    with pytest.raises(ModelError, match=f"expected rows of {len(FEATURES)} features"):
         model.predict(np.zeros((3, 5)))
     # Features are taken by name: a Dataset in another variable order predicts the same.
     shuffled = _features()[list(reversed(FEATURES))]

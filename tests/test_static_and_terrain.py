@@ -134,7 +134,8 @@ def test_grid_and_tower_terrain_agree_on_the_demo_world(demo_world, demo_server)
     geobox = region_geobox(manifest)
     daily = weather_for(catalog, "era5", geobox, "2023-06-01", "2023-06-03", 9)
     grid = grid_terrain(catalog, geobox, daily).compute()
-    assert set(grid.data_vars) == {*TERRAIN, "latitude"}
+    assert set(grid.data_vars) == {*TERRAIN, "latitude", "flat"}
+    assert not bool(grid["flat"].any())  # the DEM covers the region: no flat fallback
     assert all(bool(np.isfinite(grid[v]).all()) for v in grid.data_vars)
     # The reanalysis's elevation is smooth: between the grid's lowest and highest pixels,
     # and much less varied than the terrain.

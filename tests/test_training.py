@@ -30,7 +30,7 @@ def test_train_gpp_writes_models_cards_and_report(trained_models: Path) -> None:
         assert (models / card["model_file"]).is_file()
         assert (models / f"gpp_{key}_cv.png").stat().st_size > 10_000
         table = pd.read_parquet(models / f"{key}_training.parquet")
-        assert {"site", "date", "gpp", "ndvi", "tair_local", "illumination", "n_clear"} <= set(
+        assert {"site", "date", "gpp", "ndvi", "tair_local", "shortwave_local", "n_clear"} <= set(
             table.columns
         )
         # The 2 towers inside the region are held out of training (flux.hold_out_region).

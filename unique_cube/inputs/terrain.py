@@ -14,6 +14,7 @@ reanalysis grid cell averages: the DEM averaged over each cell of the weather's 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import dask
@@ -30,6 +31,8 @@ from unique_cube.inputs.cube import load
 from unique_cube.inputs.search import search
 from unique_cube.inputs.static import slope_aspect
 from unique_cube.inputs.weather import at_points, on_geobox
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "coarse_terrain",
@@ -83,8 +86,13 @@ def reanalysis_elevation(catalog: Catalog, lat: np.ndarray, lon: np.ndarray) -> 
     mean = load(items, catalog.source("dem"), geobox, resampling="average")["elevation"]
     values = mean.max("time").values.astype("float64")  # rows north to south
     valid = np.isfinite(values)
-    if not valid.any():
-        raise LoadError(f"the DEM has no value over the reanalysis grid {bbox}")
+    if not valid.any():  # every read lost: no lapse-rate offset anywhere (see grid_terrain)
+        log.warning(
+            "the DEM has no value over the reanalysis grid %s: its elevation is "
+            "unknown, the GPP models' weather is not moved to the terrain",
+            bbox,
+        )
+        values, valid = np.zeros_like(values), np.ones_like(valid)
     if not valid.all():
         nearest = ndimage.distance_transform_edt(~valid, return_distances=False,
                                                  return_indices=True)  # fmt: skip
@@ -123,11 +131,18 @@ def grid_terrain(catalog: Catalog, geobox, daily: xr.Dataset, *, chunks: int = 5
     terms = terms.isel(y=slice(1, -1), x=slice(1, -1))
     terms = terms.assign_coords(y=geobox.coords["y"].values, x=geobox.coords["x"].values)
     reference = on_geobox(_reference(daily, catalog), geobox)["elevation_reference"]
-    terms["elevation_reference"] = reference.drop_vars(["lat", "lon"], errors="ignore").astype(
-        "float32"
-    )
+    reference = reference.drop_vars(["lat", "lon"], errors="ignore").astype("float32")
+    terms = terms.drop_vars([c for c in terms.coords if c not in ("y", "x")])
+    # Where the DEM has no value (a void, a read lost after its retries) the pixel is taken
+    # as flat ground at the reanalysis's elevation: the reanalysis weather itself, as the
+    # models saw it before the terrain terms, rather than no GPP at all (``flat``: where).
+    terms["flat"] = ~np.isfinite(terms["elevation"]) | ~np.isfinite(terms["cos_slope"])
+    terms["elevation"] = terms["elevation"].where(~terms["flat"], reference)
+    terms["cos_slope"] = terms["cos_slope"].where(~terms["flat"], 1.0)
+    terms["southness"] = terms["southness"].where(~terms["flat"], 0.0)
+    terms["elevation_reference"] = reference
     terms["latitude"] = ("y", _row_latitudes(geobox))
-    return terms.drop_vars([c for c in terms.coords if c not in ("y", "x")])
+    return terms
 
 
 def _fill_gaps(elevation: xr.DataArray, passes: int = 4) -> xr.DataArray:
@@ -154,7 +169,7 @@ def _row_latitudes(geobox) -> np.ndarray:
 
 def coarse_terrain(terrain: xr.Dataset, factor: int) -> xr.Dataset:
     """Means of the terrain terms over ``factor`` × ``factor`` blocks (GPP_M's cells)."""
-    spatial = terrain.drop_vars("latitude")
+    spatial = terrain.drop_vars(["latitude", "flat"], errors="ignore")
     out = spatial.coarsen(y=factor, x=factor, boundary="pad").mean()
     out["latitude"] = terrain["latitude"].coarsen(y=factor, boundary="pad").mean()
     return out
@@ -174,8 +189,17 @@ def computed_coarse_terrain(catalog: Catalog, geobox, daily: xr.Dataset,
            tuple(np.round(daily["lon"].values, 6)), assets)  # fmt: skip
     if key not in _COARSE:
         terrain = grid_terrain(catalog, geobox, daily, items=items)
+        coarse = coarse_terrain(terrain.drop_vars("flat"), factor)
+        coarse, flat = dask.compute(coarse, terrain["flat"].mean())
+        if float(flat) > 0:
+            log.warning(
+                "the DEM has no value at %.1f %% of the grid (voids or lost reads): "
+                "flat ground at the reanalysis's elevation there",
+                100 * float(flat),
+            )
+            return coarse  # not kept: a later run may read the DEM whole
         _COARSE.clear()  # one grid at a time: a product run's
-        _COARSE[key] = coarse_terrain(terrain, factor).compute()
+        _COARSE[key] = coarse
     return _COARSE[key]
 
 

@@ -177,8 +177,11 @@ def gpp_m_block(pipeline: Pipeline, catalog, card_path: Path, inputs: BlockInput
         return CoarseDays([], np.empty(0), np.empty(0), np.empty(0), inputs.skipped, [], [])
     geobox = pipeline.grid.geobox
     ledger = f"gpp-m-{uuid.uuid4().hex}"
-    with use_read_policy(retries=pipeline.product.read_retries, ledger=ledger):
+    # The DEM's reads have a ledger of their own: a lost one makes flat ground there (said
+    # in the log), not a MODIS input lost for the block's days.
+    with use_read_policy(retries=pipeline.product.read_retries, ledger=f"dem-{ledger}"):
         terrain = computed_coarse_terrain(catalog, geobox, inputs.daily, COARSE_FACTOR)
+    with use_read_policy(retries=pipeline.product.read_retries, ledger=ledger):
         maps = MapInputs(catalog, pipeline.gpp.modis.source, card_path, geobox, inputs.daily,
                          terrain)  # fmt: skip
         result = gpp_modis(maps, inputs.period, items=inputs.modis_items, every_day=True,
