@@ -287,20 +287,9 @@ def make_world(size: WorldSize | str = "compact", seed: int = 0) -> World:
         half = size.site_pixels / 2.0
         x = domain_origin[0] + (col + half) * PIXEL
         y = domain_origin[1] - (row + half) * PIXEL
-        lon, lat = to_lonlat.transform(x, y)
         centre = terrain.elevation.shape[0] // 2
-        sites.append(
-            Site(
-                id=f"DW-{pft}{i + 1:02d}",
-                pft=pft,
-                x=x,
-                y=y,
-                lat=round(float(lat), 5),
-                lon=round(float(lon), 5),
-                elevation=round(float(terrain.elevation[centre, centre]), 1),
-                area=i + 1,
-            )
-        )
+        sites.append(_site(f"DW-{pft}{i + 1:02d}", pft, x, y,
+                           terrain.elevation[centre, centre], i + 1, to_lonlat))  # fmt: skip
     # The region's towers come from a stream of their own: the rest of the world is the same
     # as without them (and as before they existed).
     inside = []
@@ -308,20 +297,19 @@ def make_world(size: WorldSize | str = "compact", seed: int = 0) -> World:
     for j, (row, col, pft) in enumerate(placed):
         x = domain_origin[0] + (region.col + col + 0.5) * PIXEL
         y = domain_origin[1] - (region.row + row + 0.5) * PIXEL
-        lon, lat = to_lonlat.transform(x, y)
-        inside.append(
-            Site(
-                id=f"DR-{pft}{j + 1:02d}",
-                pft=pft,
-                x=x,
-                y=y,
-                lat=round(float(lat), 5),
-                lon=round(float(lon), 5),
-                elevation=round(float(region.terrain.elevation[row, col]), 1),
-                area=0,
-            )
-        )
+        inside.append(_site(f"DR-{pft}{j + 1:02d}", pft, x, y,
+                            region.terrain.elevation[row, col], 0, to_lonlat))  # fmt: skip
     return World(size, seed, tuple(areas), tuple(sites), domain_origin, tuple(inside))
+
+
+def _site(site_id: str, pft: int, x: float, y: float, elevation: float, area: int,
+          to_lonlat) -> Site:  # fmt: skip
+    """A tower at (x, y) in the world's CRS, its coordinates and elevation rounded as the site
+    table writes them."""
+    lon, lat = to_lonlat.transform(x, y)
+    return Site(id=site_id, pft=pft, x=x, y=y, lat=round(float(lat), 5),
+                lon=round(float(lon), 5), elevation=round(float(elevation), 1),
+                area=area)  # fmt: skip
 
 
 #: The region's towers stand this many pixels from its edge, or more: their whole flux

@@ -34,6 +34,7 @@ from unique_cube.grid import COARSE_FACTOR, lonlat_bbox, upsample_bilinear
 from unique_cube.inputs.items import item_time
 from unique_cube.inputs.search import search
 from unique_cube.inputs.static import static_layers, vegetated_codes, vegetation_types
+from unique_cube.inputs.terrain import grid_terrain
 from unique_cube.inputs.weather import weather_for
 
 __all__ = [
@@ -84,11 +85,12 @@ def pair_inputs(pipeline: Pipeline, catalog: Catalog, period: Period) -> PairInp
     gpp, geobox = pipeline.gpp, pipeline.grid.geobox
     daily = weather_for(catalog, gpp.weather, geobox, period.start, period.end,
                         gpp.utc_offset_hours)  # fmt: skip
-    landsat = gpp_landsat(MapInputs.of(pipeline, catalog, "landsat", daily),
+    terrain = grid_terrain(catalog, geobox, daily)  # one DEM load for both models' maps
+    landsat = gpp_landsat(MapInputs.of(pipeline, catalog, "landsat", daily, terrain),
                           period.stac_datetime, keep_features=True)  # fmt: skip
     modis_items = search(gpp.modis.source, lonlat_bbox(geobox), period.stac_datetime,
                          catalog=catalog)  # fmt: skip
-    return PairInputs(period, landsat, MapInputs.of(pipeline, catalog, "modis", daily),
+    return PairInputs(period, landsat, MapInputs.of(pipeline, catalog, "modis", daily, terrain),
                       modis_items)  # fmt: skip
 
 
