@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import socket
+import warnings
+
+from rasterio.errors import NotGeoreferencedWarning
 
 from unique_cube.downscale.cluster import free_dashboard_address
+from unique_cube.inputs.reads import quiet_spurious_warnings
 from unique_cube.progress import progress_lines
 
 
@@ -24,3 +28,40 @@ def test_dashboard_moves_to_a_free_port_when_its_port_is_taken():
         port = taken.getsockname()[1]
         assert free_dashboard_address(f"127.0.0.1:{port}") == "127.0.0.1:0"
     assert free_dashboard_address(f"127.0.0.1:{port}") == f"127.0.0.1:{port}"
+
+
+
+
+def _shown(message: str, module: str) -> bool:
+    """Whether a NotGeoreferencedWarning raised from ``module`` reaches the user once the
+    product's filter is set (pytest resets the filters per test: set here as at a run's start).
+    The spurious one comes at random, on a worker thread's first warped read (odc-geo #131), so
+    it is raised here as rasterio raises it: from ``rasterio.warp``."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_spurious_warnings()
+        warnings.warn_explicit(message, NotGeoreferencedWarning, "warp.py", 387, module=module)
+    return bool(seen)
+
+
+def test_rasterios_spurious_warning_on_warped_reads_is_silenced_and_nothing_else():
+    spurious = ("Dataset has no geotransform, gcps, or rpcs. The identity matrix will be "
+                "returned.")  # fmt: skip
+    assert not _shown(spurious, "rasterio.warp")
+    assert _shown("another message", "rasterio.warp")
+    assert _shown(spurious, "unique_cube.product.cog")  # the product's own files are never quiet
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_every_line_is_kept_above_the_bar():
+    stream = _Terminal()
+    with progress_lines(stream) as say:
+        say("[2/5] 2023-06-02: done in 3.1 s")
+        say("training the pure-pixel DNN")  # no count: the bar spins
+    text = stream.getvalue()
+    assert "[2/5] 2023-06-02: done in 3.1 s" in text
+    assert "training the pure-pixel DNN" in text

@@ -111,11 +111,12 @@ def sample_members(pipeline: Pipeline, checkpoints: dict[str, Checkpoint], raw: 
             static = apply_static_normalisation(raw, ckpt.static) if scheme == "s2" else None
             conditions = pair_conditions(pairs, static, scheme)
             started = time.perf_counter()
-            out[scheme] = np.stack([
-                downscale(ckpt, c, samples=members, ddim_steps=spec.ddim_steps, tile=spec.tile,
-                          overlap=spec.overlap, seed=spec.seed + i)
-                for i, c in enumerate(conditions)
-            ])  # fmt: skip
+            maps = []
+            for i, c in enumerate(conditions):
+                maps.append(downscale(ckpt, c, samples=members, ddim_steps=spec.ddim_steps,
+                                      tile=spec.tile, overlap=spec.overlap, seed=spec.seed + i))
+                say(f"{scheme}: date {i + 1}/{len(conditions)} sampled")
+            out[scheme] = np.stack(maps)
             say(
                 f"{scheme}: {len(conditions)} dates x {members} members "
                 f"({time.perf_counter() - started:.0f} s, {threads} torch threads)"

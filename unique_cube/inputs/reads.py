@@ -33,12 +33,14 @@ import functools
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from odc.loader import RioDriver, RioReader
+from rasterio.errors import NotGeoreferencedWarning
 
 from unique_cube.errors import ConfigError, LoadError
 from unique_cube.files import local_path
@@ -53,6 +55,7 @@ __all__ = [
     "install_redaction",
     "item_signer",
     "lost_reads",
+    "quiet_spurious_warnings",
     "redact",
     "sign_planetary_computer",
     "strip_query",
@@ -60,6 +63,20 @@ __all__ = [
     "use_read_policy",
 ]
 
+
+def quiet_spurious_warnings() -> None:
+    """Silence the one third-party warning every warped read raises for nothing.
+
+    rasterio 1.4 warns ``NotGeoreferencedWarning`` while it builds the in-memory destination of
+    a reprojection, before it sets that destination's transform (odc-geo issue #131): not
+    something a user did. Only that message from rasterio is silenced. Called when this module
+    is imported, which is wherever reads run (Dask workers unpickle this module's driver).
+    """
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform, gcps, or rpcs",
+                            category=NotGeoreferencedWarning, module="rasterio")  # fmt: skip
+
+
+quiet_spurious_warnings()
 
 log = logging.getLogger(__name__)
 

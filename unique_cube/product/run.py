@@ -172,12 +172,15 @@ def run(
                 coarse = gpp_m_block(pipeline, context.catalog, models.card_path, inputs)
             except (UniqueCubeError, OSError) as err:  # the block's days fail; the backfill goes on
                 log.debug("GPP_M for %s..%s failed", block[0], block[-1], exc_info=True)
-                say(f"{block[0]}..{block[-1]}: failed: {err}")
+                say(f"[{block_start + len(block)}/{len(todo)}] {block[0]}..{block[-1]}: "
+                    f"failed: {err}")
                 results += [DayResult(d, "failed", f"GPP_M: {err}") for d in block]
                 _write_run_log(log_path, pipeline, started, results)
                 continue
-            for day in block:
-                results.append(_one_day(context, store, coarse, day, force, say))
+            for number, day in enumerate(block, start=block_start + 1):
+                count = f"[{number}/{len(todo)}]"  # what the terminal's bar counts
+                results.append(_one_day(context, store, coarse, day, force,
+                                        lambda text, count=count: say(f"{count} {text}")))  # fmt: skip
                 _write_run_log(log_path, pipeline, started, results)
         client = getattr(context.sampler, "client", None)
         workers = client.run(_rss_mb) if client is not None else {}
