@@ -42,6 +42,7 @@ from unique_cube.gpp.train import train_gpp
 from unique_cube.inputs.search import search
 from unique_cube.inputs.stac_server import LocalStacServer
 from unique_cube.product.run import parse_day, product_days, run
+from unique_cube.product.update import update
 from unique_cube.progress import progress_lines
 from unique_cube.redact import install_redaction, redact
 from unique_cube.version import __version__
@@ -211,8 +212,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                             parse_day(args.end, zone, "--end"))  # fmt: skip
     else:
         raise ConfigError("give --date D, or --start S and --end E")
+    today = parse_day(args.as_of, zone, "--as-of") if args.as_of else None
     with served(pipeline) as running:
-        report = run(running, days, force=args.force, say=_progress)
+        report = run(running, days, force=args.force, say=_progress, mode=args.mode,
+                     finalise=args.finalise, today=today)  # fmt: skip
     workers = report["worker_rss_mb"]
     print(json.dumps({"counts": report["counts"], "seconds_per_day": report["seconds_per_day"],
                       "peak_rss_mb": report["peak_rss_mb"],
@@ -220,6 +223,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if report["counts"].get("failed"):
         return 6
     return 5 if "run_log_error" in report else 0
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    pipeline = _pipeline(args, "grid", "product")
+    zone = pipeline.product.time_zone
+    today = parse_day(args.as_of, zone, "--as-of") if args.as_of else None
+    with served(pipeline) as running:
+        report = update(running, args.since, today=today, say=_progress)
+    made = report["run"] or {"counts": {}}
+    print(json.dumps({"checked": report["checked"], "changed": sorted(report["changed"]),
+                      "unrecorded": len(report["unrecorded"]),
+                      "counts": made["counts"]}))  # fmt: skip
+    return 6 if made["counts"].get("failed") else 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -369,7 +385,23 @@ def _add_pipeline_commands(sub) -> None:
     when.add_argument("--start", help="first day of a backfill (YYYY-MM-DD)")
     p.add_argument("--end", help="last day of a backfill (inclusive)")
     p.add_argument("--force", action="store_true", help="redo days that are already done")
+    p.add_argument("--mode", choices=("auto", "nrt", "final"), default="auto",
+                   help="nrt: inputs up to each day only; final: both sides, once "
+                        "product.final_after_days have passed; auto (default): final when "
+                        "the lag has passed, else nrt")  # fmt: skip
+    p.add_argument("--finalise", action="store_true",
+                   help="also make final every NRT day of the product whose lag has passed "
+                        "(the daily job)")  # fmt: skip
+    p.add_argument("--as-of", help="count from this day instead of today (a replay)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("update", help="re-make the days whose input items changed (late HLS, "
+                                      "reprocessed MODIS)")  # fmt: skip
+    p.add_argument("pipeline", help="pipeline YAML with grid and product sections")
+    p.add_argument("--since", type=int, required=True,
+                   help="check the days of the last N days (before today)")  # fmt: skip
+    p.add_argument("--as-of", help="count from this day instead of today (a replay)")
+    p.set_defaults(func=_cmd_update)
 
     p = sub.add_parser("validate", help="check a pipeline file: keys, catalog, models, output")
     p.add_argument("pipeline", help="pipeline YAML")

@@ -462,6 +462,11 @@ class ProductSpec:
     array that zarr-python writes). A product folder keeps the layout it was made with."""
     time_zone: str = "Asia/Seoul"
     """Where "yesterday" is computed."""
+    final_after_days: int = 16
+    """A day is made *final* (MODIS gaps filled from both sides, the nearest 30 m reference on
+    either side) once this many days have passed; before that it is *near-real-time* (inputs up
+    to the day only). 16: HLS items arrive 2-5 days after the overpass and MODIS is
+    reprocessed within about two weeks (1 to 366)."""
     period: Period | None = None
     """Days ``unique-cube demo`` produces (a run names its own days)."""
     lock_timeout_s: float = 600.0
@@ -482,6 +487,7 @@ class ProductSpec:
             "block_days": _ONE_OR_MORE, "max_backfill_days": _ONE_OR_MORE,
             "lock_timeout_s": _NONE_OR_MORE, "cpu_threads": _ONE_OR_MORE,
             "torch_threads": _ONE_OR_MORE,
+            "final_after_days": _Range(1, 366, "a day is made final within a year"),
         }) or _tiling_problem(self)  # fmt: skip
         if problem:
             return problem

@@ -42,24 +42,40 @@ class Reference:
     """Sum over every clear date folded in of GPP_L − bilinear GPP_M (H, W)."""
     count: np.ndarray
     """How many clear dates were folded in (H, W)."""
+    two_sided: bool = False
+    """Folded from dates on both sides of the day made (a final day, :meth:`update` with
+    ``towards``): each pixel's reference is its nearest clear date, before or after."""
 
     @classmethod
-    def empty(cls, shape: tuple[int, int]) -> Reference:
+    def empty(cls, shape: tuple[int, int], two_sided: bool = False) -> Reference:
         return cls(np.full(shape, np.nan, "float32"), np.full(shape, NEVER, "int32"),
                    np.full(shape, np.nan, "float32"), np.zeros(shape, "float32"),
-                   np.zeros(shape, "float32"))  # fmt: skip
+                   np.zeros(shape, "float32"), two_sided)  # fmt: skip
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.gpp.shape
 
-    def update(self, gpp_l: np.ndarray, gpp_m_30m: np.ndarray, day: dt.date) -> np.ndarray:
+    def update(self, gpp_l: np.ndarray, gpp_m_30m: np.ndarray, day: dt.date,
+               towards: dt.date | None = None) -> np.ndarray:  # fmt: skip
         """Take ``day``'s clear pixels (finite ``gpp_l``); returns the mask of those taken.
-        Dates must come in order: an older date never overwrites a newer one."""
+        An older date never overwrites a newer one; with ``towards`` (a two-sided state, the
+        day being made) a date overwrites a pixel's reference when nearer to ``towards`` (on
+        a tie the earlier date stays). Every clear date counts in the offset either way."""
         if gpp_l.shape != self.shape or gpp_m_30m.shape != self.shape:
             raise DownscaleError(f"a {gpp_l.shape} GPP_L map cannot update a reference state "
                                  f"of shape {self.shape} (another grid)")  # fmt: skip
-        seen = np.isfinite(gpp_l) & np.isfinite(gpp_m_30m) & (self.day <= day.toordinal())
+        clear = np.isfinite(gpp_l) & np.isfinite(gpp_m_30m)
+        if towards is not None:
+            target = towards.toordinal()
+            nearer = abs(day.toordinal() - target) < np.abs(self.day.astype("int64") - target)
+            seen = clear & ((self.day == NEVER) | nearer)
+            self.offset_sum[clear] += gpp_l[clear] - gpp_m_30m[clear]
+            self.count[clear] += 1
+            self.gpp[seen], self.gpp_m[seen] = gpp_l[seen], gpp_m_30m[seen]
+            self.day[seen] = day.toordinal()
+            return seen
+        seen = clear & (self.day <= day.toordinal())
         self.gpp[seen] = gpp_l[seen]
         self.gpp_m[seen] = gpp_m_30m[seen]
         self.day[seen] = day.toordinal()
@@ -75,7 +91,10 @@ class Reference:
             return np.where(self.count > 0, self.offset_sum / self.count, np.nan).astype("float32")
 
     def check_before(self, day: dt.date) -> None:
-        """Refuse a state holding GPP_L of ``day`` or later (the future of the day made)."""
+        """Refuse a state holding GPP_L of ``day`` or later (the future of the day made),
+        unless it is :attr:`two_sided` (a final day's, folded from both sides on purpose)."""
+        if self.two_sided:
+            return
         seen = self.day != NEVER
         if (self.day[seen] >= day.toordinal()).any():
             last = dt.date.fromordinal(int(self.day[seen].max()))
@@ -85,12 +104,19 @@ class Reference:
             )
 
     def age(self, day: dt.date) -> np.ndarray:
-        """Days from each pixel's reference to ``day`` (float32; NaN where none)."""
-        return np.where(self.day != NEVER, day.toordinal() - self.day, np.nan).astype("float32")
+        """Days between each pixel's reference and ``day``, whichever side it lies on
+        (float32; NaN where none): how stale the 30 m it brings is."""
+        days = np.abs(day.toordinal() - self.day.astype("int64"))
+        return np.where(self.day != NEVER, days, np.nan).astype("float32")
+
+    def after(self, day: dt.date) -> np.ndarray:
+        """Pixels whose reference is a date after ``day`` (only in a two-sided state)."""
+        return (self.day != NEVER) & (self.day > day.toordinal())
 
     def window(self, rows: slice, cols: slice) -> Reference:
         return Reference(self.gpp[rows, cols], self.day[rows, cols], self.gpp_m[rows, cols],
-                         self.offset_sum[rows, cols], self.count[rows, cols])  # fmt: skip
+                         self.offset_sum[rows, cols], self.count[rows, cols],
+                         self.two_sided)  # fmt: skip
 
 
 def references_before(

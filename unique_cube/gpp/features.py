@@ -70,19 +70,27 @@ LAPSE_RATE = -0.0065
 DEW_POINT_LAPSE_RATE = -0.002
 
 
-def fill_gaps(values: np.ndarray, days: np.ndarray, max_gap: float) -> np.ndarray:
-    """Linear interpolation along the last axis across gaps of at most ``max_gap`` days
-    between observations (never beyond the first or last one; a longer gap stays NaN
-    throughout, not filled for its first days)."""
+def fill_gaps(values: np.ndarray, days: np.ndarray, max_gap: float,
+              causal: bool = False) -> np.ndarray:  # fmt: skip
+    """Gaps along the last axis filled from observations at most ``max_gap`` days apart.
+
+    Two-sided (the default): linear interpolation between the observations around a gap
+    (never beyond the first or last one; a longer gap stays NaN throughout, not filled for its
+    first days). ``causal``: the last observation carried forward for up to ``max_gap`` days
+    after it, so that a value depends on no later observation (a near-real-time day)."""
     out = np.array(values, dtype="float32", copy=True)
     flat = out.reshape(-1, out.shape[-1])
     for row in flat:
         seen = np.flatnonzero(np.isfinite(row))
-        if seen.size < 2:
+        if seen.size < (1 if causal else 2):
             continue
         gap = np.searchsorted(seen, np.arange(row.size))  # index of the next observation
-        inside = (gap > 0) & (gap < seen.size)
         left = seen[np.clip(gap - 1, 0, seen.size - 1)]
+        if causal:
+            fill = (gap > 0) & (days - days[left] <= max_gap) & ~np.isfinite(row)
+            row[fill] = row[left[fill]]
+            continue
+        inside = (gap > 0) & (gap < seen.size)
         right = seen[np.clip(gap, 0, seen.size - 1)]
         short = inside & (days[right] - days[left] <= max_gap)
         fill = short & ~np.isfinite(row)
@@ -175,14 +183,14 @@ def local_weather(weather, terrain, day_of_year) -> dict:
     }
 
 
-def fill_index_gaps(indices: xr.Dataset, max_gap: float) -> xr.Dataset:
+def fill_index_gaps(indices: xr.Dataset, max_gap: float, causal: bool = False) -> xr.Dataset:
     """:func:`fill_gaps` along ``time`` for each variable (lazy with Dask; the time axis must
     be one chunk)."""
     when = ((indices["time"] - indices["time"][0]) / np.timedelta64(1, "D")).values
     out = indices.copy()
     for name, values in indices.data_vars.items():
         out[name] = xr.apply_ufunc(
-            fill_gaps, values, kwargs={"days": when, "max_gap": max_gap},
+            fill_gaps, values, kwargs={"days": when, "max_gap": max_gap, "causal": causal},
             input_core_dims=[["time"]], output_core_dims=[["time"]],
             dask="parallelized", output_dtypes=["float32"],
         ).transpose(*values.dims)  # fmt: skip
@@ -190,7 +198,8 @@ def fill_index_gaps(indices: xr.Dataset, max_gap: float) -> xr.Dataset:
 
 
 def model_features(
-    indices: xr.Dataset, weather: xr.Dataset, terrain: xr.Dataset, *, gap_fill_days: float = 0
+    indices: xr.Dataset, weather: xr.Dataset, terrain: xr.Dataset, *, gap_fill_days: float = 0,
+    causal: bool = False,
 ) -> xr.Dataset:
     """The features of :data:`FEATURES` for any layout with a ``time`` dimension — (time,
     site) at towers, (time, y, x) on a grid.
@@ -198,13 +207,14 @@ def model_features(
     ``indices`` holds :data:`FEATURE_INDICES`, NaN where not observed; ``weather`` holds
     :data:`WEATHER` on the same ``time`` coordinate; ``terrain`` holds :data:`TERRAIN` and
     ``latitude`` on the same places (no ``time``). Index gaps are filled in time when
-    ``gap_fill_days`` > 0 (:func:`fill_gaps`); the day-of-year terms come from ``time``."""
+    ``gap_fill_days`` > 0 (:func:`fill_gaps`; ``causal``: from earlier days only); the
+    day-of-year terms come from ``time``."""
     missing = [n for n in (*TERRAIN, "latitude") if n not in terrain]
     if missing:
         raise ModelError(f"the terrain lacks {missing} (has {sorted(terrain.data_vars)})")
     chosen = indices[list(FEATURE_INDICES)]
     if gap_fill_days:
-        chosen = fill_index_gaps(chosen, gap_fill_days)
+        chosen = fill_index_gaps(chosen, gap_fill_days, causal)
     out = xr.Dataset({name: chosen[name].astype("float32") for name in FEATURE_INDICES})
     met = weather[list(WEATHER)].drop_vars(["lat", "lon"], errors="ignore")
     day_of_year = out["time"].dt.dayofyear
@@ -219,14 +229,15 @@ def model_features(
 
 def feature_cube(
     cube: xr.Dataset, daily: xr.Dataset, terrain: xr.Dataset, geobox, *,
-    gap_fill_days: float = 0,
+    gap_fill_days: float = 0, causal: bool = False,
 ) -> xr.Dataset:  # fmt: skip
     """The GPP models' features on a cube's grid and dates (lazy): its indices, the daily
     weather interpolated to each pixel and brought down to its ``terrain`` (:data:`TERRAIN`
-    on the same grid), index gaps filled up to ``gap_fill_days``."""
+    on the same grid), index gaps filled up to ``gap_fill_days`` (``causal``: from earlier
+    days only)."""
     ds = add_indices(cube, list(FEATURE_INDICES))
     days = ds["time"].dt.floor("D")
     weather = on_geobox(daily.sel(time=days.values), geobox)
     weather = weather.assign_coords(time=ds["time"].values)
     terrain = terrain.assign_coords(y=ds["y"].values, x=ds["x"].values)
-    return model_features(ds, weather, terrain, gap_fill_days=gap_fill_days)
+    return model_features(ds, weather, terrain, gap_fill_days=gap_fill_days, causal=causal)

@@ -148,9 +148,12 @@ def gpp_modis(
     gap_fill_days: int | None = None,
     items=None,
     every_day: bool = False,
+    causal: bool = False,
 ) -> xr.Dataset:
     """GPP_M daily on the coarse grid of ``geobox`` (480 m), index gaps filled in time up to
-    ``gap_fill_days`` (default: what the model card says it was trained with).
+    ``gap_fill_days`` (default: what the model card says it was trained with); ``causal``:
+    filled from earlier days only (the last observation carried forward), so that no day's
+    GPP_M depends on a later MODIS observation (the near-real-time product).
 
     ``items`` are the source's items of ``period`` when already searched. With ``every_day``
     the result has every day of ``daily`` in ``period``, also those without a MODIS granule
@@ -169,7 +172,8 @@ def gpp_modis(
         cube["clear"] = cube["clear"].fillna(False).astype(bool)
     if gap_fill_days is None:
         gap_fill_days = ModelCard.read(inputs.card_path).gap_fill_days
-    features = feature_cube(cube, daily, inputs.terrain, coarse, gap_fill_days=gap_fill_days)
+    features = feature_cube(cube, daily, inputs.terrain, coarse, gap_fill_days=gap_fill_days,
+                            causal=causal)  # fmt: skip
     result = predict(features, inputs.card_path)
     result["clear"] = cube["clear"]  # where the day itself was observed (not gap-filled)
     return result

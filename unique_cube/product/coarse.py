@@ -112,11 +112,14 @@ def lost_inputs(events: list[dict], items, geobox) -> dict[str | None, Lost]:
     return out
 
 
-def observation_gap(observed: np.ndarray) -> np.ndarray:
+def observation_gap(observed: np.ndarray, causal: bool = False) -> np.ndarray:
     """For daily (T, …) observation flags: 0 where observed, else the days between the
-    observations before and after (inf when there is none on one side)."""
+    observations before and after (inf when there is none on one side); ``causal``: the days
+    since the last observation (inf when there is none), what a near-real-time day fills."""
     t = np.arange(observed.shape[0]).reshape(-1, *([1] * (observed.ndim - 1)))
     before = np.maximum.accumulate(np.where(observed, t, -1), axis=0).astype("float64")
+    if causal:
+        return np.where(observed, 0.0, np.where(before < 0, np.inf, t - before))
     after = np.minimum.accumulate(np.where(observed, t, 1 << 30)[::-1], axis=0)[::-1]
     after = after.astype("float64")
     gap = np.where((before < 0) | (after >= 1 << 30), np.inf, after - before)
@@ -131,6 +134,9 @@ class BlockInputs:
     """The days the inputs can make (the others are in ``skipped``)."""
     gap: int
     """Index gaps are filled in time across up to this many days."""
+    mode: str = "final"
+    """``nrt``: no input after the block's last day is read, and gaps are filled from earlier
+    days only; ``final``: from both sides (:mod:`unique_cube.product.modes`)."""
     period: str = ""
     """The MODIS span read: the days ± ``gap``, within the reanalysis."""
     daily: xr.Dataset | None = None
@@ -140,32 +146,34 @@ class BlockInputs:
     skipped: dict[dt.date, str] = field(default_factory=dict)
 
 
-def block_inputs(pipeline: Pipeline, catalog, days: list[dt.date], gap: int) -> BlockInputs:
-    """The reanalysis and MODIS items of consecutive days (``gap`` days padded on each side)
-    and the lazy daily weather; days without a complete reanalysis day or any MODIS item
-    within ``gap`` days are skipped with their reason."""
+def block_inputs(pipeline: Pipeline, catalog, days: list[dt.date], gap: int,
+                 mode: str = "final") -> BlockInputs:  # fmt: skip
+    """The reanalysis and MODIS items of consecutive days (``gap`` days padded before, and
+    after unless ``mode`` is ``nrt``) and the lazy daily weather; days without a complete
+    reanalysis day or any MODIS item within ``gap`` days are skipped with their reason."""
     gpp, geobox = pipeline.gpp, pipeline.grid.geobox
-    first, last = days[0] - dt.timedelta(days=gap), days[-1] + dt.timedelta(days=gap)
+    ahead = 0 if mode == "nrt" else gap
+    first, last = days[0] - dt.timedelta(days=gap), days[-1] + dt.timedelta(days=ahead)
     try:
         w_items = weather_items(catalog, gpp.weather, geobox, first, last)
     except EmptySearchError:
-        return BlockInputs([], gap, skipped={d: f"no {gpp.weather} item for {first}..{last}"
-                                             for d in days})  # fmt: skip
+        return BlockInputs([], gap, mode, skipped={
+            d: f"no {gpp.weather} item for {first}..{last}" for d in days})  # fmt: skip
     daily = weather_for(catalog, gpp.weather, geobox, first, last, gpp.utc_offset_hours,
                         items=w_items)  # fmt: skip
     have = {pd.Timestamp(t).date() for t in daily["time"].values}
     skipped = {d: f"no complete day of {gpp.weather} reanalysis" for d in days if d not in have}
     todo = [d for d in days if d in have]
     if not todo:
-        return BlockInputs([], gap, skipped=skipped)
+        return BlockInputs([], gap, mode, skipped=skipped)
     window = sorted(d for d in have if first <= d <= last)
     period = f"{window[0]}/{window[-1]}"
     try:
         m_items = search(gpp.modis.source, lonlat_bbox(geobox), period, catalog=catalog)
     except EmptySearchError:
         skipped.update({d: f"no {gpp.modis.source} item within {gap} days" for d in todo})
-        return BlockInputs([], gap, skipped=skipped)
-    return BlockInputs(todo, gap, period, daily, w_items, m_items, skipped)
+        return BlockInputs([], gap, mode, skipped=skipped)
+    return BlockInputs(todo, gap, mode, period, daily, w_items, m_items, skipped)
 
 
 def gpp_m_block(pipeline: Pipeline, catalog, card_path: Path, inputs: BlockInputs) -> CoarseDays:
@@ -185,7 +193,7 @@ def gpp_m_block(pipeline: Pipeline, catalog, card_path: Path, inputs: BlockInput
         maps = MapInputs(catalog, pipeline.gpp.modis.source, card_path, geobox, inputs.daily,
                          terrain)  # fmt: skip
         result = gpp_modis(maps, inputs.period, items=inputs.modis_items, every_day=True,
-                           gap_fill_days=inputs.gap)  # fmt: skip
+                           gap_fill_days=inputs.gap, causal=inputs.mode == "nrt")  # fmt: skip
     chosen = [np.datetime64(d, "ns") for d in todo]
     values, observed, oor = dask.compute(
         result["gpp"].sel(time=chosen), result["clear"], result["out_of_range"].sel(time=chosen)
@@ -193,7 +201,7 @@ def gpp_m_block(pipeline: Pipeline, catalog, card_path: Path, inputs: BlockInput
     lost = lost_inputs(lost_reads(ledger), inputs.modis_items, coarse_geobox(geobox))
     if None in lost:  # a read of no dated item: every day of the block is in doubt
         lost = {d: lost[None].merged(lost.get(d)) for d in todo}
-    gaps = observation_gap(observed.values.astype(bool))
+    gaps = observation_gap(observed.values.astype(bool), causal=inputs.mode == "nrt")
     index = observed.get_index("time").get_indexer(pd.DatetimeIndex(chosen))
     return CoarseDays(
         days=todo,

@@ -173,6 +173,8 @@ class DayPlan:
     details: dict
     outside: np.ndarray | None = None
     """Coarse pixels outside every MODIS footprint: left empty."""
+    mode: str = "final"
+    """``nrt`` (inputs up to the day only) or ``final`` (:mod:`unique_cube.product.modes`)."""
     reference_dates: set = field(default_factory=set)
     """Fusion: the HLS dates that are some pixel's reference (the day's provenance)."""
     counts: dict = field(default_factory=dict)
@@ -186,10 +188,12 @@ def plan_day(
     gap: np.ndarray,
     out_of_range: np.ndarray,
     lost: Lost | None = None,
+    mode: str = "final",
 ) -> DayPlan:
     """A day's coarse part from its GPP_M; raises :class:`DaySkipped` when it cannot be
     made, and :class:`InputsLostError` when input reads lost after retries (``lost``, on the
-    coarse grid) cover more of it than ``product.max_lost_fraction``."""
+    coarse grid) cover more of it than ``product.max_lost_fraction``. ``gap``: as
+    :func:`~unique_cube.product.coarse.observation_gap` gives it for ``mode``."""
     spec = run.pipeline.product
     shape = run.pipeline.grid.geobox.shape
     lost_fraction = fine_fraction(lost.mask, COARSE_FACTOR, shape) if lost is not None else 0.0
@@ -218,19 +222,22 @@ def plan_day(
     coarse_qa[long_gap] |= QA_FLAGS["gpp_m_long_gap_filled"]
     coarse_qa[missing] |= QA_FLAGS["gpp_m_neighbour_filled"]
     coarse_qa[out_of_range] |= QA_FLAGS["gpp_m_out_of_range"]
+    # A final day's gap filled between two observations read a later one: an NRT day could not
+    later = filled_in_time & np.isfinite(gap) if mode == "final" else np.zeros_like(missing)
+    coarse_qa[later] |= QA_FLAGS["final_inputs_differ"]
     coarse_qa[outside] = 0
 
     scheme, fallback = spec.scheme, ""
     if scheme == "fusion":
-        scheme, fallback = _fusion_fallback(run, day)
+        scheme, fallback = _fusion_fallback(run, day, mode)
     if scheme == "s2" and run.static.problem and fallback:
         scheme = "s1" if "s1" in run.models.checkpoints else "bilinear"
     if scheme == "s2" and run.static.problem:
         if "s1" not in run.models.checkpoints:
             raise DaySkipped(f"S2 needs its static layers: {run.static.problem}; no S1 fallback")
         scheme = "s1"
-    details = {"scheme": scheme, "seed": day_seed(spec.seed, day), "samples": spec.samples,
-               "ddim_steps": spec.ddim_steps}  # fmt: skip
+    details = {"mode": mode, "scheme": scheme, "seed": day_seed(spec.seed, day),
+               "samples": spec.samples, "ddim_steps": spec.ddim_steps}  # fmt: skip
     if fallback:
         details["fallback"] = fallback
     if lost is not None:
@@ -243,17 +250,19 @@ def plan_day(
         "gpp_m_out_of_range": float(out_of_range.mean()),
         "input_lost": lost_fraction,
         "outside_inputs": float(outside.mean()),
+        "gpp_m_final_inputs_differ": float(later.mean()),
     }
     return DayPlan(day, gpp_m.astype("float32"), fill_nearest(gpp_m).astype("float32"),
                    coarse_qa, lost.mask if lost is not None else None, scheme, details,
-                   outside if outside.any() else None)  # fmt: skip
+                   outside if outside.any() else None, mode)  # fmt: skip
 
 
-def _fusion_fallback(run: RunContext, day: dt.date) -> tuple[str, str]:
+def _fusion_fallback(run: RunContext, day: dt.date, mode: str = "final") -> tuple[str, str]:
     """The fusion scheme, or the documented fallback (S2, then S1, then bilinear) and why:
     no static layers, or no clear HLS date within the checkpoint's ``reference_days`` before
-    the day (a new region's first days). A reference state that could not be updated is no
-    reason to fall back: the day fails (:class:`LockBusyError` while another run holds it)."""
+    the day (a final day: or after it; a new region's first days). A reference state that
+    could not be updated is no reason to fall back: the day fails (:class:`LockBusyError`
+    while another run holds it)."""
     if isinstance(run.reference_error, LockBusyError):
         raise LockBusyError(f"the reference state is being updated by another run "
                             f"({run.reference_error}); the next run makes the day")  # fmt: skip
@@ -266,8 +275,9 @@ def _fusion_fallback(run: RunContext, day: dt.date) -> tuple[str, str]:
     why = ""
     if run.static.problem:
         why = f"the fusion needs the static layers: {run.static.problem}"
-    elif not run.references.before(day, max_days):
-        why = f"no clear HLS date in the {max_days} days before {day} (no reference yet)"
+    elif not run.references.before(day, max_days, two_sided=mode == "final"):
+        side = "before" if mode == "nrt" else "around"
+        why = f"no clear HLS date in the {max_days} days {side} {day} (no reference yet)"
     if not why:
         return "fusion", ""
     checkpoints = run.models.checkpoints
@@ -346,6 +356,7 @@ def window_arrays(
         inner = fusion["inner"] = window.within(extent)
         qa[fusion["no_reference"][inner]] |= QA_FLAGS["no_reference"]
         qa[fusion["out_of_range"][inner]] |= QA_FLAGS["fusion_input_out_of_range"]
+        qa[fusion["later_reference"][inner]] |= QA_FLAGS["final_inputs_differ"]
     if plan.lost is not None:
         qa[blocks_window(plan.lost, factor, window)] |= QA_FLAGS["input_lost"]
     if plan.outside is not None:  # no GPP_M there: the gap-free field only conditions tiles
@@ -366,8 +377,10 @@ def window_arrays(
 
 
 #: What a pixel that is the day's own clear GPP_L no longer has: the fusion's flags, a shift.
+#: (Its value is the same in the day's NRT and final versions.)
 _NOT_ON_CLEAR = (QA_PATH_MASK | QA_FLAGS["no_reference"] | QA_FLAGS["fusion_input_out_of_range"]
-                 | QA_FLAGS["coarse_consistency_corrected"])  # fmt: skip
+                 | QA_FLAGS["coarse_consistency_corrected"]
+                 | QA_FLAGS["final_inputs_differ"])  # fmt: skip
 
 
 def _own_clear_pixels(run: RunContext, plan: DayPlan, window: Window, gpp: np.ndarray,
@@ -395,7 +408,8 @@ def _fusion_condition(run: RunContext, plan: DayPlan, ckpt, extent: Window,
     grid's blocks) wherever the extent starts."""
     max_days = int(ckpt.fusion["reference_days"])
     aligned = _block_aligned(extent, run.pipeline.grid.geobox.shape)
-    grown = run.references.state(plan.day, aligned, max_days, plan.reference_dates)
+    grown = run.references.state(plan.day, aligned, max_days, plan.reference_dates,
+                                 two_sided=plan.mode == "final")  # fmt: skip
     inner = extent.within(aligned)
     anomaly = block_anomaly(grown.gpp, factor, offset=(aligned.y0, aligned.x0))[inner]
     reference = grown.window(*inner)
@@ -411,7 +425,8 @@ def _fusion_condition(run: RunContext, plan: DayPlan, ckpt, extent: Window,
         raise DownscaleError(f"the fusion mean failed on {extent}: {err}") from err
     condition = fusion_condition(ckpt, stack, features, mean)
     return condition, {"mean": mean, "no_reference": ~np.isfinite(reference.gpp),
-                       "out_of_range": out_of_range(ckpt, stack)}  # fmt: skip
+                       "out_of_range": out_of_range(ckpt, stack),
+                       "later_reference": reference.after(plan.day)}  # fmt: skip
 
 
 def _block_aligned(extent: Window, shape: tuple[int, int]) -> Window:

@@ -120,22 +120,24 @@ class ReferenceStore:
                 removed.append(str(partial))
         return removed
 
-    def before(self, day: dt.date, max_days: int) -> list[dt.date]:
+    def before(self, day: dt.date, max_days: int, two_sided: bool = False) -> list[dt.date]:
         """The dates with clear pixels a day's reference folds: within ``max_days`` before
-        it, never the day itself."""
-        return [d for d in self.dates() if 0 < (day - d).days <= max_days
+        it (``two_sided``: or after it), never the day itself."""
+        return [d for d in self.dates()
+                if 0 < ((day - d).days if not two_sided else abs((day - d).days)) <= max_days
                 and self.attrs(d).get("clear_fraction", 1.0) > 0]  # fmt: skip
 
     def state(self, day: dt.date, window: Window, max_days: int,
-              used: set[dt.date] | None = None) -> Reference:  # fmt: skip
+              used: set[dt.date] | None = None, two_sided: bool = False) -> Reference:  # fmt: skip
         """The reference state of ``window`` as of ``day``: the last clear GPP_L of each pixel
-        in the ``max_days`` before it (and the mean offset over all of them). The dates folded
-        in (those with a clear pixel in the window) are added to ``used``: the day's
-        provenance. A date that cannot be read is a :class:`StoreError` naming it."""
+        in the ``max_days`` before it (``two_sided``, a final day: the nearest clear GPP_L on
+        either side) and the mean offset over all of them. The dates folded in (those with a
+        clear pixel in the window) are added to ``used``: the day's provenance. A date that
+        cannot be read is a :class:`StoreError` naming it."""
         import zarr
 
-        state = Reference.empty(window.shape)
-        for date in self.before(day, max_days):
+        state = Reference.empty(window.shape, two_sided)
+        for date in self.before(day, max_days, two_sided):
             try:
                 group = zarr.open_group(self.path(date), mode="r")
                 gpp_l = np.asarray(group["gpp_l"][window.slices])
@@ -149,7 +151,7 @@ class ReferenceStore:
                 continue
             # Gap-free before upsampling, as in training: the same GPP_M whatever the window.
             gpp_m = bilinear_window(fill_nearest(coarse), COARSE_FACTOR, window)
-            state.update(gpp_l, gpp_m, date)
+            state.update(gpp_l, gpp_m, date, towards=day if two_sided else None)
             if used is not None:
                 used.add(date)
         return state
@@ -182,22 +184,26 @@ def _alive(pid: int) -> bool:
 
 
 def ensure_references(pipeline: Pipeline, catalog, store: ReferenceStore, days: list[dt.date],
-                      say: Callable[[str], None] = log.info,
-                      model: str = "") -> list[dt.date]:  # fmt: skip
+                      say: Callable[[str], None] = log.info, model: str = "",
+                      ahead: bool = False) -> list[dt.date]:  # fmt: skip
     """Add to ``store`` every HLS date from ``downscale.reference_days`` before the first of
-    ``days`` to the last that it does not hold, in date order, each window by window (GPP_L
-    of the Landsat model, NaN where not clear; GPP_M of the MODIS model on the coarse grid).
-    A date made by another Landsat model than ``model`` (its hash) is made again. Returns
-    the dates added."""
+    ``days`` to the last (``ahead``: to as many days after the last, for final days) that it
+    does not hold, in date order, each window by window (GPP_L of the Landsat model, NaN where
+    not clear; GPP_M of the MODIS model on the coarse grid). A date made by another Landsat
+    model than ``model`` (its hash), or from other HLS items than the catalog now has for it
+    (a late or reprocessed item), is made again. Returns the dates added."""
     if not days:
         return []
     max_days = pipeline.downscale.reference_days
-    first, last = min(days) - dt.timedelta(days=max_days), max(days)
+    first = min(days) - dt.timedelta(days=max_days)
+    last = max(days) + dt.timedelta(days=max_days if ahead else 0)
     inputs = pair_inputs(pipeline, catalog, Period(first, last))
     landsat = inputs.landsat
     if landsat.sizes.get("time", 0) == 0:
         return []
-    held = {d for d in store.dates() if store.attrs(d).get("gpp_landsat_sha256", "") == model}
+    items = _items_by_day(catalog, pipeline, first, last)
+    held = {d for d in store.dates() if store.attrs(d).get("gpp_landsat_sha256", "") == model
+            and store.attrs(d).get("items") == sorted(items.get(d, []))}  # fmt: skip
     hls_days = [dt.date.fromisoformat(str(t)[:10]) for t in landsat["time"].dt.floor("D").values]
     todo = [i for i, d in enumerate(hls_days) if d not in held]
     if not todo:
@@ -214,7 +220,6 @@ def ensure_references(pipeline: Pipeline, catalog, store: ReferenceStore, days: 
     coarse = modis["gpp"].reindex(time=days_wanted)  # a date without MODIS: NaN, not an error
     coarse = coarse.compute().values.astype("float32")
     windows = day_windows(store.shape, pipeline.product.window)
-    items = _items_by_day(catalog, pipeline, first, last)
     for k, (i, when) in enumerate(zip(todo, wanted, strict=True)):
         gpp = landsat["gpp"].sel(time=when)
 

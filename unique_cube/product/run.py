@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import re
@@ -51,6 +52,7 @@ from unique_cube.product.day import (
     plan_day,
 )
 from unique_cube.product.models import ProductModels, check_models
+from unique_cube.product.modes import day_inputs, day_modes, published
 from unique_cube.product.reference import ReferenceStore, ensure_references
 from unique_cube.product.stac import day_item
 from unique_cube.product.static import StaticLayers, static_for
@@ -58,7 +60,7 @@ from unique_cube.product.store import ProductStore, locked, marker_path
 from unique_cube.redact import redact
 from unique_cube.version import __version__
 
-__all__ = ["DayResult", "parse_day", "product_days", "run"]
+__all__ = ["DayResult", "parse_day", "product_days", "read_markers", "run"]
 
 
 log = logging.getLogger(__name__)
@@ -124,12 +126,21 @@ def run(
     force: bool = False,
     sampler: Sampler | None = None,
     say: Callable[[str], None] = log.info,
+    mode: str = "auto",
+    finalise: bool = False,
+    today: dt.date | None = None,
 ) -> dict:
     """Produce ``days``; a done day is kept unless ``force``. Returns the run log (also
-    written to ``<output>/runs/``): each day's status, reason and seconds."""
+    written to ``<output>/runs/``): each day's status, reason and seconds.
+
+    ``mode`` (:func:`~unique_cube.product.modes.day_modes`): ``auto`` makes a day final once
+    ``product.final_after_days`` have passed, else near-real-time; an NRT day done is made
+    again as final when asked for final. ``finalise``: also make final every NRT day of the
+    store whose lag has passed (the daily job). ``today``: the day the run counts from
+    (default: today in ``product.time_zone``; a replay of an earlier morning names it)."""
     pipeline.require("grid", "product", command="unique-cube run")
     spec = pipeline.product
-    today = dt.datetime.now(zoneinfo.ZoneInfo(spec.time_zone)).date()
+    today = today or dt.datetime.now(zoneinfo.ZoneInfo(spec.time_zone)).date()
     future = [d for d in days if d >= today]
     if future:
         raise ConfigError(f"{future[0]} has not ended yet in {spec.time_zone}; its inputs "
@@ -141,8 +152,12 @@ def run(
             f"{max(days)} spans {span} days, more than the {spec.max_backfill_days} a run may "
             "make; run the backfill in parts (days already done are kept) or raise the limit"
         )
+    modes = day_modes(days, mode, today, spec.final_after_days)
+    if finalise:
+        modes.update(_due_for_final(pipeline, today, modes))
+        days = sorted(modes)
     models = check_models(pipeline)
-    outside = _check_coverage(pipeline, days, models, force)  # before anything is written
+    outside = _check_coverage(pipeline, modes, models, force)  # before anything is written
     geobox = pipeline.grid.geobox
     store = ProductStore(spec.output, geobox, coarse_geobox(geobox),
                          lock_timeout=spec.lock_timeout_s,
@@ -158,29 +173,36 @@ def run(
             say(f"removed {len(removed)} file(s) left by runs that were killed while writing")
             log.info("removed: %s", ", ".join(removed))
     results: list[DayResult] = []
-    todo = [d for d in days if force or not store.is_done(d)]
+    todo = [d for d in days if force or not store.is_done(d, modes[d])]
     results += [DayResult(d, "already done") for d in days if d not in todo]
     if results:
         say(f"{len(results)} of {len(days)} days already done (kept; --force redoes them)")
     with contextlib.ExitStack() as stack:
-        context = _prepare(stack, pipeline, models, store, todo, sampler, say, outside)
-        for block_start in range(0, len(todo), spec.block_days):
-            block = todo[block_start : block_start + spec.block_days]
-            say(f"GPP_M for {block[0]}..{block[-1]}")
+        context = _prepare(stack, pipeline, models, store, todo, sampler, say, outside,
+                           ahead=any(modes[d] == "final" for d in todo))  # fmt: skip
+        done = 0
+        for block in _blocks(todo, modes, spec.block_days):
+            block_mode = modes[block[0]]
+            say(f"GPP_M for {block[0]}..{block[-1]} ({block_mode})")
             try:
-                inputs = block_inputs(pipeline, context.catalog, block, context.gap_days)
+                inputs = block_inputs(pipeline, context.catalog, block, context.gap_days,
+                                      block_mode)  # fmt: skip
                 coarse = gpp_m_block(pipeline, context.catalog, models.card_path, inputs)
+                recorded = day_inputs(pipeline, context.catalog,
+                                      {d: block_mode for d in block}, context.gap_days)  # fmt: skip
             except (UniqueCubeError, OSError) as err:  # the block's days fail; the backfill goes on
                 log.debug("GPP_M for %s..%s failed", block[0], block[-1], exc_info=True)
-                say(f"[{block_start + len(block)}/{len(todo)}] {block[0]}..{block[-1]}: "
-                    f"failed: {err}")
+                done += len(block)
+                say(f"[{done}/{len(todo)}] {block[0]}..{block[-1]}: failed: {err}")
                 results += [DayResult(d, "failed", f"GPP_M: {err}") for d in block]
                 _write_run_log(log_path, pipeline, started, results)
                 continue
-            for number, day in enumerate(block, start=block_start + 1):
-                count = f"[{number}/{len(todo)}]"  # what the terminal's bar counts
+            for day in block:
+                done += 1
+                count = f"[{done}/{len(todo)}]"  # what the terminal's bar counts
                 results.append(_one_day(context, store, coarse, day, force,
-                                        lambda text, count=count: say(f"{count} {text}")))  # fmt: skip
+                                        lambda text, count=count: say(f"{count} {text}"),
+                                        block_mode, recorded[day]))  # fmt: skip
                 _write_run_log(log_path, pipeline, started, results)
         client = getattr(context.sampler, "client", None)
         workers = client.run(_rss_mb) if client is not None else {}
@@ -193,11 +215,34 @@ def run(
     return report
 
 
+def _blocks(todo: list[dt.date], modes: dict[dt.date, str], size: int) -> list[list[dt.date]]:
+    """The days to make in blocks of at most ``size`` days of one mode each."""
+    blocks: list[list[dt.date]] = []
+    for day in todo:
+        if blocks and len(blocks[-1]) < size and modes[blocks[-1][0]] == modes[day]:
+            blocks[-1].append(day)
+        else:
+            blocks.append([day])
+    return blocks
+
+
+def _due_for_final(pipeline: Pipeline, today: dt.date, asked: dict) -> dict[dt.date, str]:
+    """The store's NRT days whose ``product.final_after_days`` have passed (not already asked
+    for), within ``product.max_backfill_days`` of the latest day asked: made final now."""
+    spec = pipeline.product
+    lag = dt.timedelta(days=spec.final_after_days)
+    newest = max(asked) if asked else today
+    return {day: "final" for day, marker in read_markers(Path(spec.output)).items()
+            if day not in asked and today - day >= lag and marker.get("mode") == "nrt"
+            and (newest - day).days < spec.max_backfill_days}  # fmt: skip
+
+
 def _prepare(stack, pipeline: Pipeline, models: ProductModels, store: ProductStore,
              todo: list[dt.date], sampler: Sampler | None, say,
-             outside: np.ndarray | None = None) -> RunContext:  # fmt: skip
+             outside: np.ndarray | None = None, ahead: bool = False) -> RunContext:  # fmt: skip
     """What every day of the run shares; the catalog, the cluster and the static layers only
-    when there are days to make; ``outside``: the coarse pixels the days leave empty."""
+    when there are days to make; ``outside``: the coarse pixels the days leave empty;
+    ``ahead``: some days are final (their references reach after them)."""
     spec = pipeline.product
     static, catalog = StaticLayers({}, {}), None
     references, reference_error = None, None
@@ -211,7 +256,7 @@ def _prepare(stack, pipeline: Pipeline, models: ProductModels, store: ProductSto
                                 store.root / "cache" / "static", spec.read_retries)  # fmt: skip
         if spec.scheme == "fusion":
             references, reference_error = _references(pipeline, catalog, store, todo, models,
-                                                      say)  # fmt: skip
+                                                      say, ahead)  # fmt: skip
     if static.problem:
         fallback = "S2, S1 or bilinear" if spec.scheme == "fusion" else "S1"
         say(f"warning: {static.problem}; days fall back to {fallback}")
@@ -225,7 +270,8 @@ def _prepare(stack, pipeline: Pipeline, models: ProductModels, store: ProductSto
 
 
 def _references(pipeline: Pipeline, catalog, store: ProductStore, todo: list[dt.date],
-                models: ProductModels, say) -> tuple[ReferenceStore, Exception | None]:  # fmt: skip
+                models: ProductModels, say,
+                ahead: bool = False) -> tuple[ReferenceStore, Exception | None]:  # fmt: skip
     """The reference state brought up to date for the days to make (the HLS dates of the
     ``downscale.reference_days`` before the first, in date order), under its lock; or the
     error that stopped it (the days then fail, or are left to the next run while another run
@@ -237,7 +283,7 @@ def _references(pipeline: Pipeline, catalog, store: ProductStore, todo: list[dt.
             if removed:
                 log.info("removed partial reference dates: %s", ", ".join(removed))
             ensure_references(pipeline, catalog, references, todo, say,
-                              models.hashes.get("gpp_landsat", ""))  # fmt: skip
+                              models.hashes.get("gpp_landsat", ""), ahead)  # fmt: skip
     except (UniqueCubeError, OSError, KeyError, ValueError) as err:
         log.debug("the reference state was not updated", exc_info=True)
         say(f"warning: the reference state could not be updated: {err}")
@@ -265,33 +311,57 @@ def _actor_sampler(
 
 
 def _check_coverage(
-    pipeline: Pipeline, days: list[dt.date], models: ProductModels, force: bool
+    pipeline: Pipeline, modes: dict[dt.date, str], models: ProductModels, force: bool
 ) -> np.ndarray | None:
     """A run whose first or last day to make the reanalysis does not cover, or whose grid is
     mostly outside the MODIS items, is a mistake, not bad days: a
     :class:`~unique_cube.errors.CatalogError` before the product folder is touched. Returns
     the coarse pixels outside every MODIS footprint, which the days leave empty (``None``
     when there is none, or no day to make)."""
-    todo = [d for d in days if force or not marker_path(pipeline.product.output, d).exists()]
+    store = Path(pipeline.product.output)
+    todo = [d for d, m in modes.items() if force or not _done_as(store, d, m)]
     if not todo:
         return None
     with open_catalog(pipeline) as catalog:
         return check_coverage(pipeline, catalog, todo, gap_fill_span(pipeline, models.card))
 
 
+def read_markers(root: Path) -> dict[dt.date, dict]:
+    """The completion markers of a product folder by day (unreadable ones left out: those
+    days are redone by the next run that asks for them)."""
+    out = {}
+    for path in sorted((root / "state").glob("????-??-??.json")):
+        try:
+            out[dt.date.fromisoformat(path.stem)] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _done_as(root: Path, day: dt.date, mode: str) -> bool:
+    """:meth:`ProductStore.is_done` before the store is opened (nothing is written)."""
+    try:
+        marker = json.loads(marker_path(root, day).read_text())
+    except (OSError, ValueError):
+        return False
+    return mode == "nrt" or marker.get("mode", "final") == "final"
+
+
 def _one_day(
-    run: RunContext, store: ProductStore, coarse: CoarseDays, day: dt.date, force: bool, say
+    run: RunContext, store: ProductStore, coarse: CoarseDays, day: dt.date, force: bool, say,
+    mode: str = "final", inputs: dict | None = None,
 ) -> DayResult:
-    """Make one day under its lock (or say why not): never raises for a bad day."""
+    """Make one day under its lock (or say why not): never raises for a bad day. ``inputs``:
+    the day's input items (:func:`~unique_cube.product.modes.day_inputs`), for its marker."""
     began = time.perf_counter()
     if day in coarse.skipped:
         return _skip(store, day, coarse.skipped[day], say)
     try:
         with store.day_lock(day):
-            if store.is_done(day) and not force:
+            if store.is_done(day, mode) and not force:
                 return DayResult(day, "already done", "finished by another run meanwhile")
             store.clean_day(day)  # a day made before stays until the new one is committed
-            details = _make_day(run, store, coarse, day, began)
+            details = _make_day(run, store, coarse, day, began, mode, inputs or {})
     except DaySkipped as why:
         return _skip(store, day, str(why), say)
     except LockBusyError as err:
@@ -304,25 +374,28 @@ def _one_day(
     before, after = details["coarse_mismatch_before"], details["coarse_mismatch_after"]
     say(f"{day}: done in {seconds:.1f} s ({details['scheme']}; 480 m mismatch with GPP_M "
         f"{before:.3f} → {after:.3f} gC m-2 d-1)")  # fmt: skip
-    keep = ("scheme", "coarse_mismatch_before", "coarse_mismatch_after", "qa_fractions",
-            "lost_inputs", "fallback", "reference")  # fmt: skip
+    keep = ("mode", "version", "scheme", "coarse_mismatch_before", "coarse_mismatch_after",
+            "qa_fractions", "lost_inputs", "fallback", "reference", "last_input_published",
+            "written", "latency_hours", "hours_after_day")  # fmt: skip
     return DayResult(day, "done", "", seconds, {k: details[k] for k in keep if k in details})
 
 
 def _make_day(
-    run: RunContext, store: ProductStore, coarse: CoarseDays, day: dt.date, began: float
+    run: RunContext, store: ProductStore, coarse: CoarseDays, day: dt.date, began: float,
+    mode: str = "final", inputs: dict | None = None,
 ) -> dict:
-    """The day's maps and COGs, made beside the day's old ones (if any), then its item and
-    marker, and the day swapped in (:meth:`ProductStore.commit`; done once its marker is
-    written); returns what the day's item says of it."""
+    """The day's maps and COGs, made beside the day's old ones (if any), then its item (a new
+    version of it) and marker, and the day swapped in (:meth:`ProductStore.commit`; done once
+    its marker is written); returns what the day's item and the run log say of it."""
     i = coarse.days.index(day)
     plan = plan_day(run, day, coarse.gpp[i], coarse.gap[i], coarse.out_of_range[i],
-                    coarse.lost.get(day))  # fmt: skip
+                    coarse.lost.get(day), mode)  # fmt: skip
     tags = {"date": day.isoformat(), "software": "unique-cube"}
     with store.open_day(day, tags) as writer:
         make_windows(run, plan, writer.write)
         cogs = writer.finish(plan.gpp_m)
         span = dt.timedelta(days=run.gap_days)
+        ahead = span if mode == "final" else dt.timedelta(0)  # NRT: nothing after the day
         landsat = {}
         if plan.scheme == "fusion":  # the HLS items of its reference and its own clear pixels
             own = {day} if run.references.path(day).exists() else set()
@@ -331,21 +404,40 @@ def _make_day(
             plan.details["reference"] = _reference_note(plan)
         provenance = {
             run.pipeline.gpp.modis.source: sorted(
-                iid for when, iid in coarse.modis_items if abs(when - day) <= span
+                iid for when, iid in coarse.modis_items if -span <= when - day <= ahead
             ),
             run.pipeline.gpp.weather: coarse.weather_items,
             **landsat,
             **run.static.items,
         }
+        version = store.item_version(day) + 1
         item = day_item(run.pipeline, store, day, cogs, provenance, plan.details,
-                        run.models.hashes)  # fmt: skip
-        marker = {"day": day.isoformat(), "seconds": round(time.perf_counter() - began, 2),
-                  "finished": dt.datetime.now(dt.UTC).isoformat(),
+                        run.models.hashes, version)  # fmt: skip
+        written = dt.datetime.now(dt.UTC)
+        marker = {"day": day.isoformat(), "mode": mode, "version": version,
+                  "seconds": round(time.perf_counter() - began, 2),
+                  "finished": written.isoformat(),
                   "item": str(store.item_path(day).relative_to(store.root)),
                   "checksums": {k: a["file:checksum"] for k, a in item["assets"].items()
-                                if "file:checksum" in a}}  # fmt: skip
+                                if "file:checksum" in a},
+                  "inputs": inputs or {}}  # fmt: skip
         store.commit(writer, item, marker)
-    return plan.details
+    return {**plan.details, "version": version,
+            **_latency(day, inputs or {}, written, run.pipeline.gpp.utc_offset_hours)}
+
+
+def _latency(day: dt.date, inputs: dict, written: dt.datetime, utc_offset: float) -> dict:
+    """When the day's last input was published and when the day was written: the hours
+    between them, and the hours after the local day's end (what a user of NRT waits)."""
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
+    end -= dt.timedelta(hours=utc_offset)
+    last = published(inputs)
+    out = {"written": written.isoformat(timespec="seconds"),
+           "hours_after_day": round((written - end).total_seconds() / 3600, 2)}  # fmt: skip
+    if last is not None:
+        out["last_input_published"] = last.isoformat(timespec="seconds")
+        out["latency_hours"] = round((written - last).total_seconds() / 3600, 2)
+    return out
 
 
 def _reference_note(plan) -> dict:

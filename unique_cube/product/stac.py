@@ -54,6 +54,7 @@ _EXTENSIONS = [
     "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
     "https://stac-extensions.github.io/classification/v2.0.0/schema.json",
+    "https://stac-extensions.github.io/version/v1.2.0/schema.json",
 ]
 
 _STAMP = "%Y-%m-%dT%H:%M:%SZ"
@@ -65,9 +66,13 @@ def local_day(day: dt.date, utc_offset_hours: float) -> tuple[dt.datetime, ...]:
     return start, start + dt.timedelta(hours=12), start + dt.timedelta(days=1, seconds=-1)
 
 
-def day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashes: dict) -> dict:
+def day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashes: dict,
+             version: int = 1) -> dict:  # fmt: skip
     """The day's STAC item: assets with checksums, processing and provenance; no asset URL
-    of the inputs (they may be signed), only their item ids."""
+    of the inputs (they may be signed), only their item ids. ``version``: the how-manieth
+    making of the day (STAC version extension; from 2 on, a ``predecessor-version`` link to
+    the one it supersedes, kept by :meth:`ProductStore.commit`)."""
+    made = f"{dt.datetime.now(dt.UTC):{_STAMP}}"
     geobox, coarse = store.geobox, store.coarse
     extent = geobox.extent.to_crs("EPSG:4326")
     start, noon, end = local_day(day, pipeline.gpp.utc_offset_hours)
@@ -108,7 +113,10 @@ def day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashes
             "unique_cube:local_day": day.isoformat(),
             "processing:level": "L4",
             "processing:software": {"unique-cube": __version__},
-            "processing:datetime": f"{dt.datetime.now(dt.UTC):{_STAMP}}",
+            "processing:datetime": made,
+            "created": made,
+            "updated": made,
+            "version": str(version),
             "processing:lineage": (
                 "GPP_M: LightGBM on MODIS indices and reanalysis weather (480 m); "
                 f"30 m: {_LINEAGE.get(details['scheme'], details['scheme'])} ensemble of "
@@ -127,6 +135,9 @@ def day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashes
             {"rel": "parent", "href": "../collection.json", "type": "application/json"},
             {"rel": "collection", "href": "../collection.json", "type": "application/json"},
             {"rel": "self", "href": f"./{day.isoformat()}.json", "type": "application/geo+json"},
+            *([{"rel": "predecessor-version", "type": "application/geo+json",
+                "href": os.path.relpath(store.version_path(day, version - 1), item_dir)}]
+              if version > 1 else []),
         ],
     }
 
@@ -249,6 +260,9 @@ _QA_MEANINGS = {
     "input_lost": "an input read of this pixel was lost; made through the fallback chain",
     "no_reference": "fusion without a clear 30 m reference within reference_days",
     "fusion_input_out_of_range": "a fusion feature outside its training range",
+    "final_inputs_differ": "a final day's pixel made from inputs its near-real-time version "
+                           "could not have: GPP_M filled from a later MODIS day, or a 30 m "
+                           "reference after the day",
 }  # fmt: skip
 
 

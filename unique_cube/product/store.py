@@ -166,8 +166,41 @@ class ProductStore:
     def item_path(self, day: dt.date) -> Path:
         return self.stac / COLLECTION_ID / "items" / f"{day.isoformat()}.json"
 
-    def is_done(self, day: dt.date) -> bool:
-        return self.marker(day).exists()
+    def is_done(self, day: dt.date, mode: str = "nrt") -> bool:
+        """Whether ``day`` is done as ``mode`` asks: any version for ``nrt``, a final one
+        for ``final`` (a marker without a mode is of a day made before modes: final)."""
+        if not self.marker(day).exists():
+            return False
+        return mode == "nrt" or self.done_mode(day) == "final"
+
+    def read_marker(self, day: dt.date) -> dict | None:
+        """A done day's marker (``None`` when not done, or unreadable: then it is redone)."""
+        try:
+            return json.loads(self.marker(day).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def done_mode(self, day: dt.date) -> str | None:
+        """The mode of the day's version (``None`` when not done)."""
+        marker = self.read_marker(day)
+        return None if marker is None else marker.get("mode", "final")
+
+    def done_days(self) -> list[dt.date]:
+        """Every day with a completion marker, in order."""
+        if not self.state.exists():
+            return []
+        return sorted(dt.date.fromisoformat(p.stem) for p in self.state.glob("????-??-??.json"))
+
+    def item_version(self, day: dt.date) -> int:
+        """The version number of the day's published item (0: none yet)."""
+        try:
+            return int(json.loads(self.item_path(day).read_text())["properties"]["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0 if not self.item_path(day).exists() else 1
+
+    def version_path(self, day: dt.date, version: int) -> Path:
+        """Where a superseded version of a day's item is kept."""
+        return self.item_path(day).parent / "versions" / f"{day.isoformat()}.v{version}.json"
 
     @contextlib.contextmanager
     def day_lock(self, day: dt.date, timeout: float | None = None) -> Iterator[None]:
@@ -397,11 +430,35 @@ class ProductStore:
         day = writer.day
         with writing(f"{day}: committing the day", self.root):
             with staged_json(self.item_path(day), item):
+                self._keep_superseded(day)
                 self.marker(day).unlink(missing_ok=True)
                 writer.place()
             with self._shared_lock():
                 self._update_catalog(done=day)
             write_json(self.marker(day), marker)
+
+    def _keep_superseded(self, day: dt.date) -> None:
+        """The day's published item, before a new version replaces it, kept under
+        ``items/versions/`` (STAC version extension: ``deprecated``, a ``latest-version``
+        link); the new item links to it as its ``predecessor-version``."""
+        path = self.item_path(day)
+        if not path.exists():
+            return
+        old = json.loads(path.read_text())
+        properties = old.setdefault("properties", {})
+        version = int(properties.get("version", 1))
+        kept = self.version_path(day, version)
+        properties["deprecated"] = True
+        old["links"] = [
+            *[link for link in old.get("links", [])
+              if link.get("rel") not in ("self", "latest-version")],
+            {"rel": "self", "href": f"./{kept.name}", "type": "application/geo+json"},
+            {"rel": "latest-version", "href": f"../{path.name}", "type": "application/geo+json"},
+        ]
+        for link in old["links"]:  # one folder deeper than the published items
+            if link.get("rel") in ("root", "parent", "collection", "predecessor-version"):
+                link["href"] = _one_deeper(link["href"], link["rel"])
+        write_json(kept, old)
 
     def clean_day(self, day: dt.date) -> list[Path]:
         """Under the day's lock, before it is made: the files a run killed while making it
@@ -573,6 +630,14 @@ def _why(err: BaseException, where: Path) -> str:
                 names.append(f"the file system is full ({free:.0f} KiB free)")
     head = ", ".join(dict.fromkeys(names))
     return f"{head}: " * bool(head) + "; ".join(messages)
+
+
+def _one_deeper(href: str, rel: str) -> str:
+    """A relative link of a published item, from the ``versions/`` folder below it (a
+    predecessor already there stays beside it)."""
+    if rel == "predecessor-version":
+        return href.removeprefix("versions/")
+    return href if "://" in href or href.startswith("/") else f"../{href}"
 
 
 def _unlink_all(paths) -> list[Path]:

@@ -45,6 +45,7 @@ QA_FLAGS = {
     "input_lost": 256,
     "no_reference": 512,
     "fusion_input_out_of_range": 1024,
+    "final_inputs_differ": 2048,
 }
 
 QA_PATH_MASK = 7
