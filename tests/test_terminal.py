@@ -30,8 +30,6 @@ def test_dashboard_moves_to_a_free_port_when_its_port_is_taken():
     assert free_dashboard_address(f"127.0.0.1:{port}") == f"127.0.0.1:{port}"
 
 
-
-
 def _shown(message: str, module: str) -> bool:
     """Whether a NotGeoreferencedWarning raised from ``module`` reaches the user once the
     product's filter is set (pytest resets the filters per test: set here as at a run's start).

@@ -113,8 +113,17 @@ def sample_members(pipeline: Pipeline, checkpoints: dict[str, Checkpoint], raw: 
             started = time.perf_counter()
             maps = []
             for i, c in enumerate(conditions):
-                maps.append(downscale(ckpt, c, samples=members, ddim_steps=spec.ddim_steps,
-                                      tile=spec.tile, overlap=spec.overlap, seed=spec.seed + i))
+                maps.append(
+                    downscale(
+                        ckpt,
+                        c,
+                        samples=members,
+                        ddim_steps=spec.ddim_steps,
+                        tile=spec.tile,
+                        overlap=spec.overlap,
+                        seed=spec.seed + i,
+                    )
+                )
                 say(f"{scheme}: date {i + 1}/{len(conditions)} sampled")
             out[scheme] = np.stack(maps)
             say(

@@ -198,7 +198,11 @@ def fill_index_gaps(indices: xr.Dataset, max_gap: float, causal: bool = False) -
 
 
 def model_features(
-    indices: xr.Dataset, weather: xr.Dataset, terrain: xr.Dataset, *, gap_fill_days: float = 0,
+    indices: xr.Dataset,
+    weather: xr.Dataset,
+    terrain: xr.Dataset,
+    *,
+    gap_fill_days: float = 0,
     causal: bool = False,
 ) -> xr.Dataset:
     """The features of :data:`FEATURES` for any layout with a ``time`` dimension — (time,

@@ -348,8 +348,14 @@ def _done_as(root: Path, day: dt.date, mode: str) -> bool:
 
 
 def _one_day(
-    run: RunContext, store: ProductStore, coarse: CoarseDays, day: dt.date, force: bool, say,
-    mode: str = "final", inputs: dict | None = None,
+    run: RunContext,
+    store: ProductStore,
+    coarse: CoarseDays,
+    day: dt.date,
+    force: bool,
+    say,
+    mode: str = "final",
+    inputs: dict | None = None,
 ) -> DayResult:
     """Make one day under its lock (or say why not): never raises for a bad day. ``inputs``:
     the day's input items (:func:`~unique_cube.product.modes.day_inputs`), for its marker."""
@@ -381,8 +387,13 @@ def _one_day(
 
 
 def _make_day(
-    run: RunContext, store: ProductStore, coarse: CoarseDays, day: dt.date, began: float,
-    mode: str = "final", inputs: dict | None = None,
+    run: RunContext,
+    store: ProductStore,
+    coarse: CoarseDays,
+    day: dt.date,
+    began: float,
+    mode: str = "final",
+    inputs: dict | None = None,
 ) -> dict:
     """The day's maps and COGs, made beside the day's old ones (if any), then its item (a new
     version of it) and marker, and the day swapped in (:meth:`ProductStore.commit`; done once
@@ -422,8 +433,11 @@ def _make_day(
                                 if "file:checksum" in a},
                   "inputs": inputs or {}}  # fmt: skip
         store.commit(writer, item, marker)
-    return {**plan.details, "version": version,
-            **_latency(day, inputs or {}, written, run.pipeline.gpp.utc_offset_hours)}
+    return {
+        **plan.details,
+        "version": version,
+        **_latency(day, inputs or {}, written, run.pipeline.gpp.utc_offset_hours),
+    }
 
 
 def _latency(day: dt.date, inputs: dict, written: dt.datetime, utc_offset: float) -> dict:

@@ -135,9 +135,17 @@ def day_item(pipeline, store, day, cogs, provenance: dict, details: dict, hashes
             {"rel": "parent", "href": "../collection.json", "type": "application/json"},
             {"rel": "collection", "href": "../collection.json", "type": "application/json"},
             {"rel": "self", "href": f"./{day.isoformat()}.json", "type": "application/geo+json"},
-            *([{"rel": "predecessor-version", "type": "application/geo+json",
-                "href": os.path.relpath(store.version_path(day, version - 1), item_dir)}]
-              if version > 1 else []),
+            *(
+                [
+                    {
+                        "rel": "predecessor-version",
+                        "type": "application/geo+json",
+                        "href": os.path.relpath(store.version_path(day, version - 1), item_dir),
+                    }
+                ]
+                if version > 1
+                else []
+            ),
         ],
     }
 

@@ -450,8 +450,11 @@ class ProductStore:
         kept = self.version_path(day, version)
         properties["deprecated"] = True
         old["links"] = [
-            *[link for link in old.get("links", [])
-              if link.get("rel") not in ("self", "latest-version")],
+            *[
+                link
+                for link in old.get("links", [])
+                if link.get("rel") not in ("self", "latest-version")
+            ],
             {"rel": "self", "href": f"./{kept.name}", "type": "application/geo+json"},
             {"rel": "latest-version", "href": f"../{path.name}", "type": "application/geo+json"},
         ]
