@@ -33,7 +33,8 @@ def test_status_table_takes_each_days_last_outcome_from_the_run_logs(tmp_path: P
     ])  # fmt: skip
     write_log(tmp_path, "20230606T000000-2", "2023-06-06T00:00:00+00:00", [
         {"day": "2023-06-01", "status": "already done", "reason": "", "seconds": 0.0},
-        {"day": "2023-06-02", "status": "done", "reason": "", "seconds": 38.25},
+        {"day": "2023-06-02", "status": "done", "reason": "", "seconds": 38.25, "mode": "nrt",
+         "input_lag_hours": 31.5},
     ])  # fmt: skip
     (tmp_path / "runs" / "20230607T000000-3.json").write_text('{"days": [')  # killed mid-write
 
@@ -49,8 +50,11 @@ def test_status_table_takes_each_days_last_outcome_from_the_run_logs(tmp_path: P
     assert "2 done, 1 skipped, 1 not run" in page
     row = re.search(r"<tr class='skipped'>(.*?)</tr>", page).group(1)
     assert re.findall(r"<td[^>]*>(.*?)</td>", row) == [
-        "2023-06-03", "skipped", "no MODIS item", "0.000", "2023-06-05T00:00:00+00:00"
+        "2023-06-03", "skipped", "no MODIS item", "–", "0.000", "–", "2023-06-05T00:00:00+00:00"
     ]  # fmt: skip
+    row = re.search(r"<tr class='done'><td>2023-06-02(.*?)</tr>", page).group(1)
+    assert re.findall(r"<td[^>]*>(.*?)</td>", row)[2:4] == ["nrt", "38.250"]
+    assert status["2023-06-02"]["input_lag_hours"] == 31.5
 
 
 def test_counts_print_as_integers_and_scores_with_decimals() -> None:

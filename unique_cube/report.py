@@ -53,7 +53,7 @@ def _product_runs(product: Path, days: list[dt.date]) -> dict:
     """Seconds per produced day and memory (the runner's peak plus its Dask workers' resident
     memory at the end of the run), from the run logs of these days."""
     wanted = {d.isoformat() for d in days}
-    seconds, peak = {}, 0.0
+    seconds, lags, peak = {}, {}, 0.0
     for path in sorted((product / "runs").glob("*.json")):
         log = json.loads(path.read_text())
         workers = sum((log.get("worker_rss_mb") or {}).values())
@@ -61,14 +61,17 @@ def _product_runs(product: Path, days: list[dt.date]) -> dict:
         for day in log["days"]:
             if day["status"] == "done" and day["day"] in wanted:
                 seconds[day["day"]] = day["seconds"]
-    return {"seconds": seconds, "peak_rss_mb": peak}
+                if day.get("input_lag_hours") is not None:
+                    lags[day["day"]] = day["input_lag_hours"]
+    return {"seconds": seconds, "input_lag_hours": lags, "peak_rss_mb": peak}
 
 
 def day_status(product: str | Path, days: list[dt.date]) -> dict[str, dict]:
     """Each day's last outcome in the run logs (``<product>/runs/*.json``, oldest first):
     ``status`` (done, already done, skipped, failed; "not run" when no log names the day),
     ``reason``, ``seconds`` and the ``run`` (its start) that said so."""
-    status = {d.isoformat(): {"status": "not run", "reason": "", "seconds": None, "run": None}
+    status = {d.isoformat(): {"status": "not run", "reason": "", "seconds": None, "run": None,
+                              "mode": None, "input_lag_hours": None}
               for d in days}  # fmt: skip
     for path in sorted((Path(product) / "runs").glob("*.json")):
         try:
@@ -82,7 +85,9 @@ def day_status(product: str | Path, days: list[dt.date]) -> dict[str, dict]:
             if entry.get("status") == "already done" and status[day]["status"] == "done":
                 continue  # a later run that kept the day does not hide how it was made
             status[day] = {"status": entry.get("status", "?"), "reason": entry.get("reason", ""),
-                           "seconds": entry.get("seconds"), "run": log.get("started")}  # fmt: skip
+                           "seconds": entry.get("seconds"), "run": log.get("started"),
+                           "mode": entry.get("mode"),
+                           "input_lag_hours": entry.get("input_lag_hours")}  # fmt: skip
     return status
 
 
@@ -95,13 +100,19 @@ def _status_section(status: dict[str, dict]) -> list[str]:
     rows = "".join(
         f"<tr class='{html.escape(e['status'].replace(' ', '-'))}'><td>{day}</td>"
         f"<td>{html.escape(e['status'])}</td><td class='reason'>{html.escape(e['reason'] or '')}"
-        f"</td><td>{_cell(e['seconds'])}</td><td>{html.escape(str(e['run'] or '–'))}</td></tr>"
+        f"</td><td>{html.escape(e.get('mode') or '–')}</td><td>{_cell(e['seconds'])}</td>"
+        f"<td>{_cell(e.get('input_lag_hours'))}</td>"
+        f"<td>{html.escape(str(e['run'] or '–'))}</td></tr>"
         for day, e in status.items()
     )
     return [
         f"<h3>Each day in the run logs ({summary})</h3>",
-        "<table class='status'><tr><th>day</th><th>status</th><th>reason</th>"
-        f"<th>seconds</th><th>run started (UTC)</th></tr>{rows}</table>",
+        "<p>mode: <b>nrt</b> (inputs up to the day only) or <b>final</b> (made once "
+        "product.final_after_days have passed); input lag: hours from the end of the local "
+        "day to the publication of its last input (the inputs that state it)</p>",
+        "<table class='status'><tr><th>day</th><th>status</th><th>reason</th><th>mode</th>"
+        "<th>seconds</th><th>input lag (h)</th><th>run started (UTC)</th></tr>"
+        f"{rows}</table>",
     ]
 
 
@@ -133,6 +144,9 @@ def metrics(pipeline: Pipeline, days: list[dt.date], truth=None) -> dict:
         "seconds_per_day": (float(np.mean(list(runs["seconds"].values())))
                             if runs["seconds"] else None),
         "peak_rss_mb": runs["peak_rss_mb"],
+        # The earliest a day can be out: its last input published, then made in seconds_per_day
+        "input_lag_hours_max": (max(runs["input_lag_hours"].values())
+                                if runs["input_lag_hours"] else None),
     }  # fmt: skip
     if truth is not None and done:
         with xr.open_zarr(product / "gpp.zarr", consolidated=False) as store:
@@ -188,9 +202,15 @@ def _evaluation_metrics(evaluation: dict) -> dict:
         },
     }  # fmt: skip
     if "daily_vs_truth" in evaluation:
-        out["daily_vs_truth"] = _scores(
-            evaluation["daily_vs_truth"], ("rmse", "bias", "r", "within_block_rmse", "n_days")
-        )
+        keys = ("rmse", "bias", "r", "within_block_rmse", "n_days")
+        out["daily_vs_truth"] = _scores(evaluation["daily_vs_truth"], keys)
+        nrt = evaluation.get("daily_vs_truth_nrt", {})
+        for method, scores in out["daily_vs_truth"].items():  # the same figures by mode
+            scores["mode"] = {"final": dict(scores),
+                              "nrt": {k: nrt[method].get(k) for k in keys}
+                              if method in nrt else None}  # fmt: skip
+        if "nrt_vs_final" in evaluation:
+            out["nrt_vs_final"] = evaluation["nrt_vs_final"]
         out["strata"] = {
             stratum: {name: _scores(methods, ("rmse", "bias", "n")) for name, methods in
                       classes.items()}
@@ -526,9 +546,19 @@ def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
     if "daily_vs_truth" in evaluation:
         sample = evaluation.get("daily_sample") or {}
         out += [f"<h3>The daily product against the truth ({sample.get('days_scored', '?')} "
-                f"days, 1 in {sample.get('every', '?')} of the test period)</h3>",
+                f"days, 1 in {sample.get('every', '?')} of the test period; final days)</h3>",
                 _table(evaluation["daily_vs_truth"],
                        ("rmse", "bias", "r", "within_block_rmse", "n_days"))]  # fmt: skip
+        if "daily_vs_truth_nrt" in evaluation:
+            out += ["<h3>The same days near-real-time (no input after the day)</h3>",
+                    _table(evaluation["daily_vs_truth_nrt"],
+                           ("rmse", "bias", "r", "within_block_rmse", "n_days"))]  # fmt: skip
+        if "nrt_vs_final" in evaluation:
+            modes = evaluation["nrt_vs_final"]
+            out += ["<h3>Near-real-time against final (the same pixels)</h3>",
+                    _table({modes.get("method", "product"): modes},
+                           ("rmse_nrt", "rmse_final", "nrt_over_final", "rmse_between",
+                            "final_inputs_differ_fraction", "n_days"))]  # fmt: skip
         rows, methods = _by_method(evaluation.get("by_age", {}))
         out += ["<h3>RMSE by days since the pixel's last clear 30 m observation</h3>",
                 _table(rows, methods)]  # fmt: skip

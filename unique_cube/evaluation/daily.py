@@ -6,8 +6,10 @@ pipeline's scheme and settings) into the evaluation's own folder, never the publ
 product; days already made there are kept (a re-run only scores). Each day is scored
 against the truth beside bilinear GPP_M on the same pixels: plain and within-block RMSE,
 and by stratum (season, land cover, slope, GPP_M observed or gap-filled, days since the
-pixel's last clear 30 m observation). The product fills MODIS gaps from both sides (up to
-``product.max_gap_days`` ahead), so these figures use future data: not near-real-time.
+pixel's last clear 30 m observation). The days are made in both modes
+(:mod:`unique_cube.product.modes`): *final* (MODIS gaps filled from both sides, the nearest 30 m
+reference on either side: future data) and *near-real-time* (nothing after the day), each in
+its own folder; :func:`compare_modes` scores them side by side on the same pixels.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from unique_cube.product.run import run
 from unique_cube.product.variables import QA_FLAGS, QA_PATH_MASK
 from unique_cube.scores import Moments, within_block_rmse
 
-__all__ = ["clear_history", "sample_days", "score_days"]
+__all__ = ["clear_history", "compare_modes", "make_days", "sample_days", "score_days"]
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +66,11 @@ def clear_history(pipeline: Pipeline, catalog: Catalog, first: dt.date,
 
 
 def make_days(pipeline: Pipeline, days: list[dt.date], folder: Path,
-              say: Callable[[str], None]) -> list[dt.date]:  # fmt: skip
-    """The days made by the product path into ``folder`` (done ones kept); returns the days
-    that are done."""
+              say: Callable[[str], None], mode: str = "final") -> list[dt.date]:  # fmt: skip
+    """The days made by the product path into ``folder`` (done ones kept) in ``mode``;
+    returns the days that are done."""
     product = dataclasses.replace(pipeline.product, output=str(folder))
-    report = run(dataclasses.replace(pipeline, product=product), days, say=say)
+    report = run(dataclasses.replace(pipeline, product=product), days, say=say, mode=mode)
     done = [dt.date.fromisoformat(d["day"]) for d in report["days"]
             if d["status"] in ("done", "already done")]  # fmt: skip
     if not done:
@@ -117,3 +119,30 @@ def score_days(pipeline: Pipeline, folder: Path, days: list[dt.date], truth,
     by_age = {label: ages[label] for _, label in (*AGE_BINS, (None, "never")) if label in ages}
     return {"days": [d.isoformat() for d in sorted(days)], "daily_vs_truth": daily,
             "strata": table, "by_age": by_age}  # fmt: skip
+
+
+def compare_modes(final: Path, nrt: Path, days: list[dt.date], truth, method: str) -> dict:
+    """The final and near-real-time versions of ``days`` (their product folders) against the
+    truth and against each other, on the pixels all three have: ``rmse_final``,
+    ``rmse_nrt``, ``rmse_between`` (gC m-2 d-1), ``nrt_over_final`` (the RMSE ratio) and the
+    share of the final days' pixels flagged ``final_inputs_differ``."""
+    moments = {k: Moments() for k in ("final", "nrt", "between")}
+    flagged, pixels = 0, 0
+    with (xr.open_zarr(final / "gpp.zarr", consolidated=False) as late,
+          xr.open_zarr(nrt / "gpp.zarr", consolidated=False) as early):  # fmt: skip
+        for day in sorted(days):
+            when = np.datetime64(day, "ns")
+            a, b = late["gpp"].sel(time=when).values, early["gpp"].sel(time=when).values
+            true = truth([day])[0]
+            ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(true)
+            moments["final"].add(true[ok], a[ok])
+            moments["nrt"].add(true[ok], b[ok])
+            moments["between"].add(a[ok], b[ok])
+            qa = late["qa"].sel(time=when).values
+            flagged += int(((qa & QA_FLAGS["final_inputs_differ"]) > 0)[ok].sum())
+            pixels += int(ok.sum())
+    rmse = {k: m.scores()["rmse"] for k, m in moments.items()}
+    ratio = rmse["nrt"] / rmse["final"] if rmse["final"] else None
+    return {"method": method, "rmse_final": rmse["final"], "rmse_nrt": rmse["nrt"],
+            "rmse_between": rmse["between"], "nrt_over_final": ratio, "n_days": len(days),
+            "final_inputs_differ_fraction": flagged / pixels if pixels else None}  # fmt: skip

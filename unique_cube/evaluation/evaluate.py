@@ -44,7 +44,13 @@ from unique_cube.evaluation.clear_dates import (
     quicklook,
     score_clear_dates,
 )
-from unique_cube.evaluation.daily import clear_history, make_days, sample_days, score_days
+from unique_cube.evaluation.daily import (
+    clear_history,
+    compare_modes,
+    make_days,
+    sample_days,
+    score_days,
+)
 from unique_cube.evaluation.gpp_truth import pairs_vs_truth
 from unique_cube.evaluation.holdout import spatial_holdout
 from unique_cube.evaluation.strata import Strata
@@ -57,12 +63,15 @@ __all__ = ["OLD_NAMES", "check_periods", "evaluate", "evaluate_downscaler"]
 
 log = logging.getLogger(__name__)
 
-#: What each figure's inputs may include from after its day (until the NRT/final modes land).
+#: What each figure's inputs may include from after its day.
 FUTURE_DATA = {
     "vs_gpp_l": "GPP_M of a date is interpolated in time across cloudy MODIS days on both "
                 "sides (up to the GPP model's gap_fill_days ahead)",
-    "daily_vs_truth": "the product fills MODIS gaps from both sides, up to "
-                      "product.max_gap_days ahead: not a near-real-time figure",
+    "daily_vs_truth": "the final days: MODIS gaps filled from both sides (up to "
+                      "product.max_gap_days ahead), the nearest 30 m reference on either "
+                      "side: not a near-real-time figure",
+    "daily_vs_truth_nrt": "none: the near-real-time days read nothing after their day",
+    "nrt_vs_final": "its NRT half none, its final half as daily_vs_truth",
     "strata": "as daily_vs_truth",
     "by_age": "as daily_vs_truth (the age itself counts only clear dates up to the day)",
     "spatial_holdout": "as vs_gpp_l",
@@ -154,8 +163,13 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
         folder = _product_folder(pipeline, output / "product", say)
         say(f"daily product: {len(days)} days (1 in {every}) of {spec.test.start}.."
             f"{spec.test.end} → {folder}")  # fmt: skip
-        done = make_days(pipeline, days, folder, say)
+        done = make_days(pipeline, days, folder, say, mode="final")
         timings["daily_product"] = time.perf_counter() - began
+        began = time.perf_counter()
+        nrt_folder = _product_folder(pipeline, output / "product-nrt", say)
+        say(f"daily product, near-real-time: the same {len(days)} days → {nrt_folder}")
+        done_nrt = make_days(pipeline, days, nrt_folder, say, mode="nrt")
+        timings["daily_product_nrt"] = time.perf_counter() - began
         result["daily_sample"] = {"every": every, "days_asked": len(days),
                                   "days_scored": len(done)}  # fmt: skip
     if truth is not None:
@@ -163,6 +177,15 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
         classes = dict(catalog.source("worldcover").classes)
         strata = Strata.of(types, classes, raw[names.index("slope")])
         result.update(score_days(pipeline, folder, done, truth, strata, history))
+        nrt = score_days(pipeline, nrt_folder, done_nrt, truth, strata, history)
+        result["daily_vs_truth_nrt"] = nrt["daily_vs_truth"]
+        both = sorted(set(done) & set(done_nrt))
+        result["nrt_vs_final"] = compare_modes(folder, nrt_folder, both, truth,
+                                               pipeline.product.scheme)  # fmt: skip
+        modes = result["nrt_vs_final"]
+        say(f"near-real-time vs final on {len(both)} days: RMSE vs truth "
+            f"{_num(modes['rmse_nrt'])} NRT, {_num(modes['rmse_final'])} final; "
+            f"{_num(modes['rmse_between'])} between them")  # fmt: skip
         timings["daily_scores"] = time.perf_counter() - began
     if towers.note is None:
         began = time.perf_counter()

@@ -382,7 +382,7 @@ def _one_day(
         f"{before:.3f} → {after:.3f} gC m-2 d-1)")  # fmt: skip
     keep = ("mode", "version", "scheme", "coarse_mismatch_before", "coarse_mismatch_after",
             "qa_fractions", "lost_inputs", "fallback", "reference", "last_input_published",
-            "written", "latency_hours", "hours_after_day")  # fmt: skip
+            "written", "latency_hours", "input_lag_hours", "hours_after_day")  # fmt: skip
     return DayResult(day, "done", "", seconds, {k: details[k] for k in keep if k in details})
 
 
@@ -442,7 +442,9 @@ def _make_day(
 
 def _latency(day: dt.date, inputs: dict, written: dt.datetime, utc_offset: float) -> dict:
     """When the day's last input was published and when the day was written: the hours
-    between them, and the hours after the local day's end (what a user of NRT waits)."""
+    between them (``latency_hours``), the hours from the local day's end to the last input
+    (``input_lag_hours``: the wait no run can shorten) and to the day written
+    (``hours_after_day``: what a user of the NRT day waits)."""
     end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.UTC)
     end -= dt.timedelta(hours=utc_offset)
     last = published(inputs)
@@ -451,6 +453,7 @@ def _latency(day: dt.date, inputs: dict, written: dt.datetime, utc_offset: float
     if last is not None:
         out["last_input_published"] = last.isoformat(timespec="seconds")
         out["latency_hours"] = round((written - last).total_seconds() / 3600, 2)
+        out["input_lag_hours"] = round((last - end).total_seconds() / 3600, 2)
     return out
 
 
