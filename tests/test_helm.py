@@ -464,7 +464,10 @@ def test_daily_cronjob_runs_the_previous_day_once_at_a_time(
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     container = pod["containers"][0]
-    assert run_args(container) == ["unique-cube", "run", PIPELINE_PATH, "--date", "yesterday"]
+    assert run_args(container) == [
+        "unique-cube", "run", PIPELINE_PATH, "--date", "yesterday", "--finalise",
+        "--update-since", str(defaults["updateSinceDays"]),
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("values_name", ["operator-gpu", "local"])

@@ -214,6 +214,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("give --date D, or --start S and --end E")
     today = parse_day(args.as_of, zone, "--as-of") if args.as_of else None
     with served(pipeline) as running:
+        if args.update_since is not None:  # days whose inputs came late, before the new ones
+            update(running, args.update_since, today=today, say=_progress)
         report = run(running, days, force=args.force, say=_progress, mode=args.mode,
                      finalise=args.finalise, today=today)  # fmt: skip
     workers = report["worker_rss_mb"]
@@ -392,6 +394,9 @@ def _add_pipeline_commands(sub) -> None:
     p.add_argument("--finalise", action="store_true",
                    help="also make final every NRT day of the product whose lag has passed "
                         "(the daily job)")  # fmt: skip
+    p.add_argument("--update-since", type=int, metavar="N",
+                   help="first re-make the done days of the last N days whose input items "
+                        "changed (as `unique-cube update --since N`)")  # fmt: skip
     p.add_argument("--as-of", help="count from this day instead of today (a replay)")
     p.set_defaults(func=_cmd_run)
 
