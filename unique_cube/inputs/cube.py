@@ -232,6 +232,12 @@ def _read_stackstac(
     of the resampling; the declared nodata (``raster:bands``, else the catalog) is masked after
     the warp, before merging. Reads go through :class:`~unique_cube.inputs.reads.StackstacReader`
     under the read policy: retries, re-signing and the ledger as with odc-stac.
+
+    Where values differ from odc-stac: stackstac warps through a WarpedVRT in the asset's own
+    data type, so a bilinear or average value of an integer asset is rounded to a whole raw
+    number (within half a raw unit × scale of odc-stac's, which warps into float32); and the
+    two GDAL warps place pixels within 1/8 of a source pixel of each other (GDAL's approximate
+    transformer), so smooth fields differ by up to 1/8 of a source pixel's step.
     """
     from odc.geo.xr import xr_coords
 
