@@ -139,8 +139,8 @@ def load(
     decoding = {role: band_decoding(items, source, role) for role in roles}
     qa_decoding = {asset: _qa_decoding(items, source.qa, asset) for asset in qa_assets}
     if engine == "stackstac":
-        _check_for_stackstac(items, source, [*_assets(decoding), *qa_decoding], geobox,
-                             groupby, resampling)  # fmt: skip
+        assets = [*(d.asset for d in decoding.values()), *qa_decoding]
+        _check_for_stackstac(items, source, assets, geobox, groupby, resampling)
 
     read_raw = _read_stackstac if engine == "stackstac" else _read
     raw = read_raw(items, source, geobox, decoding, qa_decoding, chunks=chunks, groupby=groupby,
@@ -163,10 +163,6 @@ def _engine(source: Source, engine: str | None) -> str:
     if chosen not in ENGINES:
         raise ConfigError(f"engine: unknown loader {chosen!r}; known: {', '.join(ENGINES)}")
     return chosen
-
-
-def _assets(decoding: Mapping[str, BandDecoding]) -> list[str]:
-    return [d.asset for d in decoding.values()]
 
 
 def _read(
