@@ -290,6 +290,20 @@ def _dem_item(root: Path) -> dict:
     )
 
 
+#: The subscription key of the signed asset server (a secret that must never reach a log).
+SIGNING_KEY = "fake-subscription-key-0123456789"
+
+
+@pytest.fixture
+def store(stac_world: StacWorld, monkeypatch: pytest.MonkeyPatch):
+    """The tiny world's files behind signed URLs (:class:`signed_assets.SignedAssetServer`)."""
+    from signed_assets import SignedAssetServer
+
+    monkeypatch.setenv("PC_SDK_SUBSCRIPTION_KEY", SIGNING_KEY)
+    with SignedAssetServer(stac_world.root, SIGNING_KEY) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def demo_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """The small demo world, generated once per test session: (folder, manifest)."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SIGNING_KEY as KEY
 from signed_assets import SignedAssetServer, sign, sign_item
 from test_search_and_load import hls_items
 
@@ -18,16 +19,7 @@ from unique_cube.errors import LoadError
 from unique_cube.inputs.cube import load
 from unique_cube.inputs.reads import AccessDeniedError, ReadPolicy, lost_reads, redact, strip_query
 
-KEY = "fake-subscription-key-0123456789"
 FAST = dict(retries=3, backoff=0.01, http_retries=1)
-
-
-@pytest.fixture
-def store(stac_world, monkeypatch):
-    """The tiny world's files behind signed URLs."""
-    monkeypatch.setenv("PC_SDK_SUBSCRIPTION_KEY", KEY)
-    with SignedAssetServer(stac_world.root, KEY) as server:
-        yield server
 
 
 def _remote(items, server: SignedAssetServer):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -23,6 +24,7 @@ from unique_cube.errors import ConfigError, UnknownSourceError
 
 __all__ = [
     "CATALOG_DIR",
+    "ENGINES",
     "REQUIRED_ROLES",
     "Band",
     "Catalog",
@@ -48,6 +50,11 @@ CATALOG_DIR = _catalog_dir()
 
 
 SourceType = Literal["optical", "terrain", "landcover", "weather"]
+
+Engine = Literal["odc-stac", "stackstac"]
+
+#: Loaders that ``cube.load`` can read a source's items with (``Source.engine``).
+ENGINES: tuple[str, ...] = typing.get_args(Engine)
 
 
 #: Band roles each source type must define; more roles are allowed.
@@ -162,6 +169,9 @@ class Source:
     """Regular expression with a group ``tile`` that finds the tile in the item id."""
     processed_properties: tuple[str, ...] = ("updated", "created")
     """Item properties giving the processing time, first present wins; latest processing wins."""
+    engine: Engine = "odc-stac"
+    """Loader of the source's COGs: ``odc-stac`` (the default), or ``stackstac``, which needs
+    ``proj:`` fields on the items (see :func:`unique_cube.inputs.cube.load`)."""
 
     def _check(self) -> str | None:
         missing = [r for r in REQUIRED_ROLES[self.type] if r not in self.bands]
@@ -183,6 +193,8 @@ class Source:
             return f"resolution: must be positive, got {self.resolution}"
         if not 0 <= self.max_cloud_cover <= 100:
             return f"max_cloud_cover: a percentage in 0..100, got {self.max_cloud_cover}"
+        if self.engine != "odc-stac" and self.format != "cog":
+            return f"engine: {self.engine} reads COG assets; a {self.format} source has no engine"
         return None
 
 

@@ -1,12 +1,12 @@
 """Inputs: STAC items → lazy, Dask-backed xarray cubes on an explicit grid.
 
 ``search`` (items of one source, area and period; retries, signing, de-duplication) →
-``cube.load`` (odc-stac onto a GeoBox: scale/offset, nodata, QA → ``clear``; never computes)
-through the resilient reader of ``reads`` → ``indices`` (NDVI, EVI …), ``weather`` (daily
-reanalysis on a grid or at points), ``static`` (DEM and land-cover layers), ``terrain`` (the
-GPP models' DEM terms at tower windows and on grids, and the reanalysis's own elevation);
-``flux`` reads the tower files in their common formats, which are not STAC. A new input
-source is a catalog entry, plus a decoder here if its bands need one.
+``cube.load`` (odc-stac or stackstac onto a GeoBox: scale/offset, nodata, QA → ``clear``;
+never computes) through the resilient readers of ``reads`` → ``indices`` (NDVI, EVI …),
+``weather`` (daily reanalysis on a grid or at points), ``static`` (DEM and land-cover layers),
+``terrain`` (the GPP models' DEM terms at tower windows and on grids, and the reanalysis's own
+elevation); ``flux`` reads the tower files in their common formats, which are not STAC. A new
+input source is a catalog entry, plus a decoder here if its bands need one.
 """
 
 from unique_cube.inputs.cube import load

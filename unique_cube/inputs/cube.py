@@ -3,14 +3,22 @@
 ``load`` reads as the pipeline it runs::
 
     check items and assets → decoding per band (raster:bands, else the catalog)
-        → odc.stac.load onto the GeoBox (lazy, float32) → nodata → NaN, scale/offset
-        → QA → ``clear`` mask → masked bands with CF attributes
+        → the engine reads the raw assets onto the GeoBox (lazy, float32)
+        → nodata → NaN, scale/offset → QA → ``clear`` mask → masked bands with CF attributes
+
+Two engines read the raw assets: odc-stac (the default; :func:`_read`) and stackstac
+(:func:`_read_stackstac`). Only that read differs: the decoding, masks, attributes, grid and
+time steps are the same, so either engine gives the same Dataset within resampling tolerance.
 
 Nothing is computed: every step is a Dask graph until the caller writes or reduces it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import itertools
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -23,9 +31,15 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry
 
-from unique_cube.config.catalog import QARules, Source
+from unique_cube.config.catalog import ENGINES, QARules, Source
 from unique_cube.errors import ConfigError, LoadError
-from unique_cube.inputs.reads import ReadPolicy, ResilientDriver
+from unique_cube.inputs.items import item_time
+from unique_cube.inputs.reads import (
+    ReadPolicy,
+    ResilientDriver,
+    StackstacReader,
+    current_read_policy,
+)
 
 __all__ = ["DEFAULT_CHUNKS", "BandDecoding", "band_decoding", "decode_qa", "load"]
 
@@ -64,6 +78,8 @@ def load(
     resampling: str = "bilinear",
     # extra outputs
     flags: Sequence[str] = (),
+    # how the assets are read
+    engine: str | None = None,
     read: ReadPolicy | None = None,
 ) -> xr.Dataset:
     """Load ``items`` of ``source`` onto ``geobox`` as a lazy Dask-backed Dataset.
@@ -88,9 +104,17 @@ def load(
         categorical bands are always resampled with ``nearest``.
     flags
         QA flag names to add as boolean variables ``qa_<name>`` (e.g. ``["water"]``).
+    engine
+        ``"odc-stac"`` or ``"stackstac"``; default the source's ``engine`` (odc-stac unless the
+        catalog says otherwise). stackstac needs ``proj:`` fields on every item (a CRS:
+        ``proj:code``, ``proj:epsg``, ``proj:wkt2`` or ``proj:projjson``; a placement:
+        ``proj:transform`` + ``proj:shape``, or ``proj:bbox``), a target grid with an EPSG code
+        and ``groupby`` ``solar_day``, ``time`` or ``id``; else a :class:`ConfigError` is
+        raised before anything is read.
     read
         Retries, URL re-signing and what a lost read becomes (see :mod:`unique_cube.inputs.reads`);
         default the policy in force (:func:`~unique_cube.inputs.reads.use_read_policy`).
+        Both engines honour it.
 
     Returns
     -------
@@ -99,6 +123,7 @@ def load(
         pixels that are not clear), a boolean ``clear`` mask for sources with QA, CF attributes
         (``units``, ``long_name``) and the CRS as the ``spatial_ref`` coordinate.
     """
+    engine = _engine(source, engine)
     roles = _select_roles(source, bands)
     items = list(items)
     _check_items(items, source, roles, geobox)
@@ -113,9 +138,13 @@ def load(
 
     decoding = {role: band_decoding(items, source, role) for role in roles}
     qa_decoding = {asset: _qa_decoding(items, source.qa, asset) for asset in qa_assets}
+    if engine == "stackstac":
+        assets = [*(d.asset for d in decoding.values()), *qa_decoding]
+        _check_for_stackstac(items, source, assets, geobox, groupby, resampling)
 
-    raw = _read(items, source, geobox, decoding, qa_decoding, chunks=chunks, groupby=groupby,
-                resampling=resampling, read=read)  # fmt: skip
+    read_raw = _read_stackstac if engine == "stackstac" else _read
+    raw = read_raw(items, source, geobox, decoding, qa_decoding, chunks=chunks, groupby=groupby,
+                   resampling=resampling, read=read)  # fmt: skip
     out = _decode(raw, source, decoding, qa_decoding, flags)
     out.attrs.update(
         {
@@ -123,9 +152,17 @@ def load(
             "source_description": source.description,
             "groupby": groupby,
             "n_items": len(items),
+            "engine": engine,
         }
     )
     return out
+
+
+def _engine(source: Source, engine: str | None) -> str:
+    chosen = source.engine if engine is None else engine
+    if chosen not in ENGINES:
+        raise ConfigError(f"engine: unknown loader {chosen!r}; known: {', '.join(ENGINES)}")
+    return chosen
 
 
 def _read(
@@ -170,6 +207,235 @@ def _read(
     )
 
 
+def _read_stackstac(
+    items: list[pystac.Item],
+    source: Source,
+    geobox: GeoBox,
+    decoding: dict[str, BandDecoding],
+    qa_decoding: dict[str, BandDecoding],
+    *,
+    chunks: Mapping[str, int] | None,
+    groupby: str,
+    resampling: str,
+    read: ReadPolicy | None,
+) -> xr.Dataset:
+    """The raw assets as :func:`_read` returns them, read by stackstac: the GeoBox's grid and
+    coordinates, one time step per group of items as odc-stac groups them, the items of a step
+    merged first-valid (odc-stac's fuser), float32 with NaN for no data.
+
+    Each asset is placed by its ``proj:`` fields, computed here in the target CRS (stackstac
+    0.5 reads ``proj:epsg`` only). No data is the file's own nodata tag, which GDAL leaves out
+    of the resampling; the declared nodata (``raster:bands``, else the catalog) is masked after
+    the warp, before merging. Reads go through :class:`~unique_cube.inputs.reads.StackstacReader`
+    under the read policy: retries, re-signing and the ledger as with odc-stac.
+
+    Where values differ from odc-stac: stackstac warps through a WarpedVRT in the asset's own
+    data type, so a bilinear or average value of an integer asset is rounded to a whole raw
+    number (within half a raw unit × scale of odc-stac's, which warps into float32); and the
+    two GDAL warps place pixels within 1/8 of a source pixel of each other (GDAL's approximate
+    transformer), so smooth fields differ by up to 1/8 of a source pixel's step.
+    """
+    from odc.geo.xr import xr_coords
+
+    chunks = {**DEFAULT_CHUNKS, **(chunks or {})}
+    groups = _time_groups(items, geobox, groupby)
+    ordered = [item for _, members in groups for item in members]
+    data_resampling = "nearest" if source.categorical else resampling
+    layers = []
+    for decodings, how in ((decoding.values(), data_resampling), (qa_decoding.values(), "nearest")):
+        if decodings:
+            stack = _stack(ordered, list(decodings), geobox, how, chunks, read)
+            layers.append(_first_valid(stack, ordered, groups).to_dataset("band"))
+    raw = xr.merge(layers).assign_coords(xr_coords(geobox))
+    if chunks["time"] != 1:
+        raw = raw.chunk({"time": chunks["time"]})
+    return raw
+
+
+def _stack(items: list[pystac.Item], decodings: list[BandDecoding], geobox: GeoBox,
+           resampling: str, chunks: Mapping[str, int],
+           read: ReadPolicy | None) -> xr.DataArray:  # fmt: skip
+    """One ``stackstac.stack`` of ``decodings``' assets on exactly ``geobox`` (time × band × y ×
+    x, one step per item, with the item ``id``), the declared nodata as NaN."""
+    import stackstac
+    from rasterio.enums import Resampling
+
+    crs = geobox.crs
+    assets = [d.asset for d in decodings]
+    placed = [_placed(item, assets, crs) for item in items]
+    reader = functools.partial(StackstacReader, policy=read or current_read_policy())
+    stack = stackstac.stack(
+        placed,
+        assets=assets,
+        epsg=crs.epsg,
+        resolution=(geobox.affine.a, -geobox.affine.e),
+        bounds=tuple(geobox.boundingbox),
+        snap_bounds=False,  # the GeoBox's own origin, not one snapped to the resolution
+        resampling=Resampling[resampling],
+        chunksize=(1, 1, chunks["y"], chunks["x"]),
+        dtype=np.dtype("float32"),
+        fill_value=np.float32(np.nan),  # stackstac checks np.can_cast(type(fill), dtype)
+        rescale=False,  # _decode applies scale/offset, as for odc-stac
+        sortby_date=False,  # items come in the order of their time steps
+        xy_coords=False,  # the GeoBox's coordinates are assigned afterwards
+        properties=False,
+        band_coords=False,
+        reader=reader,
+    )
+    spec = stack.attrs["spec"]
+    if spec.shape != tuple(geobox.shape) or spec.transform != geobox.affine:
+        raise LoadError(
+            f"stackstac made a {spec.shape} grid at {tuple(spec.transform)[:6]}, not the "
+            f"target {tuple(geobox.shape)} at {tuple(geobox.affine)[:6]}"
+        )
+    nodata = xr.DataArray([d.nodata for d in decodings], coords={"band": assets}, dims="band")
+    return stack.where(nodata.isnull() | (stack != nodata))
+
+
+def _first_valid(stack: xr.DataArray, ordered: list[pystac.Item],
+                 groups: list[tuple[dt.datetime, list[pystac.Item]]]) -> xr.DataArray:  # fmt: skip
+    """One step per group: each pixel from the group's first item that has data there."""
+    # stackstac leaves out items none of whose assets reaches the grid: find where each
+    # item went (its order is kept)
+    ids, kept, position = list(stack["id"].values), 0, []
+    for item in ordered:
+        here = kept < len(ids) and ids[kept] == item.id
+        position.append(kept if here else None)
+        kept += here
+    stack = stack.reset_coords(drop=True).drop_vars("time")
+    steps, start = [], 0
+    for _, members in groups:
+        at = [p for p in position[start : start + len(members)] if p is not None]
+        start += len(members)
+        if not at:
+            steps.append(xr.full_like(stack.isel(time=0), np.nan))
+            continue
+        step = stack.isel(time=at[0])
+        for p in at[1:]:
+            step = step.fillna(stack.isel(time=p))
+        steps.append(step)
+    # the time coordinate as odc-stac makes it (its unit is xarray's choice for datetimes)
+    times = xr.DataArray([label for label, _ in groups], dims="time")
+    return xr.concat(steps, dim="time").assign_coords(time=times)
+
+
+def _time_groups(items: list[pystac.Item], geobox: GeoBox,
+                 groupby: str) -> list[tuple[dt.datetime, list[pystac.Item]]]:  # fmt: skip
+    """Items grouped into time steps as odc-stac groups them: sorted by group, then time and
+    id; a step is labelled with its first item's time (UTC, without zone). ``solar_day`` is
+    the date at the UTC offset of the grid centre's longitude, in whole hours."""
+    if groupby == "solar_day":
+        ((lon, _),) = geobox.extent.centroid.to_crs("EPSG:4326").points
+        offset = dt.timedelta(hours=int(lon / 15))
+
+        def key(i: int):
+            return (item_time(items[i]) + offset).date()
+    elif groupby == "time":
+
+        def key(i: int):
+            return item_time(items[i])
+    else:  # "id": one step per item, in the given order
+
+        def key(i: int):
+            return i
+
+    order = sorted(range(len(items)), key=lambda i: (key(i), item_time(items[i]), items[i].id))
+    groups = []
+    for _, members in itertools.groupby(order, key=key):
+        members = [items[i] for i in members]
+        groups.append((item_time(members[0]).replace(tzinfo=None), members))
+    return groups
+
+
+_CRS_FIELDS = ("proj:code", "proj:epsg", "proj:wkt2", "proj:projjson")
+
+
+def _proj_fields(item: pystac.Item, asset: str) -> dict[str, Any]:
+    """The ``proj:`` fields of an asset: its own, else the item's."""
+    fields = {k: v for k, v in item.properties.items() if k.startswith("proj:")}
+    fields.update({k: v for k, v in item.assets[asset].extra_fields.items()
+                   if k.startswith("proj:")})  # fmt: skip
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def _proj_crs(fields: Mapping[str, Any]):
+    from odc.geo.crs import CRS
+
+    if "proj:code" in fields:
+        return CRS(fields["proj:code"])
+    if "proj:epsg" in fields:
+        return CRS(f"EPSG:{int(fields['proj:epsg'])}")
+    if "proj:wkt2" in fields:
+        return CRS(fields["proj:wkt2"])
+    import pyproj
+
+    return CRS(pyproj.CRS.from_json_dict(fields["proj:projjson"]))
+
+
+def _placed(item: pystac.Item, assets: list[str], crs) -> dict[str, Any]:
+    """The item as stackstac reads it: ``assets`` with their extent in the target ``crs``."""
+    placed = {}
+    for key in assets:
+        fields = json.dumps(_proj_fields(item, key), sort_keys=True)
+        asset = item.assets[key]
+        placed[key] = {"href": asset.href, "type": asset.media_type,
+                       "proj:epsg": crs.epsg, "proj:bbox": list(_extent(fields, crs))}  # fmt: skip
+    return {"type": "Feature", "id": item.id, "bbox": item.bbox, "assets": placed,
+            "properties": {"datetime": item_time(item).isoformat()}}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)  # the assets of an item, and the tiles of a series, share one
+def _extent(proj_fields: str, crs) -> tuple[float, float, float, float]:
+    """The bounding box in ``crs`` of an asset placed by its ``proj:`` fields (as JSON)."""
+    from affine import Affine
+    from odc.geo.geom import box
+
+    fields = json.loads(proj_fields)
+    native = _proj_crs(fields)
+    if "proj:transform" in fields and "proj:shape" in fields:
+        transform = Affine(*fields["proj:transform"][:6])
+        extent = GeoBox(tuple(fields["proj:shape"]), transform, native).footprint(crs)
+    else:
+        west, south, east, north = fields["proj:bbox"][:4]
+        extent = box(west, south, east, north, native).to_crs(crs, resolution=(east - west) / 64)
+    return tuple(extent.boundingbox)
+
+
+def _check_for_stackstac(items: list[pystac.Item], source: Source, assets: list[str],
+                         geobox: GeoBox, groupby: str, resampling: str) -> None:  # fmt: skip
+    """What stackstac needs, checked before anything is read."""
+    from rasterio.enums import Resampling
+
+    where = f"engine 'stackstac' for {source.collection}"
+    if geobox.crs is None or geobox.crs.epsg is None:
+        raise ConfigError(
+            f"{where}: the target grid's CRS ({geobox.crs}) has no EPSG code; stackstac "
+            "reprojects onto EPSG codes only (use engine 'odc-stac')"
+        )
+    a = geobox.affine
+    if a.b != 0 or a.d != 0 or a.a <= 0 or a.e >= 0:
+        raise ConfigError(f"{where}: the target grid is not north-up ({tuple(a)[:6]})")
+    if groupby not in ("solar_day", "time", "id"):
+        raise ConfigError(f"{where}: groupby {groupby!r}; it groups by solar_day, time or id")
+    if resampling not in Resampling.__members__:
+        raise ConfigError(f"{where}: unknown resampling {resampling!r}; known: "
+                          f"{', '.join(Resampling.__members__)}")  # fmt: skip
+    for item in items:
+        for asset in assets:
+            fields = _proj_fields(item, asset)
+            missing = []
+            if not any(f in fields for f in _CRS_FIELDS):
+                missing.append("a CRS (proj:code, proj:epsg, proj:wkt2 or proj:projjson)")
+            if not ({"proj:transform", "proj:shape"} <= fields.keys() or "proj:bbox" in fields):
+                missing.append("a placement (proj:transform and proj:shape, or proj:bbox)")
+            if missing:
+                raise ConfigError(
+                    f"{where}: item {item.id!r} lacks {' and '.join(missing)} for asset "
+                    f"{asset!r}; stackstac places each asset by these fields (use engine "
+                    "'odc-stac' for items without them)"
+                )
+
+
 def _decode(raw: xr.Dataset, source: Source, decoding: dict, qa_decoding: dict,
             flags: Sequence[str]) -> xr.Dataset:  # fmt: skip
     """Bands scaled, no data → NaN, the QA decoded into ``clear`` (which masks the bands) and
@@ -186,7 +452,8 @@ def _decode(raw: xr.Dataset, source: Source, decoding: dict, qa_decoding: dict,
         for values in decoded.values():
             clear = clear & values.notnull()
         attrs["long_name"] = attrs["long_name"].replace("QA has data", "QA and bands have data")
-        clear = clear.rename("clear").assign_attrs(attrs)
+        clear = clear.rename("clear")
+        clear.attrs = attrs  # exactly these: xarray keeps the raw bands' attrs (nodata) in `&`
         out["clear"] = clear
         for name in flags:
             out[f"qa_{name}"] = _flag_any(qa_layers, source.qa, name)
@@ -351,7 +618,7 @@ def _flag_any(qa_layers: Sequence[xr.DataArray], rules: QARules, name: str) -> x
     out = hits[0]
     for h in hits[1:]:
         out = out | h
-    out.attrs.update({"long_name": flag.description or name, "units": "1"})
+    out.attrs = {"long_name": flag.description or name, "units": "1"}
     return out
 
 

@@ -1,7 +1,8 @@
 """Asset reads that survive a flaky object store: retries, re-signing, and an account of losses.
 
 odc-stac reads every asset through a *reader driver*. :class:`ResilientDriver` is rasterio's
-driver with three changes:
+driver with three changes (:class:`StackstacReader` makes the same three to stackstac's reader,
+for ``cube.load(..., engine="stackstac")``):
 
 - a failed read is retried ``retries`` times with exponential backoff;
 - before each retry of a remote asset its URL is signed afresh (``ReadPolicy.resign``): a
@@ -40,7 +41,7 @@ from typing import Any
 
 import numpy as np
 from odc.loader import RioDriver, RioReader
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from unique_cube.errors import ConfigError, LoadError
 from unique_cube.files import local_path
@@ -51,6 +52,7 @@ __all__ = [
     "AccessDeniedError",
     "ReadPolicy",
     "ResilientDriver",
+    "StackstacReader",
     "current_read_policy",
     "install_redaction",
     "item_signer",
@@ -228,8 +230,8 @@ def _opened_as(src):
     """The source as GDAL opens it: a ``file://`` URI as its (percent-decoded) path, which
     GDAL does not decode itself (a world under ``dé mo/``). The ledger and messages keep the
     href as the item has it."""
-    path = local_path(src.uri)
-    return src if path is None or "://" not in src.uri else src.patch(uri=str(path))
+    opened = _local_or_uri(src.uri)
+    return src if opened == src.uri else src.patch(uri=opened)
 
 
 def _denied(err: BaseException) -> bool:
@@ -244,43 +246,130 @@ class _ResilientReader:
         self._policy = policy
 
     def read(self, cfg, dst_geobox, *, dst=None, selection=None):
-        import rasterio.errors
-
-        policy, src = self._policy, self._src
         cfg = dataclasses.replace(cfg, fail_on_error=True)
-        attempts, error = 0, None
-        for attempt in range(policy.retries + 1):
-            attempts += 1
-            try:
-                reader = RioReader(_opened_as(src), self._ctx)
-                return reader.read(cfg, dst_geobox, dst=dst, selection=selection)
-            except (rasterio.errors.RasterioError, OSError) as err:
-                error = err
-            if attempt == policy.retries:
-                break
-            resign = policy.resign is not None and _is_remote(src.uri)
-            if not (resign and _denied(error)):  # an expired signature: renew it at once
-                time.sleep(policy.backoff * 2**attempt)
-            if resign:
-                try:
-                    src = src.patch(uri=policy.resign(strip_query(src.uri)))
-                except Exception as err:  # the token service failed: retry the old URL
-                    log.warning("signing %s afresh failed: %s", strip_query(src.uri),
-                                redact(str(err))[:200])  # fmt: skip
-        where = f"{redact(src.uri)} (band {src.band})"
-        reason = redact(str(error))[:300]
-        if _denied(error):
-            raise AccessDeniedError(
-                f"access denied to {where} after {attempts} attempts"
-                + (", each with a freshly signed URL" if policy.resign else " (no URL signing is "
-                   "configured for this catalog)") + f": {reason}"
-            )  # fmt: skip
-        if policy.ledger is None:
-            raise LoadError(f"cannot read {where} after {attempts} attempts: {reason}")
-        _record_loss(policy.ledger, {"href": strip_query(src.uri), "band": src.band,
-                                     "attempts": attempts, "reason": reason})  # fmt: skip
+
+        def attempt(uri: str):
+            reader = RioReader(_opened_as(self._src.patch(uri=uri)), self._ctx)
+            return reader.read(cfg, dst_geobox, dst=dst, selection=selection)
+
+        done, _ = _with_retries(self._policy, self._src.uri, self._src.band, attempt)
+        if done is not None:
+            return done
         empty = dst[0:0, 0:0] if dst is not None else np.empty((0, 0), dtype=cfg.dtype)
         return np.s_[0:0, 0:0], empty
+
+
+def _with_retries(policy: ReadPolicy, uri: str, band: int,
+                  attempt: Callable[[str], Any]) -> tuple[Any, str]:  # fmt: skip
+    """``attempt(uri)`` under ``policy``: retried with backoff, the URL signed afresh before each
+    retry; ``(its result, the URL that worked)``, or ``(None, uri)`` for a read lost to the
+    ledger. A persistent 403 raises :class:`AccessDeniedError`, any other failure without a
+    ledger :class:`LoadError`."""
+    attempts, error = 0, None
+    for tried in range(policy.retries + 1):
+        attempts += 1
+        try:
+            return attempt(uri), uri
+        except (RasterioError, OSError) as err:
+            error = err
+        if tried == policy.retries:
+            break
+        resign = policy.resign is not None and _is_remote(uri)
+        if not (resign and _denied(error)):  # an expired signature: renew it at once
+            time.sleep(policy.backoff * 2**tried)
+        if resign:
+            try:
+                uri = policy.resign(strip_query(uri))
+            except Exception as err:  # the token service failed: retry the old URL
+                log.warning("signing %s afresh failed: %s", strip_query(uri),
+                            redact(str(err))[:200])  # fmt: skip
+    where = f"{redact(uri)} (band {band})"
+    reason = redact(str(error))[:300]
+    if _denied(error):
+        raise AccessDeniedError(
+            f"access denied to {where} after {attempts} attempts"
+            + (", each with a freshly signed URL" if policy.resign else " (no URL signing is "
+               "configured for this catalog)") + f": {reason}"
+        )  # fmt: skip
+    if policy.ledger is None:
+        raise LoadError(f"cannot read {where} after {attempts} attempts: {reason}")
+    _record_loss(policy.ledger, {"href": strip_query(uri), "band": band,
+                                 "attempts": attempts, "reason": reason})  # fmt: skip
+    return None, uri
+
+
+class StackstacReader:
+    """stackstac's reader (its ``Reader`` protocol) under a :class:`ReadPolicy`: the same
+    retries, re-signing, ledger and errors as :class:`ResilientDriver` gives odc-stac.
+
+    stackstac makes one per asset as ``StackstacReader(policy=…, url=…, spec=…, …)`` (through
+    ``functools.partial``); it wraps stackstac's own ``AutoParallelRioReader``, opened lazily
+    and once, and opened afresh (with a newly signed URL) for a retry. It pickles as its recipe.
+    A ``file://`` href is opened as its percent-decoded path, as for odc-stac.
+    """
+
+    def __init__(self, *, policy: ReadPolicy, url: str, **recipe: Any) -> None:
+        from stackstac.rio_reader import DEFAULT_GDAL_ENV
+
+        gdal_env = recipe.get("gdal_env") or DEFAULT_GDAL_ENV
+        recipe["gdal_env"] = gdal_env.updated(always={
+            "GDAL_HTTP_MAX_RETRY": str(policy.http_retries),
+            "GDAL_HTTP_RETRY_DELAY": str(policy.backoff),
+        })  # fmt: skip
+        recipe["errors_as_nodata"] = ()  # a loss is the policy's to decide, never silent
+        self.policy = policy
+        self.url = url
+        self._recipe = recipe
+        self._reader = None
+        self._lock = threading.Lock()
+
+    def _opened(self, url: str):
+        from stackstac.rio_reader import AutoParallelRioReader
+
+        with self._lock:
+            if self._reader is None or self._reader.url != _local_or_uri(url):
+                self._reader = AutoParallelRioReader(url=_local_or_uri(url), **self._recipe)
+            return self._reader
+
+    def _forget(self, reader) -> None:
+        with self._lock:
+            if self._reader is reader:
+                self._reader = None
+        reader.close()
+
+    def read(self, window, **kwargs) -> np.ndarray:
+        def attempt(url: str) -> np.ndarray:
+            reader = self._opened(url)
+            try:
+                return reader.read(window, **kwargs)
+            except RuntimeError as err:  # stackstac wraps GDAL's error: retry on that
+                if not isinstance(err.__cause__, RasterioError | OSError):
+                    raise
+                self._forget(reader)  # the next attempt opens the asset afresh
+                raise err.__cause__ from None
+
+        done, self.url = _with_retries(self.policy, self.url, 1, attempt)
+        if done is not None:
+            return done
+        recipe = self._recipe
+        return np.full((window.height, window.width), recipe["fill_value"], recipe["dtype"])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"policy": self.policy, "url": self.url, **self._recipe}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state)
+
+
+def _local_or_uri(uri: str) -> str:
+    path = local_path(uri)
+    return str(path) if path is not None and "://" in uri else uri
 
 
 _LOCAL: dict[str, list[dict]] = {}
