@@ -50,6 +50,7 @@ from unique_cube.product.day import (
     make_windows,
     plan_day,
 )
+from unique_cube.product.metrics import MetricsOptions, RunMetrics
 from unique_cube.product.models import ProductModels, check_models
 from unique_cube.product.reference import ReferenceStore, ensure_references
 from unique_cube.product.stac import day_item
@@ -124,9 +125,11 @@ def run(
     force: bool = False,
     sampler: Sampler | None = None,
     say: Callable[[str], None] = log.info,
+    metrics: MetricsOptions | None = None,
 ) -> dict:
     """Produce ``days``; a done day is kept unless ``force``. Returns the run log (also
-    written to ``<output>/runs/``): each day's status, reason and seconds."""
+    written to ``<output>/runs/``): each day's status, reason and seconds. Its metrics
+    (:mod:`~unique_cube.product.metrics`) follow it after each day."""
     pipeline.require("grid", "product", command="unique-cube run")
     spec = pipeline.product
     today = dt.datetime.now(zoneinfo.ZoneInfo(spec.time_zone)).date()
@@ -149,6 +152,7 @@ def run(
                          zarr_layout=spec.zarr_layout)  # fmt: skip
     started = dt.datetime.now(dt.UTC)
     log_path = store.root / "runs" / f"{started:%Y%m%dT%H%M%S}-{os.getpid()}.json"
+    watch = RunMetrics(pipeline, store.root / "runs" / "metrics.prom", started, metrics, say)
     try:
         removed = store.clean_leftovers()
     except (OSError, LockBusyError) as err:  # a read-only folder fails its days below
@@ -163,6 +167,7 @@ def run(
     if results:
         say(f"{len(results)} of {len(days)} days already done (kept; --force redoes them)")
     with contextlib.ExitStack() as stack:
+        stack.enter_context(watch)  # the metrics endpoint, while the days are made
         context = _prepare(stack, pipeline, models, store, todo, sampler, say, outside)
         for block_start in range(0, len(todo), spec.block_days):
             block = todo[block_start : block_start + spec.block_days]
@@ -175,16 +180,17 @@ def run(
                 say(f"[{block_start + len(block)}/{len(todo)}] {block[0]}..{block[-1]}: "
                     f"failed: {err}")
                 results += [DayResult(d, "failed", f"GPP_M: {err}") for d in block]
-                _write_run_log(log_path, pipeline, started, results)
+                watch.update(_write_run_log(log_path, pipeline, started, results))
                 continue
             for number, day in enumerate(block, start=block_start + 1):
                 count = f"[{number}/{len(todo)}]"  # what the terminal's bar counts
                 results.append(_one_day(context, store, coarse, day, force,
                                         lambda text, count=count: say(f"{count} {text}")))  # fmt: skip
-                _write_run_log(log_path, pipeline, started, results)
+                watch.update(_write_run_log(log_path, pipeline, started, results))
         client = getattr(context.sampler, "client", None)
         workers = client.run(_rss_mb) if client is not None else {}
     report = _write_run_log(log_path, pipeline, started, results, workers)
+    watch.finish(report)
     counts = ", ".join(f"{v} {k}" for k, v in report["counts"].items())
     if "run_log_error" in report:
         say(f"error: the run log could not be written ({report['run_log_error']}); {counts}")
@@ -305,7 +311,7 @@ def _one_day(
     say(f"{day}: done in {seconds:.1f} s ({details['scheme']}; 480 m mismatch with GPP_M "
         f"{before:.3f} → {after:.3f} gC m-2 d-1)")  # fmt: skip
     keep = ("scheme", "coarse_mismatch_before", "coarse_mismatch_after", "qa_fractions",
-            "lost_inputs", "fallback", "reference")  # fmt: skip
+            "lost_inputs", "fallback", "reference", "tiles")  # fmt: skip
     return DayResult(day, "done", "", seconds, {k: details[k] for k in keep if k in details})
 
 
