@@ -371,6 +371,28 @@ evaluation:
     return text
 
 
+def linear_gpp_model(folder: Path) -> Path:
+    """A GPP_M model and card in ``folder`` made in a blink (a ridge fit on random features):
+    enough for ``run`` to check and apply it (a bilinear product needs no other model), not to
+    make sense of GPP. Returns ``folder``."""
+    from unique_cube.gpp.features import FEATURES
+    from unique_cube.gpp.learners import fit_learner, save_model
+    from unique_cube.gpp.model import ModelCard
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(0).normal(size=(50, len(FEATURES)))
+    ridge = fit_learner("linear", x, x[:, 0], threads=1, seed=0)
+    card = ModelCard(
+        name="gpp_modis", learner="linear", model_file="gpp_modis.model", features=FEATURES,
+        model_sha256=save_model(ridge, folder / "gpp_modis.model", FEATURES),
+        feature_ranges={f: (0.0, 1.0) for f in FEATURES}, target="GPP (gC m-2 day-1)",
+        n_rows=0, n_sites=0, folds=2, fold_of_site={}, cv={}, learner_comparison={}, params={},
+        training_data_sha256="0" * 64, versions={}, gap_fill_days=16,
+    )  # fmt: skip
+    card.write(folder / "gpp_modis.card.json")
+    return folder
+
+
 @dataclass
 class DemoRun:
     """``unique-cube demo`` run once on the small world (see :func:`demo_run`)."""

@@ -20,12 +20,16 @@ import numpy as np
 import pystac
 import pytest
 import torch
-from conftest import HLS_SHAPE, HLS_TRANSFORM, _cog_asset, _item, target_geobox
+from conftest import (
+    HLS_SHAPE,
+    HLS_TRANSFORM,
+    _cog_asset,
+    _item,
+    linear_gpp_model,
+    target_geobox,
+)
 
 from unique_cube.cli import main
-from unique_cube.gpp.features import FEATURES
-from unique_cube.gpp.learners import fit_learner, save_model
-from unique_cube.gpp.model import ModelCard
 
 # A pipeline that loads cleanly; each case breaks one thing. Its grid is the small demo world's.
 PIPELINE = """\
@@ -68,17 +72,7 @@ def _snapshot(root: Path) -> dict[str, tuple[str, int]]:
 def workspace(tmp_path: Path) -> Path:
     """Outputs of earlier runs the failing command must not touch: GPP model files (a card
     and a small ridge model, which ``run`` checks before anything else) and a product folder."""
-    (tmp_path / "models").mkdir()
-    x = np.random.default_rng(0).normal(size=(50, len(FEATURES)))
-    ridge = fit_learner("linear", x, x[:, 0], threads=1, seed=0)
-    card = ModelCard(
-        name="gpp_modis", learner="linear", model_file="gpp_modis.model", features=FEATURES,
-        model_sha256=save_model(ridge, tmp_path / "models/gpp_modis.model", FEATURES),
-        feature_ranges={f: (0.0, 1.0) for f in FEATURES}, target="GPP (gC m-2 day-1)",
-        n_rows=0, n_sites=0, folds=2, fold_of_site={}, cv={}, learner_comparison={}, params={},
-        training_data_sha256="0" * 64, versions={}, gap_fill_days=16,
-    )  # fmt: skip
-    card.write(tmp_path / "models/gpp_modis.card.json")
+    linear_gpp_model(tmp_path / "models")
     (tmp_path / "product/runs").mkdir(parents=True)
     (tmp_path / "product/runs/20230801T000000-1.json").write_text('{"counts": {"done": 1}}')
     (tmp_path / "product/cogs/2023/07/31").mkdir(parents=True)

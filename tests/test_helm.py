@@ -33,6 +33,9 @@ PIPELINE_PATH = "/etc/unique-cube/pipeline.yaml"
 VALUES_FILES = ("default", "operator-gpu", "local")
 DASK_API = "kubernetes.dask.org/v1"
 DASK_API_PATH = "/apis/kubernetes.dask.org/v1"
+# The Prometheus Operator's CRDs are not shipped by any package here: the PodMonitor is checked
+# by its invariants (test_pod_monitor_selects_the_runner_pods_on_their_metrics_port).
+MONITORING_API = "monitoring.coreos.com/v1"
 SECRET_LOOKING = re.compile(r"KEY|SECRET|TOKEN|PASSW|CREDENTIAL", re.IGNORECASE)
 
 
@@ -248,6 +251,17 @@ INVALID_VALUES = [
         "at '/persistence/mountPath'",
         id="claim-over-scratch",
     ),
+    pytest.param({"metrics": {"port": 8787}}, "at '/metrics/port'", id="metrics-on-dashboard"),
+    pytest.param(
+        {"metrics": {"pushgateway": "pushgateway:9091"}},
+        "at '/metrics/pushgateway'",
+        id="pushgateway-without-scheme",
+    ),
+    pytest.param(
+        {"metrics": {"serviceMonitor": {"enabled": True}}},
+        "'serviceMonitor' not allowed",
+        id="service-monitor",
+    ),
 ]
 
 
@@ -291,7 +305,9 @@ def test_core_kinds_validate_against_kubernetes_schemas(
         r"(\d+\.\d+)", yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
     )
     versions = [oldest.group(1), kv_utils.latest_version()]
-    core = [d for d in rendered[values_name].docs if d["apiVersion"] != DASK_API]
+    core = [
+        d for d in rendered[values_name].docs if d["apiVersion"] not in (DASK_API, MONITORING_API)
+    ]
     assert {"CronJob", "Job"} & {d["kind"] for d in core}
     assert {"ConfigMap", "Service", "ServiceAccount"} <= {d["kind"] for d in core}
     failures = []
@@ -608,6 +624,103 @@ def test_secret_references_in_extra_env_skip_the_scheduler(chart: helm.Chart) ->
         else:
             assert has_secret and froms.count("secretRef") == 2, where
         assert froms.count("configMapRef") == 2, where
+
+
+# Metrics: the runner's endpoint, its annotations, the PodMonitor, the Pushgateway
+
+
+def metrics_constants() -> dict[str, str]:
+    """The environment variables unique_cube.product.metrics reads, by role."""
+    from unique_cube.product import metrics
+
+    return {"port": metrics.PORT_ENV, "push": metrics.PUSH_ENV, "job": metrics.JOB_ENV}
+
+
+@pytest.mark.parametrize("values_name", VALUES_FILES)
+def test_runner_pods_serve_metrics_where_their_annotations_say(
+    rendered: dict[str, Rendered], values_name: str
+) -> None:
+    release, values = rendered[values_name], ci_values(values_name)
+    enabled = values.get("metrics", {}).get("enabled", True)  # on by default
+    names = metrics_constants()
+    pods = release.runner_pods()
+    assert pods
+    for pod in pods:
+        annotations = pod["metadata"].get("annotations", {})
+        container = pod["spec"]["containers"][0]
+        ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+        env = env_of(container)
+        if not enabled:
+            assert not [a for a in annotations if a.startswith("prometheus.io/")]
+            assert "http-metrics" not in ports and names["port"] not in env
+            continue
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/path"] == "/metrics"
+        port = int(annotations["prometheus.io/port"])
+        assert ports["http-metrics"] == port
+        assert env[names["port"]]["value"] == f"0.0.0.0:{port}"  # the pod's IP, not loopback
+        assert f"/metrics on port {port} of each running job's pod" in release.notes
+    # Only the runner serves them: not the Dask pods, not `helm test`.
+    runners = {id(c) for pod in pods for c in pod["spec"]["containers"]}
+    for where, container in release.containers():
+        if id(container) not in runners:
+            assert names["port"] not in env_of(container), where
+            assert "http-metrics" not in {p["name"] for p in container.get("ports", [])}, where
+
+
+def test_pod_annotations_of_values_win_over_the_metrics_ones(chart: helm.Chart) -> None:
+    values = merged(
+        ci_values("default"),
+        {"runner": {"podAnnotations": {"prometheus.io/scrape": "false", "team": "carbon"}}},
+    )
+    (pod,) = render(chart, values).runner_pods()
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "false" and annotations["team"] == "carbon"
+    assert annotations["prometheus.io/port"] == "9464"
+
+
+def test_pod_monitor_selects_the_runner_pods_on_their_metrics_port(
+    chart: helm.Chart, rendered: dict[str, Rendered]
+) -> None:
+    release, values = rendered["operator-gpu"], ci_values("operator-gpu")
+    monitor = release.one("PodMonitor")
+    assert monitor["apiVersion"] == MONITORING_API
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"  # its selector
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
+    pods = release.runner_pods()
+    assert len(pods) == 2  # daily and backfill
+    for pod in pods:
+        assert selector.items() <= pod["metadata"]["labels"].items()
+        ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+        assert ports[endpoint["port"]] == values["metrics"]["port"]
+        assert set(monitor["spec"]["podTargetLabels"]) <= set(pod["metadata"]["labels"])
+    # Nothing else the release makes carries the runner's labels (the scheduler, the workers).
+    others = [doc for doc in release.docs if doc["kind"] in ("DaskCluster", "DaskWorkerGroup")]
+    for doc in others:
+        for part in ("scheduler", "worker"):
+            labels = doc["spec"].get(part, {}).get("metadata", {}).get("labels", {})
+            assert not selector.items() <= labels.items()
+    assert f"PodMonitor {monitor['metadata']['name']}" in release.notes
+    assert not rendered["default"].of_kind("PodMonitor")  # off unless asked
+    without_endpoint = merged(values, {"metrics": {"enabled": False}})
+    assert not render(chart, without_endpoint).of_kind("PodMonitor")
+
+
+def test_runs_push_to_the_pushgateway_as_their_own_job(rendered: dict[str, Rendered]) -> None:
+    release, values = rendered["operator-gpu"], ci_values("operator-gpu")
+    names = metrics_constants()
+    jobs = {}
+    for pod in release.runner_pods():
+        env = env_of(pod["spec"]["containers"][0])
+        assert env[names["push"]]["value"] == values["metrics"]["pushgateway"]
+        jobs[pod["metadata"]["labels"]["unique-cube/run"]] = env[names["job"]]["value"]
+    fullname = release.one("CronJob")["metadata"]["name"].removesuffix("-daily")
+    assert jobs == {"daily": f"{fullname}-daily", "backfill": f"{fullname}-backfill"}
+    for pod in rendered["default"].runner_pods():  # no Pushgateway unless named
+        env = env_of(pod["spec"]["containers"][0])
+        assert names["push"] not in env and names["job"] not in env
 
 
 # Operator mode: a claim, workers at zero between runs, probes

@@ -41,6 +41,7 @@ from unique_cube.evaluation import evaluate, evaluate_downscaler
 from unique_cube.gpp.train import train_gpp
 from unique_cube.inputs.search import search
 from unique_cube.inputs.stac_server import LocalStacServer
+from unique_cube.product.metrics import JOB_ENV, PORT_ENV, PUSH_ENV, MetricsOptions
 from unique_cube.product.run import parse_day, product_days, run
 from unique_cube.product.update import update
 from unique_cube.progress import progress_lines
@@ -203,6 +204,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.end and not args.start:  # --date with --end would silently make one day
         raise ConfigError("--end needs --start (a backfill); give --date D, or --start S and "
                           "--end E")  # fmt: skip
+    metrics = MetricsOptions.from_environment(args.metrics_port, args.metrics_push,
+                                              args.metrics_job)  # fmt: skip
     pipeline = _pipeline(args, "grid", "product")
     zone = pipeline.product.time_zone
     if args.date:
@@ -217,7 +220,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.update_since is not None:  # days whose inputs came late, before the new ones
             update(running, args.update_since, today=today, say=_progress)
         report = run(running, days, force=args.force, say=_progress, mode=args.mode,
-                     finalise=args.finalise, today=today)  # fmt: skip
+                     finalise=args.finalise, today=today, metrics=metrics)  # fmt: skip
     workers = report["worker_rss_mb"]
     print(json.dumps({"counts": report["counts"], "seconds_per_day": report["seconds_per_day"],
                       "peak_rss_mb": report["peak_rss_mb"],
@@ -398,6 +401,15 @@ def _add_pipeline_commands(sub) -> None:
                    help="first re-make the done days of the last N days whose input items "
                         "changed (as `unique-cube update --since N`)")  # fmt: skip
     p.add_argument("--as-of", help="count from this day instead of today (a replay)")
+    p.add_argument("--metrics-port", metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics on /metrics while the run lasts (default "
+                        f"${PORT_ENV}, else none; 0: any free port)")  # fmt: skip
+    p.add_argument("--metrics-push", metavar="URL",
+                   help="push the metrics to this Pushgateway after each day and at the end "
+                        f"(default ${PUSH_ENV})")  # fmt: skip
+    p.add_argument("--metrics-job", metavar="NAME",
+                   help=f"job label of the pushed metrics (default ${JOB_ENV} or "
+                        "unique-cube)")  # fmt: skip
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("update", help="re-make the days whose input items changed (late HLS, "

@@ -289,9 +289,11 @@ def _fusion_fallback(run: RunContext, day: dt.date, mode: str = "final") -> tupl
 def make_windows(run: RunContext, plan: DayPlan, write: Callable[..., None]) -> None:
     """The day's 30 m arrays window by window, each handed to ``write(window, gpp, gpp_sd,
     qa)`` before the next is made; the 480 m mismatch with GPP_M before and after the optional
-    consistency shift goes into ``plan.details``."""
+    consistency shift, and the number of downscaler tiles sampled, go into ``plan.details``."""
     layout = run.layout
-    cache = ResidualCache(layout.tiles if plan.scheme != "bilinear" else [])
+    uses = layout.tiles if plan.scheme != "bilinear" else []
+    cache = ResidualCache(uses)
+    plan.details["tiles"] = len({(t.ty, t.tx) for tiles in uses for t in tiles})  # each once
     errors = np.zeros((2, 2))  # (before, after) x (sum of squares, count)
     for number, (window, tiles, extent) in enumerate(
         zip(layout.windows, layout.tiles, layout.extents, strict=True), 1

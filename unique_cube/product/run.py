@@ -51,6 +51,7 @@ from unique_cube.product.day import (
     make_windows,
     plan_day,
 )
+from unique_cube.product.metrics import MetricsOptions, RunMetrics
 from unique_cube.product.models import ProductModels, check_models
 from unique_cube.product.modes import day_inputs, day_modes, published
 from unique_cube.product.reference import ReferenceStore, ensure_references
@@ -129,9 +130,11 @@ def run(
     mode: str = "auto",
     finalise: bool = False,
     today: dt.date | None = None,
+    metrics: MetricsOptions | None = None,
 ) -> dict:
     """Produce ``days``; a done day is kept unless ``force``. Returns the run log (also
-    written to ``<output>/runs/``): each day's status, reason and seconds.
+    written to ``<output>/runs/``): each day's status, reason and seconds. Its metrics
+    (:mod:`~unique_cube.product.metrics`) follow it after each day.
 
     ``mode`` (:func:`~unique_cube.product.modes.day_modes`): ``auto`` makes a day final once
     ``product.final_after_days`` have passed, else near-real-time; an NRT day done is made
@@ -164,6 +167,7 @@ def run(
                          zarr_layout=spec.zarr_layout)  # fmt: skip
     started = dt.datetime.now(dt.UTC)
     log_path = store.root / "runs" / f"{started:%Y%m%dT%H%M%S}-{os.getpid()}.json"
+    watch = RunMetrics(pipeline, store.root / "runs" / "metrics.prom", started, metrics, say)
     try:
         removed = store.clean_leftovers()
     except (OSError, LockBusyError) as err:  # a read-only folder fails its days below
@@ -178,6 +182,7 @@ def run(
     if results:
         say(f"{len(results)} of {len(days)} days already done (kept; --force redoes them)")
     with contextlib.ExitStack() as stack:
+        stack.enter_context(watch)  # the metrics endpoint, while the days are made
         context = _prepare(stack, pipeline, models, store, todo, sampler, say, outside,
                            ahead=any(modes[d] == "final" for d in todo))  # fmt: skip
         done = 0
@@ -195,7 +200,7 @@ def run(
                 done += len(block)
                 say(f"[{done}/{len(todo)}] {block[0]}..{block[-1]}: failed: {err}")
                 results += [DayResult(d, "failed", f"GPP_M: {err}") for d in block]
-                _write_run_log(log_path, pipeline, started, results)
+                watch.update(_write_run_log(log_path, pipeline, started, results))
                 continue
             for day in block:
                 done += 1
@@ -203,10 +208,11 @@ def run(
                 results.append(_one_day(context, store, coarse, day, force,
                                         lambda text, count=count: say(f"{count} {text}"),
                                         block_mode, recorded[day]))  # fmt: skip
-                _write_run_log(log_path, pipeline, started, results)
+                watch.update(_write_run_log(log_path, pipeline, started, results))
         client = getattr(context.sampler, "client", None)
         workers = client.run(_rss_mb) if client is not None else {}
     report = _write_run_log(log_path, pipeline, started, results, workers)
+    watch.finish(report)
     counts = ", ".join(f"{v} {k}" for k, v in report["counts"].items())
     if "run_log_error" in report:
         say(f"error: the run log could not be written ({report['run_log_error']}); {counts}")
@@ -381,8 +387,9 @@ def _one_day(
     say(f"{day}: done in {seconds:.1f} s ({details['scheme']}; 480 m mismatch with GPP_M "
         f"{before:.3f} → {after:.3f} gC m-2 d-1)")  # fmt: skip
     keep = ("mode", "version", "scheme", "coarse_mismatch_before", "coarse_mismatch_after",
-            "qa_fractions", "lost_inputs", "fallback", "reference", "last_input_published",
-            "written", "latency_hours", "input_lag_hours", "hours_after_day")  # fmt: skip
+            "qa_fractions", "lost_inputs", "fallback", "reference", "tiles",
+            "last_input_published", "written", "latency_hours", "input_lag_hours",
+            "hours_after_day")  # fmt: skip
     return DayResult(day, "done", "", seconds, {k: details[k] for k in keep if k in details})
 
 

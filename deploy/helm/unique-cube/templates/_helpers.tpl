@@ -150,6 +150,24 @@ the Dask workers; not the scheduler nor the helm test pod).
 {{- end }}
 {{- end }}
 
+{{/*
+The runner's metrics (unique_cube.product.metrics): the endpoint's port on every interface
+of the pod, and the Pushgateway with a job per kind of run: (dict "root" $ "component" NAME).
+*/}}
+{{- define "unique-cube.metricsEnv" -}}
+{{- $metrics := .root.Values.metrics }}
+{{- if $metrics.enabled }}
+- name: UNIQUE_CUBE_METRICS_PORT
+  value: {{ printf "0.0.0.0:%d" (int $metrics.port) | quote }}
+{{- end }}
+{{- with $metrics.pushgateway }}
+- name: UNIQUE_CUBE_METRICS_PUSH
+  value: {{ . | quote }}
+- name: UNIQUE_CUBE_METRICS_JOB
+  value: {{ printf "%s-%s" (include "unique-cube.fullname" $.root) $.component | quote }}
+{{- end }}
+{{- end }}
+
 {{/* envFrom of a unique-cube container: (dict "root" $ "secrets" BOOL), as for the env. */}}
 {{- define "unique-cube.envFrom" -}}
 - configMapRef:
@@ -277,13 +295,19 @@ LocalCluster and serves its dashboard on 8787.
 {{- $selector := printf "app.kubernetes.io/instance=%s,app.kubernetes.io/component=runner" $root.Release.Name }}
 {{- $wrapper = concat $wrapper (list "--runners" $selector "--wait" (toString (int $dask.workerWaitSeconds)) "--") }}
 {{- $args = concat $wrapper .args }}
-{{- end -}}
+{{- end }}
+{{- $metrics := $values.metrics }}
+{{- $annotations := dict }}
+{{- if $metrics.enabled }}
+{{- $annotations = dict "prometheus.io/scrape" "true" "prometheus.io/port" (toString (int $metrics.port)) "prometheus.io/path" "/metrics" }}
+{{- end }}
+{{- $annotations = mergeOverwrite $annotations (default dict $values.runner.podAnnotations) -}}
 metadata:
   labels:
     {{- include "unique-cube.selectorLabels" $root | nindent 4 }}
     app.kubernetes.io/component: runner
     unique-cube/run: {{ .component }}
-  {{- with $values.runner.podAnnotations }}
+  {{- with $annotations }}
   annotations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
@@ -308,15 +332,25 @@ spec:
       {{- if $values.persistence.existingClaim }}
       workingDir: {{ $values.persistence.mountPath }}
       {{- end }}
-      {{- if not $operator }}
+      {{- if or (not $operator) $metrics.enabled }}
       ports:
+        {{- if not $operator }}
         - name: http-dashboard
           containerPort: 8787
           protocol: TCP
+        {{- end }}
+        {{- if $metrics.enabled }}
+        - name: http-metrics
+          containerPort: {{ $metrics.port }}
+          protocol: TCP
+        {{- end }}
       {{- end }}
       {{- with include "unique-cube.env" (dict "root" $root "scheduler" $operator "secrets" true) | trim }}
       env:
         {{- . | nindent 8 }}
+        {{- with include "unique-cube.metricsEnv" (dict "root" $root "component" $.component) | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
       {{- end }}
       envFrom:
         {{- include "unique-cube.envFrom" (dict "root" $root "secrets" true) | nindent 8 }}
