@@ -5,6 +5,7 @@ stay byte for byte), a final day is a new version of the day with its predecesso
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -19,6 +20,10 @@ from test_daily import cluster  # noqa: F401 (one Dask cluster for the module's 
 from test_fusion_product import PRODUCT as FUSION_PRODUCT
 
 from unique_cube.cli import main
+from unique_cube.config.pipeline import load_pipeline
+from unique_cube.errors import CatalogError
+from unique_cube.inputs.stac_server import free_port
+from unique_cube.product.update import update
 from unique_cube.product.variables import QA_FLAGS
 
 pytestmark = pytest.mark.integration
@@ -157,3 +162,16 @@ def test_final_days_supersede_nrt_ones_and_say_what_differs(late_world, capsys) 
     assert (np.asarray(qa) & 7).all()  # every pixel made
     entry = next(d for d in log["days"] if d["day"] == day)
     assert entry["written"] and entry["hours_after_day"] > 0
+
+
+def test_a_catalog_that_fails_during_the_check_stops_the_update_first(late_world) -> None:
+    spec, out, _, _ = late_world
+    if not list((out / "state").glob("*.json")):  # run alone: one day to check
+        assert main(["run", str(spec), "--date", "2023-06-05", "--mode", "nrt"]) == 0
+    files = sorted(p for p in out.rglob("*") if p.is_file() and "runs" not in p.parts)
+    before = {p: p.read_bytes() for p in files}
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    pipeline = dataclasses.replace(load_pipeline(spec), stac_url=down)
+    with pytest.raises(CatalogError, match="nothing was re-made"):
+        update(pipeline, 30, today=dt.date(2023, 6, 13))
+    assert {p: p.read_bytes() for p in files} == before

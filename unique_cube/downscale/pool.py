@@ -82,8 +82,36 @@ def actor_lost(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and str(error).startswith(_LOST_ACTOR)
 
 
-def _sample(actor: Any, request: TileRequest) -> Any:
-    return actor.sample(request)  # looking up ``sample`` raises for a lost actor: in the wait
+#: The key prefix of a tile's task: the Dask dashboard's task stream and progress bars show
+#: the tiles under this name while a day is sampled.
+TILE_TASK = "unique-cube-tile"
+
+
+def _sample(client: Client, actor: Any, request: TileRequest, address: str) -> Future:
+    """A tile sampled by ``actor`` as a task on its worker (``address``): the scheduler sees
+    every tile (task stream, progress, profiles), which actor method calls never show."""
+    return client.submit(
+        _sample_on_worker, actor.key, request, workers=[address], allow_other_workers=False,
+        pure=False, key=f"{TILE_TASK}-{request.ty}-{request.tx}-{uuid.uuid4().hex[:8]}",
+    )  # fmt: skip
+
+
+def _sample_on_worker(actor_key: str, request: TileRequest) -> np.ndarray:
+    """On the actor's worker: the tile sampled by the actor's model, in the task's thread.
+    An actor no longer there is a lost actor (its tile goes to another)."""
+    from distributed import get_worker
+
+    actor = get_worker().state.actors.get(actor_key)
+    if actor is None:
+        raise RuntimeError(f"{_LOST_ACTOR}: no actor {actor_key} on this worker")
+    return actor.sample(request)
+
+
+def _start_tile(started: list, client: Client, actor: Any, request: TileRequest,
+                address: str) -> Future:  # fmt: skip
+    """:func:`_sample`, the task kept in ``started`` (to be cancelled if the actor is lost)."""
+    started.append(_sample(client, actor, request, address))
+    return started[-1]
 
 
 @dataclass(eq=False)
@@ -298,10 +326,13 @@ class ActorPool:
                 if actor is None:  # retired: no GPU worker came back in time
                     run.put_back(index)
                     return
+                task: list[Future] = []
                 try:
-                    call = partial(_sample, actor, requests[index])
+                    call = partial(_start_tile, task, self.client, actor, requests[index], address)
                     residual = self._wait(call, future, address)
                 except _ActorLost as lost:
+                    for pending in task:  # waiting for a worker that is gone
+                        pending.cancel()
                     log.warning("downscaler actor on %s lost (%s); resubmitting tile %d",
                                 address, lost, index)  # fmt: skip
                     if not self._resubmit(index, run) or not self._replace(slot, generation, run):

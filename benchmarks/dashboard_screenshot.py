@@ -1,0 +1,92 @@
+"""Screenshots of the Dask dashboard while a product day is sampled (headless Chromium).
+
+Not a timing: the record that the downscaler's tiles show on the dashboard (task stream,
+progress, task groups under ``unique-cube-tile``) while a day is made. Runs ``unique-cube run``
+on a pipeline (its days forced), waits until the day's tiles are being sampled (the
+``[k/n]`` lines say which day; tiles start after the day's GPP_M), and takes a screenshot of
+each named page every ``--every`` seconds until the run ends::
+
+    python benchmarks/dashboard_screenshot.py --pipeline /tmp/d22-out/pipeline.yaml \\
+        --date 2023-06-17 --out /tmp/dashboard
+
+Needs ``chromium`` (Debian: ``apt-get install chromium``) and a pipeline whose scheme samples
+tiles (fusion, s1 or s2). The run's own output goes to ``<out>/run.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+PAGES = ("status", "tasks", "groups")
+
+
+def screenshot(chromium: str, url: str, path: Path, size: str) -> bool:
+    """One page as a PNG (False when Chromium failed)."""
+    done = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+         f"--window-size={size}", "--virtual-time-budget=4000", f"--screenshot={path}", url],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    return done.returncode == 0 and path.exists()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pipeline", required=True)
+    parser.add_argument("--date", required=True, help="the day to make (forced)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--every", type=float, default=8.0, help="seconds between shots")
+    parser.add_argument("--shots", type=int, default=4, help="screenshots of each page")
+    parser.add_argument("--size", default="1600,1000")
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        sys.exit("no chromium on PATH (Debian: apt-get install chromium)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "UNIQUE_CUBE_DASHBOARD_ADDRESS": "127.0.0.1:8787"}
+    executable = Path(sys.executable).with_name("unique-cube")
+    command = [str(executable), "run", args.pipeline, "--date", args.date, "--force"]
+    log = (args.out / "run.log").open("w")
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=log, text=True, env=env)
+    dashboard, sampling = None, threading.Event()
+
+    def follow() -> None:
+        nonlocal dashboard
+        for line in run.stderr:
+            log.write(line)
+            log.flush()
+            if "dashboard http" in line:
+                dashboard = line.rsplit("dashboard ", 1)[1].strip().removesuffix("/status")
+            if "GPP_M for" in line or "reference state" in line:
+                sampling.set()  # the day's tiles come next
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    taken = []
+    sampling.wait(timeout=1800)
+    time.sleep(args.every)
+    for shot in range(args.shots):
+        if run.poll() is not None or dashboard is None:
+            break
+        for page in PAGES:
+            path = args.out / f"{page}-{shot}.png"
+            if screenshot(chromium, f"{dashboard}/{page}", path, args.size):
+                taken.append(str(path))
+        time.sleep(args.every)
+    code = run.wait()
+    reader.join(timeout=10)
+    print(json.dumps({"run_exit": code, "dashboard": dashboard, "screenshots": taken,
+                      "command": " ".join(command)}, indent=1))  # fmt: skip
+    return 0 if taken else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
