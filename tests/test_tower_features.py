@@ -23,7 +23,7 @@ from unique_cube.demo import publish
 from unique_cube.demo.tower_bed import BedTile, build_tower_bed, tower_tiles
 from unique_cube.errors import LoadError
 from unique_cube.gpp.features import FEATURE_INDICES
-from unique_cube.gpp.towers import grid_window, item_grid, tower_batches, tower_features
+from unique_cube.gpp.tower_windows import grid_window, item_grid, tower_batches, tower_features
 from unique_cube.grid import lonlat_pixels, utm_crs
 from unique_cube.inputs.cube import load
 from unique_cube.inputs.flux import read_sites
