@@ -34,6 +34,7 @@ __all__ = [
     "lonlat_pixels",
     "sites_in_region",
     "upsample_bilinear",
+    "utm_crs",
 ]
 
 
@@ -51,16 +52,24 @@ def grid_latitude(geobox) -> float:
     return (south + north) / 2
 
 
+def utm_crs(lon: float, lat: float) -> str:
+    """The WGS 84 UTM zone of a point: ``EPSG:326zz`` north of the equator, ``EPSG:327zz``
+    south of it."""
+    zone = int((lon + 180) // 6) % 60 + 1
+    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
+
+
 def lonlat_pixels(lon, lat, geobox) -> tuple[np.ndarray, np.ndarray]:
     """Row and column (integers) of the pixel of ``geobox`` (any CRS) holding each point
     ``lon``, ``lat`` (degrees); a point off the grid gets its would-be pixel, outside
     ``0..shape``; a point without finite coordinates gets (-1, -1)."""
-    from pyproj import Transformer
+    from odc.geo.crs import CRS
 
-    to_grid = Transformer.from_crs("EPSG:4326", geobox.crs.to_wkt(), always_xy=True)
+    # odc-geo keeps one transformer per pair of CRSs: a grid's is made once per process.
+    to_grid = CRS("EPSG:4326").transformer_to_crs(geobox.crs)
     lon = np.atleast_1d(np.asarray(lon, dtype="float64"))
     lat = np.atleast_1d(np.asarray(lat, dtype="float64"))
-    x, y = to_grid.transform(lon, lat)
+    x, y = to_grid(lon, lat)
     cols, rows = ~geobox.transform * (np.asarray(x, "float64"), np.asarray(y, "float64"))
     rows, cols = np.floor(np.asarray(rows, "float64")), np.floor(np.asarray(cols, "float64"))
     bad = ~(np.isfinite(rows) & np.isfinite(cols))

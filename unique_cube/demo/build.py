@@ -23,7 +23,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from .terrain import PFT_TO_WORLDCOVER
 from .weather import Reanalysis, hourly, make_reanalysis, utc_hours
 from .world import CRS, PIXEL, SIZES, TILE, World, make_world
 
-__all__ = ["GENERATOR_VERSION", "MANIFEST", "build_world", "read_manifest"]
+__all__ = ["GENERATOR_VERSION", "MANIFEST", "build_world", "prepare_folder", "read_manifest"]
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def build_world(
     if reuse and existing and all(existing.get(k) == v for k, v in wanted.items()):
         say(f"reusing the demo world in {out} (size {size}, seed {seed})")
         return existing
-    _prepare(out)
+    prepare_folder(out)
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -164,16 +164,17 @@ def build_world(
     return manifest
 
 
-def _prepare(out: Path) -> None:
-    """Make ``out`` an empty world directory; refuse to clear a directory that is not one."""
+def prepare_folder(out: Path, owned: Sequence[str] = _OWNED, what: str = "a demo world") -> None:
+    """Make ``out`` an empty folder for ``what`` (the names in ``owned`` removed); refuse to
+    clear a directory that holds anything else."""
     if out.exists():
-        foreign = [p.name for p in out.iterdir() if p.name not in _OWNED]
+        foreign = [p.name for p in out.iterdir() if p.name not in owned]
         if foreign:
             raise ConfigError(
-                f"{out} is not empty and not a demo world (it has {sorted(foreign)[:5]}); "
+                f"{out} is not empty and not {what} (it has {sorted(foreign)[:5]}); "
                 "choose another --out"
             )
-        for name in _OWNED:
+        for name in owned:
             path = out / name
             if path.is_dir():
                 shutil.rmtree(path)

@@ -1,13 +1,13 @@
 """Step 1: daily GPP from vegetation indices and weather, learned at flux towers.
 
 ``features`` defines the model inputs (indices, the weather brought down to the terrain, the
-day of year) and their gap filling once, for the towers (training)
-and the grid (prediction) alike; ``towers`` cuts tower windows and joins them with the flux
-files; ``train`` cross-validates the learners of ``learners`` over spatial folds and writes a
-model with its ``ModelCard`` (``model``); ``predict`` applies it to lazy cubes chunk by chunk
-(GPP_M at 480 m, GPP_L at 30 m). A new learner is an entry in ``learners``.
+day of year) and their gap filling once, for the towers (training) and the grid (prediction)
+alike; ``tower_windows`` cuts tower windows, each tower on its own tile's grid, and
+``towers`` joins them with the flux files; ``train`` cross-validates the learners of
+``learners`` over spatial folds and writes a model with its ``ModelCard`` (``model``);
+``predict`` applies it to lazy cubes chunk by chunk (GPP_M at 480 m, GPP_L at 30 m). A new
+learner is an entry in ``learners``.
 """
-
 from unique_cube.gpp.features import (
     FEATURE_INDICES,
     FEATURES,

@@ -1,111 +1,38 @@
 """Satellite features and weather at flux towers: the training tables of the GPP models.
 
-For a source, the towers' 3×3-pixel windows are cut from one lazy cube on the source's own grid
-(the bounding box of all towers, chunked like the COGs), so every COG tile a tower needs is read
-once, whatever the number of towers and days: one lazy computation for all sites. Per site and
-day the table keeps the mean of each index over the clear pixels of the window and the count of
-clear pixels; :func:`training_table` turns them into the models' features with the same
-function that makes them for a map (:func:`unique_cube.gpp.features.model_features`), the
-weather brought down to the terrain of the same windows
-(:func:`unique_cube.inputs.terrain.tower_terrain`).
+For a source, each tower's 3×3-pixel window is cut on the source's own grid where the tower
+stands, the grid of its own tile (:func:`unique_cube.gpp.tower_windows.tower_features`:
+towers in many UTM zones and sinusoidal tiles, a graph that grows with towers × days). Per
+site and day the table keeps the mean of each index over the clear pixels of the window and
+the count of clear pixels; all towers stay one lazy computation. :func:`training_table` turns
+them into the models' features with the same function that makes them for a map
+(:func:`unique_cube.gpp.features.model_features`), the weather brought down to the terrain of
+the same windows (:func:`unique_cube.inputs.terrain.tower_terrain`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-import numpy as np
 import pandas as pd
 import xarray as xr
 
-from unique_cube.config.catalog import Catalog, Source
+from unique_cube.config.catalog import Catalog
 from unique_cube.config.pipeline import Pipeline
-from unique_cube.errors import FluxError, LoadError
+from unique_cube.errors import FluxError
 from unique_cube.gpp.features import FEATURE_INDICES, FEATURES, model_features
+from unique_cube.gpp.tower_windows import tower_features
 from unique_cube.grid import sites_in_region
-from unique_cube.inputs.cube import load
 from unique_cube.inputs.flux import read_flux_dir, read_sites
-from unique_cube.inputs.indices import add_indices
 from unique_cube.inputs.search import search
 from unique_cube.inputs.terrain import tower_terrain
 from unique_cube.inputs.weather import at_points, daily_weather
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MODELS", "native_geobox", "tower_features", "training_table", "training_tables"]
-
-
-def native_geobox(items: Sequence, lonlat: np.ndarray, margin: int = 3):
-    """The source's own grid (of the first item) cut to the towers' bounding box."""
-    from odc.geo.geobox import GeoBox
-    from odc.stac import parse_item
-
-    parsed = parse_item(items[0])
-    grid = next(iter(parsed.geoboxes()))
-    base = GeoBox(grid.shape, grid.transform, grid.crs)
-    from pyproj import Transformer
-
-    to_grid = Transformer.from_crs("EPSG:4326", base.crs.to_wkt(), always_xy=True)
-    x, y = to_grid.transform(lonlat[:, 0], lonlat[:, 1])
-    inv = ~base.transform
-    cols, rows = inv * (np.asarray(x), np.asarray(y))
-    cols, rows = np.floor(cols).astype(int), np.floor(rows).astype(int)
-    r0, r1 = rows.min() - margin, rows.max() + margin + 1
-    c0, c1 = cols.min() - margin, cols.max() + margin + 1
-    return base[r0:r1, c0:c1], rows - r0, cols - c0
-
-
-def tower_features(
-    items: Sequence,
-    source: Source,
-    sites: pd.DataFrame,
-    *,
-    window: int = 3,
-    chunks: int = 512,
-) -> xr.Dataset:
-    """Lazy (time, site) features: per index the mean over clear pixels of a ``window`` ×
-    ``window`` window around each tower, and ``n_clear``, the number of clear pixels."""
-    if not len(items):
-        raise LoadError(f"no {source.collection} items for the towers")
-    lonlat = sites[["lon", "lat"]].to_numpy(dtype="float64")
-    geobox, rows, cols = native_geobox(items, lonlat, margin=window)
-    footprint = _union_footprint(items)
-    from shapely.geometry import Point
-
-    for (lon, lat), name in zip(lonlat, sites["site"], strict=True):
-        if not footprint.contains(Point(lon, lat)):
-            raise LoadError(
-                f"site {name} ({lat:.4f} N, {lon:.4f} E) lies outside every "
-                f"{source.collection} item found"
-            )
-    cube = load(items, source, geobox, chunks={"time": 1, "y": chunks, "x": chunks})
-    half = window // 2
-    offsets = np.arange(-half, half + 1)
-    win_rows = (rows[:, None, None] + offsets[None, :, None]).repeat(window, axis=2)
-    win_cols = (cols[:, None, None] + offsets[None, None, :]).repeat(window, axis=1)
-    index = {
-        "y": xr.DataArray(win_rows.reshape(len(sites), -1), dims=("site", "pixel")),
-        "x": xr.DataArray(win_cols.reshape(len(sites), -1), dims=("site", "pixel")),
-    }
-    names = list(FEATURE_INDICES)
-    # The indices are computed on the windows' pixels only, not on every loaded chunk.
-    windows = add_indices(cube.isel(index), names)  # names the band a source lacks
-    out = xr.Dataset({name: windows[name].mean("pixel", skipna=True) for name in names})
-    out["n_clear"] = windows["clear"].sum("pixel").astype("int16")
-    out = out.drop_vars([c for c in out.coords if c not in ("time",)])
-    out = out.assign_coords(site=sites["site"].to_numpy())
-    out.attrs = {"source_collection": source.collection, "window_pixels": window,
-                 "window_metres": window * abs(float(geobox.resolution.x))}  # fmt: skip
-    return out
-
-
-def _union_footprint(items: Sequence):
-    from shapely.geometry import shape
-    from shapely.ops import unary_union
-
-    return unary_union([shape(item.geometry) for item in items])
+__all__ = ["MODELS", "tower_features", "training_table", "training_tables"]
 
 
 def training_table(

@@ -21,7 +21,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,15 @@ from unique_cube.inputs.reads import (
     current_read_policy,
 )
 
-__all__ = ["DEFAULT_CHUNKS", "BandDecoding", "band_decoding", "decode_qa", "load"]
+__all__ = [
+    "DEFAULT_CHUNKS",
+    "BandDecoding",
+    "Decoder",
+    "band_decoding",
+    "decode_qa",
+    "decoder",
+    "load",
+]
 
 
 log = logging.getLogger(__name__)
@@ -124,28 +132,14 @@ def load(
         (``units``, ``long_name``) and the CRS as the ``spatial_ref`` coordinate.
     """
     engine = _engine(source, engine)
-    roles = _select_roles(source, bands)
     items = list(items)
-    _check_items(items, source, roles, geobox)
-
-    qa_assets = tuple(source.qa.assets) if source.qa is not None else ()
-    unknown_flags = [f for f in flags if source.qa is None or f not in source.qa.flags]
-    if unknown_flags:
-        known = ", ".join(source.qa.flags) if source.qa else "none (the source has no QA)"
-        raise ConfigError(
-            f"flags: unknown QA flag(s) {unknown_flags} for {source.collection}; known: {known}"
-        )
-
-    decoding = {role: band_decoding(items, source, role) for role in roles}
-    qa_decoding = {asset: _qa_decoding(items, source.qa, asset) for asset in qa_assets}
+    decoding = decoder(items, source, bands=bands, flags=flags)
+    _check_overlap(items, source, geobox)
     if engine == "stackstac":
-        assets = [*(d.asset for d in decoding.values()), *qa_decoding]
-        _check_for_stackstac(items, source, assets, geobox, groupby, resampling)
-
-    read_raw = _read_stackstac if engine == "stackstac" else _read
-    raw = read_raw(items, source, geobox, decoding, qa_decoding, chunks=chunks, groupby=groupby,
-                   resampling=resampling, read=read)  # fmt: skip
-    out = _decode(raw, source, decoding, qa_decoding, flags)
+        _check_for_stackstac(items, source, decoding.assets, geobox, groupby, resampling)
+    raw = decoding.read(items, geobox, chunks=chunks, groupby=groupby, resampling=resampling,
+                        read=read, engine=engine)  # fmt: skip
+    out = decoding.decode(raw)
     out.attrs.update(
         {
             "source_collection": source.collection,
@@ -165,6 +159,88 @@ def _engine(source: Source, engine: str | None) -> str:
     return chosen
 
 
+@dataclass(frozen=True)
+class Decoder:
+    """How the raw assets of a set of a source's items become its bands (:func:`decoder`).
+
+    :func:`load` is ``decode(read(items, geobox))``; the two steps apart let a caller cut
+    pixels from raw cubes (several, on several grids) and decode only those: decoding is
+    per pixel, so it gives the same values on any cut of a raw cube."""
+
+    source: Source
+    """The catalog's description of the collection."""
+    bands: Mapping[str, BandDecoding]
+    """Decoding of each band role loaded."""
+    qa: Mapping[str, BandDecoding]
+    """Decoding of each QA asset."""
+    flags: tuple[str, ...] = ()
+    """QA flags added as boolean ``qa_<name>`` variables."""
+
+    @property
+    def assets(self) -> list[str]:
+        """The variables of a raw cube: the bands' assets, then the QA assets."""
+        return [d.asset for d in self.bands.values()] + list(self.qa)
+
+    def read(
+        self,
+        items: Sequence[pystac.Item],
+        geobox: GeoBox,
+        *,
+        chunks: Mapping[str, int] | None = None,
+        groupby: str | Callable = "solar_day",
+        resampling: str = "bilinear",
+        read: ReadPolicy | None = None,
+        lazy: bool = True,
+        engine: str = "odc-stac",
+    ) -> xr.Dataset:
+        """The raw assets of ``items`` on ``geobox`` (float32, raw nodata kept; one variable
+        per asset of :attr:`assets`): lazy, or read now into memory (``lazy=False``, e.g.
+        inside a task; odc-stac only); options as :func:`load`'s, ``groupby`` also odc-stac's
+        callable ``(item, parsed, index) -> key``."""
+        if engine == "stackstac":
+            if not lazy or callable(groupby):
+                raise ConfigError("the stackstac engine reads lazily and groups by solar_day "
+                                  "or time only")  # fmt: skip
+            return _read_stackstac(list(items), self.source, geobox, dict(self.bands),
+                                   dict(self.qa), chunks=chunks, groupby=groupby,
+                                   resampling=resampling, read=read)  # fmt: skip
+        return _read(list(items), self.source, geobox, dict(self.bands), dict(self.qa),
+                     chunks=chunks, groupby=groupby, resampling=resampling,
+                     read=read, lazy=lazy)  # fmt: skip
+
+    def decode(self, raw: xr.Dataset) -> xr.Dataset:
+        """The bands, ``clear`` and flags of a raw cube or of pixels cut from one (any dims)."""
+        return _decode(raw, self.source, dict(self.bands), dict(self.qa), self.flags)
+
+
+def decoder(
+    items: Sequence[pystac.Item],
+    source: Source,
+    *,
+    bands: Sequence[str] | None = None,
+    flags: Sequence[str] = (),
+) -> Decoder:
+    """The decoding of ``items`` of ``source`` (``bands`` and ``flags`` as :func:`load`'s):
+    the items must have the assets and agree on scale, offset and nodata, else a
+    :class:`~unique_cube.errors.LoadError` says which."""
+    roles = _select_roles(source, bands)
+    items = list(items)
+    _check_items(items, source, roles)
+    unknown_flags = [f for f in flags if source.qa is None or f not in source.qa.flags]
+    if unknown_flags:
+        known = ", ".join(source.qa.flags) if source.qa else "none (the source has no QA)"
+        raise ConfigError(
+            f"flags: unknown QA flag(s) {unknown_flags} for {source.collection}; known: {known}"
+        )
+    qa_assets = tuple(source.qa.assets) if source.qa is not None else ()
+    return Decoder(
+        source,
+        {role: band_decoding(items, source, role) for role in roles},
+        {asset: _qa_decoding(items, source.qa, asset) for asset in qa_assets},
+        tuple(flags),
+    )
+
+
 def _read(
     items: list[pystac.Item],
     source: Source,
@@ -173,12 +249,13 @@ def _read(
     qa_decoding: dict[str, BandDecoding],
     *,
     chunks: Mapping[str, int] | None,
-    groupby: str,
+    groupby: str | Callable,
     resampling: str,
     read: ReadPolicy | None,
+    lazy: bool = True,
 ) -> xr.Dataset:
-    """The raw assets as odc-stac loads them (float32, the raw nodata kept), lazily: QA and
-    categorical bands resampled with ``nearest``."""
+    """The raw assets as odc-stac loads them (float32, the raw nodata kept), lazily unless
+    ``lazy`` is false: QA and categorical bands resampled with ``nearest``."""
     import odc.stac
 
     qa_assets = list(qa_decoding)
@@ -197,7 +274,7 @@ def _read(
         items,
         bands=[d.asset for d in decoding.values()] + qa_assets,
         geobox=geobox,
-        chunks=dict(chunks or DEFAULT_CHUNKS),
+        chunks=dict(chunks or DEFAULT_CHUNKS) if lazy else None,
         groupby=groupby,
         dtype="float32",
         resampling=resampling_by_asset,
@@ -489,9 +566,7 @@ def _select_roles(source: Source, bands: Sequence[str] | None) -> list[str]:
     return list(bands)
 
 
-def _check_items(
-    items: list[pystac.Item], source: Source, roles: list[str], geobox: GeoBox
-) -> None:
+def _check_items(items: list[pystac.Item], source: Source, roles: list[str]) -> None:
     if not items:
         raise LoadError(
             f"no items to load for {source.collection}: the search found nothing "
@@ -512,6 +587,9 @@ def _check_items(
                     f"item {item.id!r} of {source.collection} has no asset {asset!r} ({what}); "
                     f"its assets are {', '.join(sorted(item.assets))}"
                 )
+
+
+def _check_overlap(items: list[pystac.Item], source: Source, geobox: GeoBox) -> None:
     footprint = geobox.extent.to_crs("EPSG:4326")
     if not any(_item_footprint(it).intersects(footprint) for it in items):
         west, south, east, north = footprint.boundingbox

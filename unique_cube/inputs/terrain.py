@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from unique_cube.config.catalog import Catalog
 from unique_cube.errors import EmptySearchError, LoadError
-from unique_cube.grid import lonlat_bbox
+from unique_cube.grid import lonlat_bbox, utm_crs
 from unique_cube.inputs.cube import load
 from unique_cube.inputs.search import search
 from unique_cube.inputs.static import slope_aspect
@@ -203,16 +203,11 @@ def computed_coarse_terrain(catalog: Catalog, geobox, daily: xr.Dataset,
     return _COARSE[key]
 
 
-def _utm(lon: float, lat: float) -> str:
-    zone = int((lon + 180) // 6) % 60 + 1
-    return f"EPSG:{(32600 if lat >= 0 else 32700) + zone}"
-
-
 def _tower_patch(lon: float, lat: float, half_pixels: int) -> GeoBox:
     """A north-up 30 m patch in the tower's UTM zone whose centre pixel holds the tower."""
     from pyproj import Transformer
 
-    crs = _utm(lon, lat)
+    crs = utm_crs(lon, lat)
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
     reach = (half_pixels + 0.5) * _TOWER_PIXEL
     size = 2 * half_pixels + 1
