@@ -8,6 +8,7 @@ alike; ``tower_windows`` cuts tower windows, each tower on its own tile's grid, 
 ``predict`` applies it to lazy cubes chunk by chunk (GPP_M at 480 m, GPP_L at 30 m). A new
 learner is an entry in ``learners``.
 """
+
 from unique_cube.gpp.features import (
     FEATURE_INDICES,
     FEATURES,
