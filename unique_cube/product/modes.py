@@ -60,9 +60,10 @@ def day_modes(days: Iterable[dt.date], mode: str, today: dt.date,
 def input_windows(pipeline: Pipeline, day: dt.date, mode: str,
                   gap_days: int) -> dict[str, tuple[dt.date, dt.date]]:  # fmt: skip
     """The sources a day reads and the dates of their items it may use: the reanalysis of the
-    day itself; MODIS within ``gap_days`` before (and, final, after) it; for the fusion scheme,
-    HLS within ``downscale.reference_days`` before (final: and after) it and the day itself.
-    The static layers (DEM, land cover) are not dated and not listed."""
+    local day itself (its hours, in UTC); MODIS within ``gap_days`` before (and, final, after)
+    it; for the fusion scheme, HLS within ``downscale.reference_days`` before (final: and
+    after) it and the day itself. The static layers (DEM, land cover) are not dated and not
+    listed."""
     ahead = 0 if mode == "nrt" else 1
     gap = dt.timedelta(days=gap_days)
     windows = {pipeline.gpp.weather: (day, day),
@@ -79,12 +80,10 @@ def _stamp(item) -> str:
     return str(props.get("updated") or props.get("created") or "")
 
 
-def _span(item) -> tuple[dt.date, dt.date]:
-    """The dates an item covers (its start and end datetimes, else its datetime)."""
+def _span(item) -> tuple[dt.datetime, dt.datetime]:
+    """When an item's data were observed (its start and end datetimes, else its datetime)."""
     common = item.common_metadata
-    start = common.start_datetime or item_time(item)
-    end = common.end_datetime or item_time(item)
-    return start.date(), end.date()
+    return common.start_datetime or item_time(item), common.end_datetime or item_time(item)
 
 
 def day_inputs(pipeline: Pipeline, catalog, modes: Mapping[dt.date, str],
@@ -106,13 +105,26 @@ def day_inputs(pipeline: Pipeline, catalog, modes: Mapping[dt.date, str],
         except EmptySearchError:
             items = []
         dated = [(item, *_span(item)) for item in items]
+        hourly = source == pipeline.gpp.weather  # a reanalysis: the local day's hours
         for day, window in windows.items():
             if source not in window:
                 continue
             low, high = window[source]
-            out[day][source] = {item.id: _stamp(item) for item, start, end in dated
-                                if start <= high and end >= low}  # fmt: skip
+            if hourly:
+                offset = pipeline.gpp.utc_offset_hours
+                first, last = _local_day(low, offset)[0], _local_day(high, offset)[1]
+                chosen = [i for i, start, end in dated if start < last and end >= first]
+            else:  # granules and scenes by the dates they were observed
+                chosen = [i for i, start, end in dated
+                          if start.date() <= high and end.date() >= low]  # fmt: skip
+            out[day][source] = {item.id: _stamp(item) for item in chosen}
     return out
+
+
+def _local_day(day: dt.date, utc_offset_hours: float) -> tuple[dt.datetime, dt.datetime]:
+    """A local day's bounds in UTC: [its midnight, the next midnight)."""
+    start = dt.datetime.combine(day, dt.time(), dt.UTC) - dt.timedelta(hours=utc_offset_hours)
+    return start, start + dt.timedelta(days=1)
 
 
 def changed_inputs(before: Mapping[str, Mapping[str, str]],

@@ -424,7 +424,10 @@ def _make_day(
             run.pipeline.gpp.modis.source: sorted(
                 iid for when, iid in coarse.modis_items if -span <= when - day <= ahead
             ),
-            run.pipeline.gpp.weather: coarse.weather_items,
+            # the reanalysis items of the local day's hours (the block read more days)
+            run.pipeline.gpp.weather: sorted(
+                (inputs or {}).get(run.pipeline.gpp.weather) or coarse.weather_items
+            ),
             **landsat,
             **run.static.items,
         }
