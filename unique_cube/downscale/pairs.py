@@ -9,6 +9,7 @@ the downscaler's folder: S1, S2 and the baseline train on the same ones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -81,10 +82,16 @@ class PairInputs:
 
 def pair_inputs(pipeline: Pipeline, catalog: Catalog, period: Period) -> PairInputs:
     """The items and lazy cubes of a period's pairs: the weather, GPP_L on its HLS dates and
-    the MODIS items (nothing is computed)."""
+    the MODIS items (nothing is computed). The period ends where the reanalysis does (the
+    days after its last complete day have no weather to make GPP of: a reanalysis is
+    published days after the satellites)."""
     gpp, geobox = pipeline.gpp, pipeline.grid.geobox
     daily = weather_for(catalog, gpp.weather, geobox, period.start, period.end,
                         gpp.utc_offset_hours)  # fmt: skip
+    if daily.sizes.get("time", 0):
+        last = pd.Timestamp(daily["time"].values[-1]).date()
+        if last < period.end:
+            period = dataclasses.replace(period, end=max(last, period.start))
     terrain = grid_terrain(catalog, geobox, daily)  # one DEM load for both models' maps
     landsat = gpp_landsat(MapInputs.of(pipeline, catalog, "landsat", daily, terrain),
                           period.stac_datetime, keep_features=True)  # fmt: skip
