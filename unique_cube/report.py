@@ -21,7 +21,7 @@ import numpy as np
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.evaluation.evaluate import OLD_NAMES
-from unique_cube.evaluation.strata import AGE_BINS
+from unique_cube.evaluation.strata import AGE_BINS, SEASONS, SLOPE_CLASSES
 from unique_cube.evaluation.towers import METHODS as TOWER_METHODS
 from unique_cube.grid import upsample_bilinear
 from unique_cube.product.store import marker_path
@@ -505,11 +505,16 @@ def _table(rows: dict[str, dict], columns=_SCORES) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _age_order(by_age: dict) -> dict:
-    """Age classes from the youngest (JSON files keep keys sorted as text: 17-32 before 9-16)."""
-    order = [label for _, label in (*AGE_BINS, (None, "never"))]
-    rank = {label: i for i, label in enumerate(order)}
-    return dict(sorted(by_age.items(), key=lambda item: rank.get(item[0], len(order))))
+#: Classes in their own order (JSON keeps keys sorted as text: 17-32 before 9-16, JJA before
+#: MAM); classes not named here follow in the order they come.
+_CLASS_ORDER = [*(label for _, label in AGE_BINS), "never",
+                *(label for _, label in SLOPE_CLASSES), *dict.fromkeys(SEASONS.values())]  # fmt: skip
+
+
+def _class_order(classes: dict) -> dict:
+    """Age bins, slope classes and seasons in their own order."""
+    rank = {label: i for i, label in enumerate(_CLASS_ORDER)}
+    return dict(sorted(classes.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
 def _by_method(classes: dict, key: str = "rmse") -> tuple[dict, list[str]]:
@@ -547,7 +552,7 @@ def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
         if "ranks" in figures:
             out.append(_img(figures["ranks"], "rank histograms"))
     if evaluation.get("by_reference_age"):
-        rows, methods = _by_method(_age_order(evaluation["by_reference_age"]))
+        rows, methods = _by_method(_class_order(evaluation["by_reference_age"]))
         out += ["<h3>Clear dates against GPP_L by the age of the fusion reference (the "
                 "pixel's last clear GPP_L before the date)</h3>",
                 _table(rows, methods)]  # fmt: skip
@@ -567,13 +572,13 @@ def _evaluation_sections(evaluation: dict, figures: dict) -> list[str]:
                     _table({modes.get("method", "product"): modes},
                            ("rmse_nrt", "rmse_final", "nrt_over_final", "rmse_between",
                             "final_inputs_differ_fraction", "n_days"))]  # fmt: skip
-        rows, methods = _by_method(_age_order(evaluation.get("by_age", {})))
+        rows, methods = _by_method(_class_order(evaluation.get("by_age", {})))
         out += ["<h3>RMSE by days since the pixel's last clear 30 m observation</h3>",
                 _table(rows, methods)]  # fmt: skip
         if "by_age" in figures:
             out.append(_img(figures["by_age"], "RMSE by age"))
         for stratum, classes in evaluation.get("strata", {}).items():
-            rows, methods = _by_method(classes)
+            rows, methods = _by_method(_class_order(classes))
             title = _STRATA.get(stratum, stratum.replace("_", " "))
             out += [f"<h3>RMSE by {html.escape(title)}</h3>", _table(rows, methods)]
     if "spatial_holdout" in evaluation:
@@ -658,7 +663,7 @@ def _evaluation_figures(evaluation: dict) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     figures = {}
-    by_age = _age_order(evaluation.get("by_age") or {})
+    by_age = _class_order(evaluation.get("by_age") or {})
     if by_age:
         bins = list(by_age)
         methods = sorted({m for scores in by_age.values() for m in scores})
