@@ -507,8 +507,8 @@ def _table(rows: dict[str, dict], columns=_SCORES) -> str:
 
 #: Classes in their own order (JSON keeps keys sorted as text: 17-32 before 9-16, JJA before
 #: MAM); classes not named here follow in the order they come.
-_CLASS_ORDER = [*(label for _, label in AGE_BINS), "never",
-                *(label for _, label in SLOPE_CLASSES), *dict.fromkeys(SEASONS.values())]  # fmt: skip
+_CLASS_ORDER = [*(label for _, label in AGE_BINS), "never", *(label for _, label in SLOPE_CLASSES),
+                *dict.fromkeys(SEASONS.values())]  # fmt: skip
 
 
 def _class_order(classes: dict) -> dict:
