@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import io
+import logging
+import os
 import socket
 import warnings
 
+import psutil
+import pytest
 from rasterio.errors import NotGeoreferencedWarning
 
-from unique_cube.downscale.cluster import free_dashboard_address
+from unique_cube.downscale.cluster import (
+    GPU,
+    SCHEDULER_ADDRESS_ENV,
+    dask_client,
+    free_dashboard_address,
+)
 from unique_cube.inputs.reads import quiet_spurious_warnings
 from unique_cube.progress import progress_lines
 
@@ -63,3 +72,34 @@ def test_on_a_terminal_every_line_is_kept_above_the_bar():
     text = stream.getvalue()
     assert "[2/5] 2023-06-02: done in 3.1 s" in text
     assert "training the pure-pixel DNN" in text
+
+
+@pytest.mark.integration
+def test_a_local_cluster_ends_without_killing_its_workers(monkeypatch) -> None:
+    """Its workers have loaded torch (as a product run's do) and are given time to end by
+    themselves: no "Worker process still alive after 4.0 seconds, killing" at every exit."""
+    said: list[str] = []
+
+    class Said(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    handler = Said(logging.WARNING)
+    nanny = logging.getLogger("distributed.nanny")
+    nanny.addHandler(handler)
+    monkeypatch.delenv(SCHEDULER_ADDRESS_ENV, raising=False)
+    try:
+        with dask_client(cpu_workers=1, gpu_workers=1, dashboard_address=None,
+                         say=said.append) as client:  # fmt: skip
+            pids = list(client.run(os.getpid).values())
+            assert client.submit(_torch_sum, resources={GPU: 1}).result() == 3.0
+    finally:
+        nanny.removeHandler(handler)
+    assert not [m for m in said if "still alive" in m], said
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+
+
+def _torch_sum() -> float:
+    import torch
+
+    return float(torch.ones(3).sum())

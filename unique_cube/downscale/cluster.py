@@ -26,6 +26,7 @@ __all__ = [
     "DASHBOARD_ADDRESS_ENV",
     "GPU",
     "SCHEDULER_ADDRESS_ENV",
+    "close_workers",
     "dask_client",
     "find_gpu_workers",
     "free_dashboard_address",
@@ -159,10 +160,35 @@ def dask_client(
                 local_cluster(cpu_workers=cpu_workers, cpu_threads=cpu_threads,
                               gpu_workers=gpu_workers, dashboard_address=dashboard_address)
             )  # fmt: skip
+            stack.callback(close_workers, cluster)  # after the client, before the cluster
             client = stack.enter_context(Client(cluster))
         link = client.dashboard_link or "none"
         say(f"Dask scheduler {client.scheduler.address}; dashboard {link}")
         yield client
+
+
+#: How long a local worker process is given to end by itself when the cluster closes.
+WORKER_CLOSE_S = 30.0
+
+
+def close_workers(cluster: SpecCluster, timeout: float = WORKER_CLOSE_S) -> None:
+    """Close a local cluster's workers, each process given ``timeout`` seconds to end.
+
+    Closing the cluster closes them with distributed's fixed 5 s, of which its Nanny waits
+    4 s before it kills the process with a warning ("Worker process still alive after 4.0
+    seconds, killing"); a worker that has loaded torch and the package takes longer than that
+    to end on a busy machine, so every run ended with that warning. Closed here first, with
+    time, the cluster then finds them closed."""
+    import asyncio
+
+    async def close_all() -> None:
+        await asyncio.gather(*(worker.close(timeout=timeout) for worker in
+                               list(cluster.workers.values())), return_exceptions=True)  # fmt: skip
+
+    try:
+        cluster.sync(close_all)
+    except Exception as err:  # the cluster's own close still ends them
+        log.debug("closing the workers first failed: %s", err)
 
 
 def find_gpu_workers(client: Client) -> dict[str, dict]:
