@@ -1,7 +1,7 @@
 """Screenshots of the Dask dashboard while a product day is sampled (headless Chromium).
 
 Not a timing: the record that the downscaler's tiles show on the dashboard (task stream,
-progress, task groups under ``unique-cube-tile``) while a day is made. Runs ``unique-cube run``
+and progress under ``unique-cube-tile``) while a day is made. Runs ``unique-cube run``
 on a pipeline (its days forced), waits until the day's tiles are being sampled (the
 ``[k/n]`` lines say which day; tiles start after the day's GPP_M), and takes a screenshot of
 each named page every ``--every`` seconds until the run ends::
@@ -28,7 +28,9 @@ import threading
 import time
 from pathlib import Path
 
-PAGES = ("status", "tasks", "groups")
+#: The pages shot (``groups``, the task-group graph, is left out: distributed 2026.8's own
+#: code fails on it with a KeyError while arrays are computed, logged into the run's output).
+PAGES = ("status", "tasks")
 
 
 def screenshot(chromium: str, url: str, path: Path, size: str, wait: float) -> bool:
@@ -104,8 +106,11 @@ def main() -> int:
             break
         for page in PAGES:
             path = args.out / f"{page}-{shot}.png"
-            if screenshot(chromium, f"{dashboard}/{page}", path, args.size, args.wait):
-                taken.append(str(path))
+            try:
+                if screenshot(chromium, f"{dashboard}/{page}", path, args.size, args.wait):
+                    taken.append(str(path))
+            except Exception as err:  # the run ended meanwhile: its dashboard is gone
+                print(f"{page}: no screenshot ({err})", file=sys.stderr)
         time.sleep(args.every)
     code = run.wait()
     reader.join(timeout=10)
