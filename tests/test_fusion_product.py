@@ -1,6 +1,8 @@
 """The fusion scheme on the product path (`unique-cube run` on the small demo world): the
 reference state kept in the store, the day's own clear pixels, provenance, the fallback where
-no pixel has been seen, re-runs as of a day, and a checkpoint made for another pipeline."""
+no pixel has been seen, re-runs as of a day, and a checkpoint made for another pipeline. The
+days are near-real-time (``--mode nrt``: references before the day only); final days, whose
+references reach after the day, are tests/test_nrt_final.py's."""
 
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ def _pipeline(demo_world, models: Path, downscalers: Path, tmp: Path) -> Path:
 def produced(demo_world, trained_models, trained_downscalers, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fusion")
     spec = _pipeline(demo_world, trained_models, trained_downscalers, tmp)
-    assert main(["run", str(spec), "--start", "2023-06-01", "--end", "2023-06-10"]) == 0
+    days = ["--start", "2023-06-01", "--end", "2023-06-10"]
+    assert main(["run", str(spec), *days, "--mode", "nrt"]) == 0
     return spec, tmp / "product"
 
 
@@ -82,8 +85,8 @@ def test_a_rerun_of_a_day_reads_the_state_as_of_that_day(produced, capsys) -> No
     cog = out / "cogs" / "2023" / "06" / "03" / "gpp.tif"
     before = cog.read_bytes()
     # A later day adds later HLS dates to the store; redoing June 3 must not see them.
-    assert main(["run", str(spec), "--date", "2023-06-20"]) == 0
-    assert main(["run", str(spec), "--date", "2023-06-03", "--force"]) == 0
+    assert main(["run", str(spec), "--date", "2023-06-20", "--mode", "nrt"]) == 0
+    assert main(["run", str(spec), "--date", "2023-06-03", "--force", "--mode", "nrt"]) == 0
     assert cog.read_bytes() == before
 
 
@@ -97,7 +100,7 @@ def test_a_day_before_any_clear_hls_falls_back_and_says_so(
             "max_gap_days: 16", "max_gap_days: 45\n  max_missing_fraction: 0.95"
         )
     )
-    assert main(["run", str(spec), "--date", "2023-01-08"]) == 0
+    assert main(["run", str(spec), "--date", "2023-01-08", "--mode", "nrt"]) == 0
     item = _item(tmp_path / "product", "2023-01-08")
     properties = item["properties"]
     assert properties["unique_cube:scheme"] == "s2"

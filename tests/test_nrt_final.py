@@ -98,9 +98,10 @@ def test_nrt_days_read_nothing_after_them_and_a_late_item_remakes_only_its_days(
         for source, ids in recorded.items():
             for iid in ids:
                 start, end = (dt.datetime.fromisoformat(s) for s in dates[iid])
-                # a reanalysis item spans a month: only the hours up to the day are read
-                first = start if source == "era5" else end
-                assert first < limit, f"{day} (NRT) reads {iid} of {dates[iid]}"
+                if source == "era5":  # a month of hours: only those up to the day are read
+                    assert start < limit, f"{day} (NRT) reads {iid} of {dates[iid]}"
+                else:  # a granule or scene of a (UTC) day, the day the product files it under
+                    assert end.date() <= dt.date.fromisoformat(day), f"{day} (NRT) reads {iid}"
     before = {day: _files(out, day) for day in days}
 
     # The HLS item arrives late: the days from its date on are re-made, the others untouched.
