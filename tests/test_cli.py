@@ -118,6 +118,12 @@ def _check_evaluation_metrics(evaluation: dict) -> None:
         assert all(_number(scores[k]) for k in ("rmse", "bias", "r", "within_block_rmse",
                                                  "n_days")), scores  # fmt: skip
         assert scores["rmse"] > 0 and scores["n_days"] >= 1
+        assert scores["mode"]["final"]["rmse"] == scores["rmse"]  # the figures above: final
+        assert _number(scores["mode"]["nrt"]["rmse"]), scores["mode"]
+    modes = evaluation["nrt_vs_final"]
+    assert all(_number(modes[k]) for k in ("rmse_nrt", "rmse_final", "rmse_between",
+                                           "nrt_over_final")), modes  # fmt: skip
+    assert modes["rmse_final"] > 0 and modes["rmse_between"] >= 0
     assert {"season", "land_cover", "slope", "gpp_m"} <= set(evaluation["strata"])
     for classes in evaluation["strata"].values():
         for by_method in classes.values():
