@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import re
@@ -57,11 +56,17 @@ from unique_cube.product.modes import day_inputs, day_modes, published
 from unique_cube.product.reference import ReferenceStore, ensure_references
 from unique_cube.product.stac import day_item
 from unique_cube.product.static import StaticLayers, static_for
-from unique_cube.product.store import ProductStore, locked, marker_path
+from unique_cube.product.store import (
+    ProductStore,
+    locked,
+    marker_mode,
+    read_marker,
+    read_markers,
+)
 from unique_cube.redact import redact
 from unique_cube.version import __version__
 
-__all__ = ["DayResult", "parse_day", "product_days", "read_markers", "run"]
+__all__ = ["DayResult", "parse_day", "product_days", "run"]
 
 
 log = logging.getLogger(__name__)
@@ -239,7 +244,7 @@ def _due_for_final(pipeline: Pipeline, today: dt.date, asked: dict) -> dict[dt.d
     lag = dt.timedelta(days=spec.final_after_days)
     newest = max(asked) if asked else today
     return {day: "final" for day, marker in read_markers(Path(spec.output)).items()
-            if day not in asked and today - day >= lag and marker.get("mode") == "nrt"
+            if day not in asked and today - day >= lag and marker_mode(marker) == "nrt"
             and (newest - day).days < spec.max_backfill_days}  # fmt: skip
 
 
@@ -332,25 +337,10 @@ def _check_coverage(
         return check_coverage(pipeline, catalog, todo, gap_fill_span(pipeline, models.card))
 
 
-def read_markers(root: Path) -> dict[dt.date, dict]:
-    """The completion markers of a product folder by day (unreadable ones left out: those
-    days are redone by the next run that asks for them)."""
-    out = {}
-    for path in sorted((root / "state").glob("????-??-??.json")):
-        try:
-            out[dt.date.fromisoformat(path.stem)] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-    return out
-
-
 def _done_as(root: Path, day: dt.date, mode: str) -> bool:
     """:meth:`ProductStore.is_done` before the store is opened (nothing is written)."""
-    try:
-        marker = json.loads(marker_path(root, day).read_text())
-    except (OSError, ValueError):
-        return False
-    return mode == "nrt" or marker.get("mode", "final") == "final"
+    marker = read_marker(root, day)
+    return marker is not None and (mode == "nrt" or marker_mode(marker) == "final")
 
 
 def _one_day(

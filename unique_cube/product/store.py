@@ -78,8 +78,11 @@ __all__ = [
     "DayWriter",
     "ProductStore",
     "locked",
+    "marker_mode",
     "marker_path",
     "open_datacube",
+    "read_marker",
+    "read_markers",
     "writing",
 ]
 
@@ -124,6 +127,27 @@ def locked(path: Path, timeout: float) -> Iterator[None]:
 def marker_path(root: str | Path, day: dt.date) -> Path:
     """A day's completion marker in a product folder: the day is done once it exists."""
     return Path(root) / "state" / f"{day.isoformat()}.json"
+
+
+def read_marker(root: str | Path, day: dt.date) -> dict | None:
+    """A done day's marker (``None`` when not done, or unreadable: then it is redone)."""
+    try:
+        return json.loads(marker_path(root, day).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_markers(root: str | Path) -> dict[dt.date, dict]:
+    """The completion markers of a product folder by day (unreadable ones left out: those
+    days are redone by the next run that asks for them)."""
+    days = (dt.date.fromisoformat(p.stem) for p in (Path(root) / "state").glob("????-??-??.json"))
+    markers = {day: read_marker(root, day) for day in sorted(days)}
+    return {day: marker for day, marker in markers.items() if marker is not None}
+
+
+def marker_mode(marker: dict) -> str:
+    """The mode a day was made in (a marker written before modes existed: final)."""
+    return marker.get("mode", "final")
 
 
 @dataclass
@@ -173,23 +197,10 @@ class ProductStore:
             return False
         return mode == "nrt" or self.done_mode(day) == "final"
 
-    def read_marker(self, day: dt.date) -> dict | None:
-        """A done day's marker (``None`` when not done, or unreadable: then it is redone)."""
-        try:
-            return json.loads(self.marker(day).read_text())
-        except (OSError, ValueError):
-            return None
-
     def done_mode(self, day: dt.date) -> str | None:
         """The mode of the day's version (``None`` when not done)."""
-        marker = self.read_marker(day)
-        return None if marker is None else marker.get("mode", "final")
-
-    def done_days(self) -> list[dt.date]:
-        """Every day with a completion marker, in order."""
-        if not self.state.exists():
-            return []
-        return sorted(dt.date.fromisoformat(p.stem) for p in self.state.glob("????-??-??.json"))
+        marker = read_marker(self.root, day)
+        return None if marker is None else marker_mode(marker)
 
     def item_version(self, day: dt.date) -> int:
         """The version number of the day's published item (0: none yet)."""

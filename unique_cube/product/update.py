@@ -24,7 +24,8 @@ from unique_cube.inputs.search import open_catalog
 from unique_cube.product.day import Sampler, gap_fill_span
 from unique_cube.product.models import check_models
 from unique_cube.product.modes import changed_inputs, day_inputs
-from unique_cube.product.run import read_markers, run
+from unique_cube.product.run import run
+from unique_cube.product.store import marker_mode, read_markers
 
 __all__ = ["update"]
 
@@ -55,7 +56,7 @@ def update(
         say(f"{len(unrecorded)} day(s) made without a record of their inputs cannot be "
             f"checked ({unrecorded[0]}..{unrecorded[-1]}); `unique-cube run --force` remakes "
             "them")  # fmt: skip
-    checked = {d: m.get("mode", "final") for d, m in markers.items() if "inputs" in m}
+    checked = {d: marker_mode(m) for d, m in markers.items() if "inputs" in m}
     report = {"checked": len(checked), "unrecorded": [d.isoformat() for d in unrecorded],
               "changed": {}, "run": None}  # fmt: skip
     if not checked:
