@@ -43,6 +43,12 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def machine() -> dict:
+    """The machine a result was measured on, as the results record it."""
+    return {"platform": platform.platform(), "uname": " ".join(os.uname()),
+            "cpus": os.cpu_count(), "load_average": os.getloadavg()}  # fmt: skip
+
+
 def one_size(bed: Path, towers: int) -> dict:
     """Search, build and compute the features of the bed's first ``towers`` towers."""
     import dask
@@ -132,12 +138,7 @@ def main() -> None:
     by_size = {row["towers"]: row for row in rows}
     report = {
         "command": " ".join([".venv/bin/python", *sys.argv]),
-        "machine": {
-            "platform": platform.platform(),
-            "uname": " ".join(os.uname()),
-            "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "bed": {
             "towers": manifest["sites"],

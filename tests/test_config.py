@@ -253,7 +253,8 @@ def test_the_smallest_pipeline_loads_and_validates(tmp_path: Path, monkeypatch) 
     lines = validate_pipeline(path)
     assert list(tmp_path.iterdir()) == [path]  # validating writes nothing
     assert "16 x 16 pixels of 30 m" in lines[1] and "GPP_M on 1 x 1 pixels of 480 m" in lines[1]
-    assert "backfills of at most 366 days" in lines[2]
+    assert "downscale: " in lines[2] and "trains on the whole grid" in lines[2]
+    assert "backfills of at most 366 days" in lines[3]
 
 
 INF, NAN = float("inf"), float("nan")
@@ -293,6 +294,9 @@ BAD_VALUES = [
     ("downscale", "seed", -1, "must be within [0, 9999999]"),
     ("downscale", "max_eval_dates", 0, "must be at least 1"),
     ("downscale", "threads", 0, "must be at least 1"),
+    ("downscale", "training_window", 100, "must be a multiple of 16 px (whole 480 m blocks)"),
+    ("downscale", "training_window", 32, "and at least patch (64), got 32"),
+    ("downscale", "training_windows", 0, "must be at least 1, got 0"),
     ("product", "samples", 0, "must be at least 1"),
     ("product", "ddim_steps", -1, "must be at least 1"),
     ("product", "tile", 0, "must be at least 16 px"),

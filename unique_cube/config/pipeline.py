@@ -345,18 +345,30 @@ class DownscaleSpec:
     """Fusion: the share of the training dates (one in ``1 / calibration_fraction``, spread
     over the period) kept out of the residual's training to calibrate the ensemble's mean
     weight and spread (0 to 0.5)."""
+    training_window: int = 256
+    """Side in 30 m pixels of the square windows training draws from a large grid (whole 480 m
+    blocks, at least ``patch``)."""
+    training_windows: int = 16
+    """Training draws at most this many windows, seeded, where the catalog covers the grid; a
+    grid of at most ``training_windows`` × ``training_window``² pixels is taken whole. What
+    training holds in memory is bounded by them, not by the grid."""
 
     def _check(self) -> tuple[str, str] | None:
         if self.base < 8 or self.base % 8:
             return "base", (f"must be a multiple of 8 (the network's group norms split every "
                             f"level's channels in 8 groups), got {self.base}")  # fmt: skip
+        if self.training_window % COARSE_FACTOR or self.training_window < self.patch:
+            return "training_window", (
+                f"must be a multiple of {COARSE_FACTOR} px (whole 480 m blocks) and at least "
+                f"patch ({self.patch}), got {self.training_window}"
+            )
         return _out_of_range(self, {
             "min_clear_fraction": _FRACTION, "steps": _ONE_OR_MORE, "batch": _ONE_OR_MORE,
             "patch": _Range(COARSE_FACTOR, why=_TILE_WHY.replace("tile", "patch")),
             "samples": _ONE_OR_MORE, "ddim_steps": _ONE_OR_MORE, "seed": _SEED,
             "max_eval_dates": _ONE_OR_MORE, "threads": _ONE_OR_MORE,
             "reference_min_clear": _FRACTION, "reference_days": _ONE_OR_MORE,
-            "calibration_fraction": _Range(0, 0.5),
+            "calibration_fraction": _Range(0, 0.5), "training_windows": _ONE_OR_MORE,
         }) or _tiling_problem(self)  # fmt: skip
 
 
@@ -587,6 +599,14 @@ def validate_pipeline(path: str | Path) -> list[str]:
         lines.append(f"grid: {crs.to_string()}, {nx} x {ny} pixels of {PIXEL_M:g} m "
                      f"({nx * ny / 1e6:.1f} Mpx; GPP_M on {nx // COARSE_FACTOR} x "
                      f"{ny // COARSE_FACTOR} pixels of {COARSE_M:g} m)")  # fmt: skip
+    spec = pipeline.downscale
+    if spec is not None and pipeline.grid is not None:
+        ny, nx = pipeline.grid.geobox.shape
+        budget = spec.training_windows * spec.training_window**2
+        where = ("the whole grid" if ny * nx <= budget else
+                 f"{spec.training_windows} windows of {spec.training_window} px where HLS and "
+                 "MODIS cover the grid (evaluation: as many others)")  # fmt: skip
+        lines.append(f"downscale: {spec.output} (trains on {where})")
     product = pipeline.product
     if product is not None:
         pipeline.require("grid", "product", command="unique-cube run")

@@ -35,8 +35,9 @@ from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import GPP_NORMALISATION, Checkpoint, save_checkpoint
 from unique_cube.downscale.fit import train
 from unique_cube.downscale.fusion import FusionMean, fusion_features, terrain_features
-from unique_cube.downscale.pairs import Pairs, cached_pairs, static_and_types
+from unique_cube.downscale.pairs import Pairs, cached_pairs
 from unique_cube.downscale.reference import references_before
+from unique_cube.downscale.regions import TrainingSet, training_set
 from unique_cube.downscale.sampling import downscale, torch_threads
 from unique_cube.errors import DownscaleError
 from unique_cube.grid import COARSE_FACTOR, fill_nearest, grid_latitude, upsample_bilinear
@@ -54,6 +55,7 @@ __all__ = [
     "train_fusion",
     "training_settings",
     "training_stacks",
+    "window_stacks",
 ]
 
 log = logging.getLogger(__name__)
@@ -271,15 +273,34 @@ def reference_pairs(pipeline: Pipeline, catalog, period, say) -> Pairs:
                         min_clear=pipeline.downscale.reference_min_clear)  # fmt: skip
 
 
-def training_stacks(pipeline: Pipeline, pairs: Pairs, raw: np.ndarray,
-                    names: list[str]) -> tuple[np.ndarray, list[str]]:  # fmt: skip
-    """The fusion features of every date of ``pairs``, referenced to the dates before it."""
+def training_stacks(pipeline: Pipeline, pairs: Pairs, raw: np.ndarray, names: list[str],
+                    geobox=None) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+    """The fusion features of every date of ``pairs`` (over the pipeline's grid, or
+    ``geobox``, the window they were made on), referenced to the dates before it."""
     days = [d.date() for d in pairs.dates]
     stacks, features, _ = fusion_stacks(days, pairs.gpp_m, pairs.gpp_m_30m,
                                         reference_history(pairs), raw, names,
-                                        grid_latitude(pipeline.grid.geobox),
+                                        grid_latitude(geobox or pipeline.grid.geobox),
                                         pipeline.downscale.reference_days)  # fmt: skip
     return stacks, features
+
+
+def window_stacks(pipeline: Pipeline, data: TrainingSet) -> tuple[np.ndarray, list[str],
+                                                                    np.ndarray]:  # fmt: skip
+    """The fusion features (N, F, h, w) and GPP_L targets (N, h, w) of every date of every
+    training window, each window referenced to its own earlier dates, all in date order (the
+    mean's chronological folds and the calibration dates run over it)."""
+    stacks, targets, days, features = [], [], [], []
+    for window in data.windows:
+        stack, features = training_stacks(pipeline, window.pairs, window.static, data.names,
+                                          window.geobox)  # fmt: skip
+        stacks.append(stack)
+        targets.append(window.pairs.target)
+        days += window.pairs.dates
+    order = np.argsort(np.array(days, dtype="datetime64[ns]"), kind="stable")
+    if len(stacks) == 1:
+        return stacks[0], features, targets[0]
+    return np.concatenate(stacks)[order], features, np.concatenate(targets)[order]
 
 
 def training_settings(pipeline: Pipeline, *, members: int) -> dict:
@@ -299,13 +320,14 @@ def train_fusion(pipeline: Pipeline, output: Path, say, *, state_path: Path | No
     referenced to the dates before it (:mod:`unique_cube.downscale.fusion_train`)."""
     spec = pipeline.downscale
     with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
-        raw, names, _ = static_and_types(catalog, pipeline.grid.geobox)
-        pairs = reference_pairs(pipeline, catalog, spec.train or pipeline.gpp.train, say)
-    stacks, features = training_stacks(pipeline, pairs, raw, names)
-    say(f"training fusion on {len(pairs.dates)} HLS dates ({len(features)} features; the mean, "
-        f"then the residual diffusion, {spec.steps} steps)")  # fmt: skip
+        data = training_set(pipeline, catalog, spec.train or pipeline.gpp.train, say,
+                            min_clear=spec.reference_min_clear)  # fmt: skip
+    stacks, features, targets = window_stacks(pipeline, data)
+    where = "" if data.whole else f" of {len(data.windows)} windows"
+    say(f"training fusion on {len(stacks)} HLS dates{where} ({len(features)} features; the "
+        f"mean, then the residual diffusion, {spec.steps} steps)")  # fmt: skip
     with torch_threads(spec.threads):
-        ckpt, _ = fit_fusion(stacks, features, pairs.target,
+        ckpt, _ = fit_fusion(stacks, features, targets,
                              **training_settings(pipeline, members=max(4, spec.samples)),
                              threads=max(spec.threads, pipeline.gpp.threads), say=say,
                              state_path=state_path, max_seconds=max_seconds)  # fmt: skip

@@ -21,6 +21,7 @@ import dask
 import numpy as np
 import pandas as pd
 import xarray as xr
+from odc.geo.geobox import GeoBox
 
 from unique_cube.config.catalog import Catalog
 from unique_cube.config.pipeline import Period, Pipeline
@@ -80,12 +81,15 @@ class PairInputs:
     """The MODIS items of the period."""
 
 
-def pair_inputs(pipeline: Pipeline, catalog: Catalog, period: Period) -> PairInputs:
-    """The items and lazy cubes of a period's pairs: the weather, GPP_L on its HLS dates and
-    the MODIS items (nothing is computed). The period ends where the reanalysis does (the
-    days after its last complete day have no weather to make GPP of: a reanalysis is
-    published days after the satellites)."""
-    gpp, geobox = pipeline.gpp, pipeline.grid.geobox
+def pair_inputs(pipeline: Pipeline, catalog: Catalog, period: Period,
+                geobox: GeoBox | None = None) -> PairInputs:  # fmt: skip
+    """The items and lazy cubes of a period's pairs over the pipeline's grid (or ``geobox``, a
+    window of it): the weather, GPP_L on its HLS dates and the MODIS items (nothing is
+    computed). The period ends where the reanalysis does (the days after its last complete
+    day have no weather to make GPP of: a reanalysis is published days after the
+    satellites)."""
+    gpp = pipeline.gpp
+    geobox = pipeline.grid.geobox if geobox is None else geobox
     daily = weather_for(catalog, gpp.weather, geobox, period.start, period.end,
                         gpp.utc_offset_hours)  # fmt: skip
     if daily.sizes.get("time", 0):
@@ -93,12 +97,12 @@ def pair_inputs(pipeline: Pipeline, catalog: Catalog, period: Period) -> PairInp
         if last < period.end:
             period = dataclasses.replace(period, end=max(last, period.start))
     terrain = grid_terrain(catalog, geobox, daily)  # one DEM load for both models' maps
-    landsat = gpp_landsat(MapInputs.of(pipeline, catalog, "landsat", daily, terrain),
+    landsat = gpp_landsat(MapInputs.of(pipeline, catalog, "landsat", daily, terrain, geobox),
                           period.stac_datetime, keep_features=True)  # fmt: skip
     modis_items = search(gpp.modis.source, lonlat_bbox(geobox), period.stac_datetime,
                          catalog=catalog)  # fmt: skip
-    return PairInputs(period, landsat, MapInputs.of(pipeline, catalog, "modis", daily, terrain),
-                      modis_items)  # fmt: skip
+    modis = MapInputs.of(pipeline, catalog, "modis", daily, terrain, geobox)
+    return PairInputs(period, landsat, modis, modis_items)
 
 
 def make_pairs(
@@ -183,16 +187,21 @@ def cached_pairs(
     types: np.ndarray | None = None,
     clearest: int | None = None,
     min_clear: float | None = None,
+    geobox: GeoBox | None = None,
 ) -> Pairs:
-    """:func:`make_pairs`, kept in the output folder: S1, S2 and the pure-pixel baseline train
-    on the same pairs, and the GPP maps behind them are the slow part. The cache is keyed by
-    the period, the grid, the clear-fraction threshold, the GPP model cards' training-data
-    hashes and the vegetation types."""
+    """:func:`make_pairs` over the pipeline's grid (or ``geobox``, a window of it), kept in
+    the output folder: S1, S2 and the pure-pixel baseline train on the same pairs, and the
+    GPP maps behind them are the slow part. The cache is keyed by the period, the grid, the
+    clear-fraction threshold, the GPP model cards' training-data hashes and the vegetation
+    types."""
 
     spec = pipeline.downscale
     cards = [Path(pipeline.gpp.output) / f"gpp_{k}.card.json" for k in ("modis", "landsat")]
+    if geobox is not None and geobox == pipeline.grid.geobox:
+        geobox = None  # the whole grid: one key, whoever asks
+    bounds = list(pipeline.grid.bounds) if geobox is None else [*geobox.boundingbox]
     key = json.dumps(
-        ["pairs-2", str(period.start), str(period.end), list(pipeline.grid.bounds),
+        ["pairs-2", str(period.start), str(period.end), bounds,
          pipeline.grid.resolution,
          spec.min_clear_fraction if min_clear is None else min_clear,
          [ModelCard.read(c).training_data_sha256 for c in cards],
@@ -209,7 +218,7 @@ def cached_pairs(
         return Pairs([pd.Timestamp(d) for d in data["dates"]], data["target"], data["gpp_m"],
                      data["gpp_m_30m"], int(data["factor"]), rows)  # fmt: skip
     vegetated = vegetated_codes(catalog.source("worldcover").classes) if types is not None else []
-    pairs = make_pairs(pipeline, pair_inputs(pipeline, catalog, period), say, types=types,
+    pairs = make_pairs(pipeline, pair_inputs(pipeline, catalog, period, geobox), say, types=types,
                        vegetated=vegetated, clearest=clearest, min_clear=min_clear)  # fmt: skip
     extra = {}
     if pairs.rows is not None:

@@ -2,7 +2,8 @@
 baseline.
 
 :func:`train_downscaler` is the command: the pipeline's training pairs
-(:mod:`unique_cube.downscale.pairs`), static layers for S2, a checkpoint written at the end;
+(:mod:`unique_cube.downscale.pairs`) over the whole grid or windows of a large one
+(:mod:`unique_cube.downscale.regions`), static layers for S2, a checkpoint written at the end;
 the fusion downscaler's training is in :mod:`unique_cube.downscale.fusion_train`, the
 diffusion training loop (:func:`train`) in :mod:`unique_cube.downscale.fit`.
 """
@@ -18,11 +19,13 @@ import numpy as np
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import save_checkpoint
-from unique_cube.downscale.conditions import normalise_static
+from unique_cube.downscale.conditions import apply_static_normalisation, normalise_static
 from unique_cube.downscale.fit import train
 from unique_cube.downscale.fusion_train import train_fusion
-from unique_cube.downscale.pairs import Pairs, cached_pairs, pair_conditions, static_and_types
+from unique_cube.downscale.pairs import pair_conditions
 from unique_cube.downscale.pure_pixel import PurePixelModel
+from unique_cube.downscale.purity import Samples
+from unique_cube.downscale.regions import TrainingSet, training_set
 from unique_cube.downscale.sampling import torch_threads
 from unique_cube.errors import DownscaleError
 from unique_cube.gpp.features import FEATURES
@@ -48,22 +51,29 @@ def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None]
     if scheme == "fusion":
         return train_fusion(pipeline, output, say, state_path=state, max_seconds=max_seconds)
     with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
-        raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
-        period = spec.train or pipeline.gpp.train
-        pairs = cached_pairs(pipeline, catalog, period, say, types=types)
+        data = training_set(pipeline, catalog, spec.train or pipeline.gpp.train, say,
+                            with_types=True)  # fmt: skip
     if scheme == "pure_pixel":
-        return _train_pure_pixel(pairs, spec, output, say)
-    static, info = None, {}
+        return _train_pure_pixel(data, spec, output, say)
+    static, info = [None] * len(data.windows), {}
     if scheme == "s2":
-        static, info = normalise_static(raw, names)
-    valid = ~np.isnan(pairs.gpp_m_30m).all(axis=(1, 2))
-    conditions = pair_conditions(pairs, static, scheme)[valid]
-    say(f"training {scheme} on {int(valid.sum())} pairs ({spec.steps} steps)")
+        _, info = normalise_static(data.static_stack(), data.names)
+        static = [apply_static_normalisation(w.static, info) for w in data.windows]
+    conditions, targets = [], []
+    for window, layers in zip(data.windows, static, strict=True):
+        pairs = window.pairs
+        valid = ~np.isnan(pairs.gpp_m_30m).all(axis=(1, 2))
+        conditions.append(pair_conditions(pairs, layers, scheme)[valid])
+        targets.append(pairs.target[valid])
+    n = sum(len(t) for t in targets)
+    where = "" if data.whole else f" of {len(data.windows)} windows"
+    say(f"training {scheme} on {n} pairs{where} ({spec.steps} steps)")
     with torch_threads(spec.threads):
         ckpt, losses = train(
-            conditions, pairs.target[valid], scheme=scheme, static_info=info,
-            steps=spec.steps, batch=spec.batch, patch=spec.patch, base=spec.base,
-            seed=spec.seed, progress=say, state_path=state, max_seconds=max_seconds,
+            np.concatenate(conditions), np.concatenate(targets), scheme=scheme,
+            static_info=info, steps=spec.steps, batch=spec.batch, patch=spec.patch,
+            base=spec.base, seed=spec.seed, progress=say, state_path=state,
+            max_seconds=max_seconds,
         )  # fmt: skip
     path = output / f"downscaler_{scheme}.pt"
     save_checkpoint(path, ckpt)
@@ -72,13 +82,14 @@ def train_downscaler(pipeline: Pipeline, scheme: str, say: Callable[[str], None]
     return path
 
 
-def _train_pure_pixel(pairs: Pairs, spec, output: Path, say) -> Path:
-    if pairs.rows is None or len(pairs.rows.gpp) == 0:
+def _train_pure_pixel(data: TrainingSet, spec, output: Path, say) -> Path:
+    found = [w.pairs.rows for w in data.windows if w.pairs.rows is not None]
+    rows = Samples.concat(found) if found else None
+    if rows is None or len(rows.gpp) == 0:
         raise DownscaleError("no pure-pixel training rows (no vegetated pure coarse pixel)")
-    say(f"training the pure-pixel DNN on {len(pairs.rows.gpp)} pure coarse pixels "
-        f"{pairs.rows.counts()}")  # fmt: skip
-    model = PurePixelModel(FEATURES, np.unique(pairs.rows.types))
-    model.fit(pairs.rows, seed=spec.seed)
+    say(f"training the pure-pixel DNN on {len(rows.gpp)} pure coarse pixels {rows.counts()}")
+    model = PurePixelModel(FEATURES, np.unique(rows.types))
+    model.fit(rows, seed=spec.seed)
     path = output / "pure_pixel.pt"
     model.save(path)
     say(f"wrote {path}")

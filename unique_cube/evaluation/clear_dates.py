@@ -14,8 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +84,37 @@ class ClearDates:
     """The truth on the dates (N, H, W), when the world has one."""
     fusion: FusionInputs | None = None
     """The fusion downscaler's features on the dates (for the hold-out), when it is trained."""
+    windows: list[str] = field(default_factory=list)
+    """The evaluation window of each date (a windowed evaluation's: a large grid is scored on
+    windows, their dates one after the other), else empty."""
+
+    @classmethod
+    def concat(cls, parts: Sequence[tuple[str, ClearDates]]) -> ClearDates:
+        """The clear dates of several windows of one size (``(label, dates)``), one after the
+        other: pooled scores are over all their pixels."""
+        every = [d for _, d in parts]
+        first = every[0]
+        pairs = Pairs(
+            dates=[day for d in every for day in d.pairs.dates],
+            target=np.concatenate([d.pairs.target for d in every]),
+            gpp_m=np.concatenate([d.pairs.gpp_m for d in every]),
+            gpp_m_30m=np.concatenate([d.pairs.gpp_m_30m for d in every]),
+            factor=first.pairs.factor,
+        )
+        fusion = None
+        if first.fusion is not None:
+            fusion = FusionInputs(np.concatenate([d.fusion.stacks for d in every]),
+                                  first.fusion.names,
+                                  np.concatenate([d.fusion.ages for d in every]))  # fmt: skip
+        truth = None if first.truth is None else np.concatenate([d.truth for d in every])
+        return cls(
+            pairs,
+            {k: np.concatenate([d.maps[k] for d in every]) for k in first.maps},
+            {k: np.concatenate([d.members[k] for d in every]) for k in first.members},
+            truth,
+            fusion,
+            [label for label, d in parts for _ in d.pairs.dates],
+        )
 
 
 @dataclass
@@ -276,6 +307,8 @@ def score_clear_dates(dates: ClearDates) -> dict:
     for i, day in enumerate(pairs.dates):
         row = {"date": day.strftime("%Y-%m-%d"),
                "clear_fraction": float(np.isfinite(target[i]).mean())}  # fmt: skip
+        if dates.windows:
+            row["window"] = dates.windows[i]
         ok = np.isfinite(target[i])
         for values in dates.maps.values():
             ok &= np.isfinite(values[i])

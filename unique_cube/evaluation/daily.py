@@ -34,7 +34,16 @@ from unique_cube.product.run import run
 from unique_cube.product.variables import QA_FLAGS, QA_PATH_MASK
 from unique_cube.scores import Moments, within_block_rmse
 
-__all__ = ["clear_history", "compare_modes", "make_days", "sample_days", "score_days"]
+__all__ = [
+    "Place",
+    "clear_history",
+    "compare_modes",
+    "compare_places",
+    "make_days",
+    "sample_days",
+    "score_days",
+    "score_places",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,36 +89,56 @@ def make_days(pipeline: Pipeline, days: list[dt.date], folder: Path,
     return done
 
 
+@dataclasses.dataclass
+class Place:
+    """Where product days are scored: the product folder of a grid (the whole one, or an
+    evaluation window's), its days made, the truth, strata and clear history there."""
+
+    folder: Path
+    days: list[dt.date]
+    truth: Callable
+    strata: Strata
+    history: ClearHistory
+
+
 def score_days(pipeline: Pipeline, folder: Path, days: list[dt.date], truth,
                strata: Strata, history: ClearHistory) -> dict:  # fmt: skip
     """The product's days in ``folder`` against ``truth`` (a callable: dates → (N, H, W)),
     beside bilinear GPP_M: overall, by stratum and by days since the last clear pixel."""
+    return score_places(pipeline, [Place(folder, days, truth, strata, history)])
+
+
+def score_places(pipeline: Pipeline, places: list[Place]) -> dict:
+    """:func:`score_days` pooled over ``places`` (a windowed evaluation's windows): every
+    place's days, one day of one place in memory at a time."""
     scheme = pipeline.product.scheme
     methods = ("bilinear",) if scheme == "bilinear" else ("bilinear", scheme)
     overall = {m: Moments() for m in methods}
     within: dict[str, list[float]] = {m: [] for m in methods}
     board = Scoreboard()
-    with xr.open_zarr(folder / "gpp.zarr", consolidated=False) as store:
-        for day in sorted(days):
-            when = np.datetime64(day, "ns")
-            layer = store.sel(time=when)
-            product = layer["gpp"].values
-            qa = layer["qa"].values
-            bilinear = upsample_bilinear(layer["gpp_m"].values, COARSE_FACTOR)
-            bilinear = np.where(qa & QA_PATH_MASK, bilinear, np.nan)  # the product's pixels
-            true = truth([day])[0]
-            maps = {"bilinear": bilinear} if scheme == "bilinear" else {
-                "bilinear": bilinear, scheme: product}  # fmt: skip
-            ok = np.isfinite(true)
-            for values in maps.values():
-                ok &= np.isfinite(values)
-            for name, values in maps.items():
-                overall[name].add(true[ok], values[ok])
-                within[name].append(within_block_rmse(np.where(ok, true, np.nan),
-                                                      values, COARSE_FACTOR))  # fmt: skip
-            labels = strata.of_day(day, (qa & _GAP_BITS) > 0, history.age(day))
-            board.add(labels, np.where(ok, true, np.nan), maps)
+    for place in places:
+        with xr.open_zarr(place.folder / "gpp.zarr", consolidated=False) as store:
+            for day in sorted(place.days):
+                when = np.datetime64(day, "ns")
+                layer = store.sel(time=when)
+                product = layer["gpp"].values
+                qa = layer["qa"].values
+                bilinear = upsample_bilinear(layer["gpp_m"].values, COARSE_FACTOR)
+                bilinear = np.where(qa & QA_PATH_MASK, bilinear, np.nan)  # the product's pixels
+                true = place.truth([day])[0]
+                maps = {"bilinear": bilinear} if scheme == "bilinear" else {
+                    "bilinear": bilinear, scheme: product}  # fmt: skip
+                ok = np.isfinite(true)
+                for values in maps.values():
+                    ok &= np.isfinite(values)
+                for name, values in maps.items():
+                    overall[name].add(true[ok], values[ok])
+                    within[name].append(within_block_rmse(np.where(ok, true, np.nan),
+                                                          values, COARSE_FACTOR))  # fmt: skip
+                labels = place.strata.of_day(day, (qa & _GAP_BITS) > 0, place.history.age(day))
+                board.add(labels, np.where(ok, true, np.nan), maps)
     table = board.table()
+    days = sorted({day for place in places for day in place.days})
     daily = {
         name: {**overall[name].scores(), "n_days": len(days),
                "within_block_rmse": float(np.sqrt(np.nanmean(np.square(within[name]))))}
@@ -117,7 +146,7 @@ def score_days(pipeline: Pipeline, folder: Path, days: list[dt.date], truth,
     }  # fmt: skip
     ages = table.pop("age", {})
     by_age = {label: ages[label] for _, label in (*AGE_BINS, (None, "never")) if label in ages}
-    return {"days": [d.isoformat() for d in sorted(days)], "daily_vs_truth": daily,
+    return {"days": [d.isoformat() for d in days], "daily_vs_truth": daily,
             "strata": table, "by_age": by_age}  # fmt: skip
 
 
@@ -126,23 +155,31 @@ def compare_modes(final: Path, nrt: Path, days: list[dt.date], truth, method: st
     truth and against each other, on the pixels all three have: ``rmse_final``,
     ``rmse_nrt``, ``rmse_between`` (gC m-2 d-1), ``nrt_over_final`` (the RMSE ratio) and the
     share of the final days' pixels flagged ``final_inputs_differ``."""
+    return compare_places([(final, nrt, days, truth)], method)
+
+
+def compare_places(places: list[tuple[Path, Path, list[dt.date], Callable]], method: str) -> dict:
+    """:func:`compare_modes` pooled over places: ``(final folder, NRT folder, days, truth)``
+    each (a windowed evaluation's windows)."""
     moments = {k: Moments() for k in ("final", "nrt", "between")}
     flagged, pixels = 0, 0
-    with (xr.open_zarr(final / "gpp.zarr", consolidated=False) as late,
-          xr.open_zarr(nrt / "gpp.zarr", consolidated=False) as early):  # fmt: skip
-        for day in sorted(days):
-            when = np.datetime64(day, "ns")
-            a, b = late["gpp"].sel(time=when).values, early["gpp"].sel(time=when).values
-            true = truth([day])[0]
-            ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(true)
-            moments["final"].add(true[ok], a[ok])
-            moments["nrt"].add(true[ok], b[ok])
-            moments["between"].add(a[ok], b[ok])
-            qa = late["qa"].sel(time=when).values
-            flagged += int(((qa & QA_FLAGS["final_inputs_differ"]) > 0)[ok].sum())
-            pixels += int(ok.sum())
+    for final, nrt, days, truth in places:
+        with (xr.open_zarr(final / "gpp.zarr", consolidated=False) as late,
+              xr.open_zarr(nrt / "gpp.zarr", consolidated=False) as early):  # fmt: skip
+            for day in sorted(days):
+                when = np.datetime64(day, "ns")
+                a, b = late["gpp"].sel(time=when).values, early["gpp"].sel(time=when).values
+                true = truth([day])[0]
+                ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(true)
+                moments["final"].add(true[ok], a[ok])
+                moments["nrt"].add(true[ok], b[ok])
+                moments["between"].add(a[ok], b[ok])
+                qa = late["qa"].sel(time=when).values
+                flagged += int(((qa & QA_FLAGS["final_inputs_differ"]) > 0)[ok].sum())
+                pixels += int(ok.sum())
     rmse = {k: m.scores()["rmse"] for k, m in moments.items()}
     ratio = rmse["nrt"] / rmse["final"] if rmse["final"] else None
+    n_days = len({day for _, _, days, _ in places for day in days})
     return {"method": method, "rmse_final": rmse["final"], "rmse_nrt": rmse["nrt"],
-            "rmse_between": rmse["between"], "nrt_over_final": ratio, "n_days": len(days),
+            "rmse_between": rmse["between"], "nrt_over_final": ratio, "n_days": n_days,
             "final_inputs_differ_fraction": flagged / pixels if pixels else None}  # fmt: skip

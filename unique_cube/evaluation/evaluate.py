@@ -31,25 +31,35 @@ from collections.abc import Callable
 from pathlib import Path
 
 import dask
+import numpy as np
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.downscale.checkpoint import load_checkpoint
 from unique_cube.downscale.fusion_train import reference_pairs
 from unique_cube.downscale.pairs import cached_pairs, static_and_types
 from unique_cube.downscale.pure_pixel import PurePixelModel
+from unique_cube.downscale.regions import (
+    aligned_layers,
+    evaluation_windows,
+    window_label,
+    window_pipeline,
+    window_static,
+)
 from unique_cube.errors import ConfigError, DownscaleError, EmptySearchError
 from unique_cube.evaluation.clear_dates import (
+    ClearDates,
     clear_dates,
     fusion_quicklook,
     quicklook,
     score_clear_dates,
 )
 from unique_cube.evaluation.daily import (
+    Place,
     clear_history,
-    compare_modes,
+    compare_places,
     make_days,
     sample_days,
-    score_days,
+    score_places,
 )
 from unique_cube.evaluation.gpp_truth import pairs_vs_truth
 from unique_cube.evaluation.holdout import spatial_holdout
@@ -57,7 +67,9 @@ from unique_cube.evaluation.strata import Strata
 from unique_cube.evaluation.towers import held_out_towers, validate_at_towers
 from unique_cube.evaluation.truth import open_truth
 from unique_cube.files import sha256_file, write_json
+from unique_cube.grid import Window
 from unique_cube.inputs.search import open_catalog
+from unique_cube.inputs.static import vegetation_types
 
 __all__ = ["OLD_NAMES", "check_periods", "evaluate", "evaluate_downscaler"]
 
@@ -120,12 +132,13 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
     timings: dict[str, float] = {}
     began = time.perf_counter()
     with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
-        raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
+        places = scored_places(pipeline, catalog, checkpoints, say)
+        whole = places[0].whole
         try:
-            dates = clear_dates(pipeline, catalog, checkpoints, raw, names, types, truth, say,
-                                members=evaluation.members, threads=evaluation.threads,
-                                pure=pure,
-                                min_clear=evaluation.min_clear_fraction)  # fmt: skip
+            dates, places = region_clear_dates(pipeline, catalog, places, checkpoints, say,
+                                               members=evaluation.members,
+                                               threads=evaluation.threads, pure=pure,
+                                               min_clear=evaluation.min_clear_fraction)  # fmt: skip
         except (DownscaleError, EmptySearchError) as err:
             if isinstance(err, DownscaleError) and not str(err).startswith("no HLS date"):
                 raise  # not about the period's dates
@@ -134,25 +147,29 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
                 f"{spec.test.end}: {err}; nothing to score against GPP_L (evaluation."
                 f"min_clear_fraction is {evaluation.min_clear_fraction:g})"
             ) from None
-        history = clear_history(
-            pipeline, catalog,
-            spec.test.start - dt.timedelta(days=evaluation.history_days), spec.test.end,
-        )  # fmt: skip
+        first = spec.test.start - dt.timedelta(days=evaluation.history_days)
+        histories = [clear_history(place.pipeline, catalog, first, spec.test.end)
+                     for place in places]  # fmt: skip
         training = None
-        if evaluation.holdout and product.scheme == "fusion":
+        if evaluation.holdout and whole and product.scheme == "fusion":
             training = reference_pairs(pipeline, catalog, spec.train or pipeline.gpp.train, say)
-        elif evaluation.holdout and product.scheme != "bilinear":
+        elif evaluation.holdout and whole and product.scheme != "bilinear":
             training = cached_pairs(pipeline, catalog, spec.train or pipeline.gpp.train, say,
-                                    types=types)  # fmt: skip
+                                    types=places[0].types)  # fmt: skip
+        classes = dict(catalog.source("worldcover").classes)
     result = score_clear_dates(dates)
+    if not whole:
+        result["windows"] = windows_table(pipeline, places)
     if dates.truth is not None:  # step 1's own floor: GPP_L and GPP_M against the truth
-        result.update(pairs_vs_truth(dates.pairs, dates.truth, raw[names.index("slope")]))
+        result.update(pairs_vs_truth(dates.pairs, dates.truth, date_slopes(dates, places)))
     if dates.fusion is not None:
         fusion_quicklook(dates, output / "fusion_quicklook.png")
     timings["clear_dates"] = time.perf_counter() - began
     if training is not None:
         began = time.perf_counter()
-        result["spatial_holdout"] = spatial_holdout(pipeline, training, raw, names, dates, say)
+        first_place = places[0]
+        result["spatial_holdout"] = spatial_holdout(pipeline, training, first_place.raw,
+                                                    first_place.names, dates, say)  # fmt: skip
         timings["spatial_holdout"] = time.perf_counter() - began
     every = 1 if full else evaluation.daily_every
     if truth is None:
@@ -161,35 +178,44 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
         began = time.perf_counter()
         days = sample_days(spec.test, every)
         folder = _product_folder(pipeline, output / "product", say)
+        nrt_folder = _product_folder(pipeline, output / "product-nrt", say)
         say(f"daily product: {len(days)} days (1 in {every}) of {spec.test.start}.."
             f"{spec.test.end} → {folder}")  # fmt: skip
-        done = make_days(pipeline, days, folder, say, mode="final")
+        done = [make_days(place.pipeline, days, place.under(folder), say, mode="final")
+                for place in places]  # fmt: skip
         timings["daily_product"] = time.perf_counter() - began
         began = time.perf_counter()
-        nrt_folder = _product_folder(pipeline, output / "product-nrt", say)
         say(f"daily product, near-real-time: the same {len(days)} days → {nrt_folder}")
-        done_nrt = make_days(pipeline, days, nrt_folder, say, mode="nrt")
+        done_nrt = [make_days(place.pipeline, days, place.under(nrt_folder), say, mode="nrt")
+                    for place in places]  # fmt: skip
         timings["daily_product_nrt"] = time.perf_counter() - began
+        made = sorted(set().union(*map(set, done)))
         result["daily_sample"] = {"every": every, "days_asked": len(days),
-                                  "days_scored": len(done)}  # fmt: skip
+                                  "days_scored": len(made)}  # fmt: skip
     if truth is not None:
         began = time.perf_counter()
-        classes = dict(catalog.source("worldcover").classes)
-        strata = Strata.of(types, classes, raw[names.index("slope")])
-        result.update(score_days(pipeline, folder, done, truth, strata, history))
-        nrt = score_days(pipeline, nrt_folder, done_nrt, truth, strata, history)
-        result["daily_vs_truth_nrt"] = nrt["daily_vs_truth"]
-        both = sorted(set(done) & set(done_nrt))
-        result["nrt_vs_final"] = compare_modes(folder, nrt_folder, both, truth,
-                                               pipeline.product.scheme)  # fmt: skip
+        final_places, nrt_places, both = [], [], []
+        for place, days_final, days_nrt, history in zip(places, done, done_nrt, histories,
+                                                         strict=True):  # fmt: skip
+            strata = Strata.of(place.types, classes, place.raw[place.names.index("slope")])
+            truth_here = place.truth(pipeline)
+            final_places.append(Place(place.under(folder), days_final, truth_here, strata,
+                                      history))  # fmt: skip
+            nrt_places.append(Place(place.under(nrt_folder), days_nrt, truth_here, strata,
+                                    history))  # fmt: skip
+            both.append((place.under(folder), place.under(nrt_folder),
+                         sorted(set(days_final) & set(days_nrt)), truth_here))  # fmt: skip
+        result.update(score_places(pipeline, final_places))
+        result["daily_vs_truth_nrt"] = score_places(pipeline, nrt_places)["daily_vs_truth"]
+        result["nrt_vs_final"] = compare_places(both, pipeline.product.scheme)
         modes = result["nrt_vs_final"]
-        say(f"near-real-time vs final on {len(both)} days: RMSE vs truth "
+        say(f"near-real-time vs final on {modes['n_days']} days: RMSE vs truth "
             f"{_num(modes['rmse_nrt'])} NRT, {_num(modes['rmse_final'])} final; "
             f"{_num(modes['rmse_between'])} between them")  # fmt: skip
         timings["daily_scores"] = time.perf_counter() - began
-    if towers.note is None:
+    if towers.note is None and whole:
         began = time.perf_counter()
-        result["towers"] = validate_at_towers(towers, folder / "gpp.zarr", done,
+        result["towers"] = validate_at_towers(towers, folder / "gpp.zarr", done[0],
                                               evaluation.tower_window)  # fmt: skip
         product_scores, gpp_m = result["towers"]["product"], result["towers"]["gpp_m"]
         say(f"towers: {product_scores['n_sites']} held-out towers inside the region, "
@@ -197,8 +223,9 @@ def evaluate(pipeline: Pipeline, *, full: bool = False,
             f"{_num(product_scores['rmse'])}, GPP_M {_num(gpp_m['rmse'])}")  # fmt: skip
         timings["towers"] = time.perf_counter() - began
     else:
-        say(towers.note)
-        result["towers"] = {"note": towers.note}
+        note = towers.note or WINDOWS_TOWERS
+        say(note)
+        result["towers"] = {"note": note}
     result["future_data"] = FUTURE_DATA
     result["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     write_json(output / "evaluation.json", result)
@@ -235,16 +262,18 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
     checkpoints, pure = trained_downscalers(pipeline)
     if not checkpoints:
         raise DownscaleError(f"no downscaler checkpoint in {output}; run train-downscaler first")
-    truth = open_truth(pipeline)
+    open_truth(pipeline)  # checked before anything is computed
     with open_catalog(pipeline) as catalog, dask.config.set(num_workers=pipeline.gpp.threads):
-        raw, names, types = static_and_types(catalog, pipeline.grid.geobox)
         started = time.perf_counter()
-        dates = clear_dates(pipeline, catalog, checkpoints, raw, names, types, truth, say,
-                            members=spec.samples, threads=spec.threads, pure=pure,
-                            clearest=spec.max_eval_dates)  # fmt: skip
+        places = scored_places(pipeline, catalog, checkpoints, say)
+        dates, places = region_clear_dates(pipeline, catalog, places, checkpoints, say,
+                                           members=spec.samples, threads=spec.threads,
+                                           pure=pure, clearest=spec.max_eval_dates)  # fmt: skip
     result = score_clear_dates(dates)
+    if not places[0].whole:
+        result["windows"] = windows_table(pipeline, places)
     if dates.truth is not None:  # step 1's own floor: GPP_L and GPP_M against the truth
-        result.update(pairs_vs_truth(dates.pairs, dates.truth, raw[names.index("slope")]))
+        result.update(pairs_vs_truth(dates.pairs, dates.truth, date_slopes(dates, places)))
     result["table"] = {
         against: {OLD_NAMES.get(name, name): scores for name, scores in result[against].items()}
         for against in ("vs_gpp_l", "vs_truth") if against in result
@@ -253,6 +282,116 @@ def evaluate_downscaler(pipeline: Pipeline, say: Callable[[str], None] = log.inf
     write_json(output / "evaluation.json", result)
     quicklook(dates, output / "quicklook.png")
     return result
+
+
+#: What the towers say in a windowed evaluation.
+WINDOWS_TOWERS = ("towers are validated on a whole-grid evaluation only (this grid is scored on "
+                  "windows)")  # fmt: skip
+
+
+@dataclasses.dataclass
+class ScoredPlace:
+    """A grid the evaluation scores on: the pipeline's own (``whole``) or one of its windows,
+    with the pipeline cut to it and its static layers."""
+
+    window: Window
+    pipeline: Pipeline
+    raw: np.ndarray
+    names: list[str]
+    types: np.ndarray
+    whole: bool
+
+    @property
+    def label(self) -> str:
+        return window_label(self.window)
+
+    def under(self, folder: Path) -> Path:
+        """This place's product folder under the evaluation's ``folder``."""
+        return folder if self.whole else folder / "windows" / self.label
+
+    def truth(self, pipeline: Pipeline):
+        return open_truth(pipeline, None if self.whole else self.window)
+
+
+def scored_places(pipeline: Pipeline, catalog, checkpoints: dict,
+                  say: Callable[[str], None]) -> list[ScoredPlace]:  # fmt: skip
+    """The whole grid, or the evaluation windows of a large one
+    (:func:`~unique_cube.downscale.regions.evaluation_windows`), each with its static layers
+    in the order the checkpoints were trained with."""
+    geobox = pipeline.grid.geobox
+    windows = evaluation_windows(pipeline, catalog)
+    whole = windows == [Window(0, geobox.shape[0], 0, geobox.shape[1])]
+    if whole:
+        raw, names, types = static_and_types(catalog, geobox)
+        return [ScoredPlace(windows[0], pipeline, raw, names, types, True)]
+    say(f"evaluating on {len(windows)} windows of {pipeline.downscale.training_window} px "
+        "(none a training window)")  # fmt: skip
+    classes = catalog.source("worldcover").classes
+    trained = trained_layers(checkpoints)
+    places = []
+    for window in windows:
+        raw, names = window_static(catalog, geobox, window)
+        types = vegetation_types(raw, names, classes)
+        if trained is not None:
+            raw, names = aligned_layers(raw, names, trained), trained
+        places.append(ScoredPlace(window, window_pipeline(pipeline, window), raw, names, types,
+                                  False))  # fmt: skip
+    return places
+
+
+def trained_layers(checkpoints: dict) -> list[str] | None:
+    """The static layers the checkpoints were trained with, in their order (S2's, or the
+    fusion's terrain and land-cover classes); ``None`` when neither is there."""
+    if "s2" in checkpoints:
+        return list(checkpoints["s2"].static["names"])
+    if "fusion" in checkpoints:
+        classes = [n for n in checkpoints["fusion"].fusion["features"] if n.startswith("lc_")]
+        return ["elevation", "slope", "aspect_sin", "aspect_cos", *classes]
+    return None
+
+
+def region_clear_dates(pipeline: Pipeline, catalog, places: list[ScoredPlace], checkpoints,
+                       say, **options) -> tuple[ClearDates, list[ScoredPlace]]:  # fmt: skip
+    """:func:`~.clear_dates.clear_dates` on every place (a window with no clear-enough date
+    left out, and said), one after the other; the places kept."""
+    if places[0].whole:
+        place = places[0]
+        return clear_dates(pipeline, catalog, checkpoints, place.raw, place.names, place.types,
+                           place.truth(pipeline), say, **options), places  # fmt: skip
+    found, kept, why = [], [], ""
+    for k, place in enumerate(places):
+        say(f"evaluation window {k + 1}/{len(places)}: {place.label}")
+        try:
+            dates = clear_dates(place.pipeline, catalog, checkpoints, place.raw, place.names,
+                                place.types, place.truth(pipeline), say, **options)  # fmt: skip
+        except DownscaleError as err:
+            if not str(err).startswith("no HLS date"):
+                raise
+            say(f"evaluation window {place.label} left out: {err}")
+            why = str(err)
+            continue
+        found.append((place.label, dates))
+        kept.append(place)
+    if not found:
+        raise DownscaleError(f"{why} (in every one of the {len(places)} evaluation windows)")
+    return ClearDates.concat(found), kept
+
+
+def date_slopes(dates: ClearDates, places: list[ScoredPlace]) -> np.ndarray:
+    """The slope (degrees) under each clear date's pixels: the grid's (H, W), or each date's
+    window's (N, H, W)."""
+    if places[0].whole:
+        return places[0].raw[places[0].names.index("slope")]
+    by_label = {p.label: p.raw[p.names.index("slope")] for p in places}
+    return np.stack([by_label[label] for label in dates.windows])
+
+
+def windows_table(pipeline: Pipeline, places: list[ScoredPlace]) -> dict:
+    """Which windows a windowed evaluation scored: their rows, columns and size."""
+    scored = {p.label: [p.window.y0, p.window.y1, p.window.x0, p.window.x1] for p in places}
+    note = ("rows y0:y1, columns x0:x1 of the grid; none a training window, so the clear-date "
+            "scores are a spatial hold-out (no west/east one is made)")  # fmt: skip
+    return {"size_px": pipeline.downscale.training_window, "scored": scored, "note": note}
 
 
 def _product_folder(pipeline: Pipeline, folder: Path, say) -> Path:

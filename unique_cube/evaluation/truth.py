@@ -11,14 +11,17 @@ import xarray as xr
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.errors import ConfigError
+from unique_cube.grid import Window
 
 __all__ = ["open_truth"]
 
 
-def open_truth(pipeline: Pipeline) -> Callable[[Sequence], np.ndarray] | None:
-    """A reader of the truth on given days ((N, H, W) float32), or None when the pipeline
-    names no truth store. A store that is missing, holds no ``gpp``, is on another grid than
-    ``grid`` or lacks a day asked for is a :class:`ConfigError` naming it."""
+def open_truth(pipeline: Pipeline, window: Window | None = None
+               ) -> Callable[[Sequence], np.ndarray] | None:  # fmt: skip
+    """A reader of the truth on given days ((N, H, W) float32; only ``window`` of the grid
+    when given), or None when the pipeline names no truth store. A store that is missing,
+    holds no ``gpp``, is on another grid than ``grid`` or lacks a day asked for is a
+    :class:`ConfigError` naming it."""
     path = pipeline.downscale.truth
     if not path:
         return None
@@ -54,7 +57,10 @@ def open_truth(pipeline: Pipeline) -> Callable[[Sequence], np.ndarray] | None:
                               f"{' …' if missing.size > 5 else ''} (it holds {times[0]}.."
                               f"{times[-1]})")  # fmt: skip
         index = [int(np.flatnonzero(times == w)[0]) for w in wanted]
-        return store["gpp"].isel(time=index).values.astype("float32")
+        gpp = store["gpp"].isel(time=index)
+        if window is not None:
+            gpp = gpp.isel(y=window.slices[0], x=window.slices[1])
+        return gpp.values.astype("float32")
 
     return read
 

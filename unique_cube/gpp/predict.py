@@ -105,10 +105,12 @@ class MapInputs:
 
     @classmethod
     def of(cls, pipeline: Pipeline, catalog: Catalog, model: str, daily: xr.Dataset,
-           terrain: xr.Dataset | None = None) -> MapInputs:  # fmt: skip
-        """The inputs of a pipeline's ``modis`` or ``landsat`` model; ``terrain`` is the
-        grid's 30 m terrain (loaded when not given), averaged to 480 m for ``modis``."""
-        geobox = pipeline.grid.geobox
+           terrain: xr.Dataset | None = None,
+           geobox: GeoBox | None = None) -> MapInputs:  # fmt: skip
+        """The inputs of a pipeline's ``modis`` or ``landsat`` model on its grid (or on
+        ``geobox``, a window of it); ``terrain`` is that grid's 30 m terrain (loaded when not
+        given), averaged to 480 m for ``modis``."""
+        geobox = pipeline.grid.geobox if geobox is None else geobox
         if terrain is None:
             terrain = grid_terrain(catalog, geobox, daily)
         if model == "modis":

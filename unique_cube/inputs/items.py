@@ -1,5 +1,6 @@
 """STAC items: search arguments checked (bbox, datetime), cloudy items dropped, one item kept
-per tile and day (the latest processing wins), and an item's time and solar day.
+per tile and day (the latest processing wins), an item's time and solar day, and the union of
+items' footprints.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from unique_cube.errors import CatalogError, ConfigError
 __all__ = [
     "deduplicate",
     "filter_cloud_cover",
+    "footprint_union",
     "iso_utc",
     "item_time",
     "parse_bbox",
@@ -169,3 +171,18 @@ def _processing_rank(item: pystac.Item, source: Source) -> tuple[dt.datetime, st
                 continue
             return (stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC), item.id)
     return (_NEVER, item.id)
+
+
+def footprint_union(items):
+    """The union of the items' footprints in longitude and latitude (a prepared shapely
+    geometry; an item without a geometry counts with its bbox, one with neither not at all)."""
+    import shapely
+
+    shapes = {
+        shapely.geometry.shape(item.geometry).wkb if item.geometry else shapely.box(*item.bbox).wkb
+        for item in items
+        if item.geometry or item.bbox
+    }
+    footprint = shapely.union_all([shapely.from_wkb(wkb) for wkb in shapes])
+    shapely.prepare(footprint)
+    return footprint

@@ -9,8 +9,10 @@ temperature and dew point (kPa), total shortwave (MJ m-2 day-1) and precipitatio
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
+import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -129,22 +131,58 @@ def at_points(daily: xr.Dataset, lat: Sequence[float], lon: Sequence[float], dim
     return daily.interp(lat=lat_da, lon=lon_da)
 
 
-def on_geobox(daily: xr.Dataset, geobox) -> xr.Dataset:
-    """Daily fields interpolated bilinearly to every pixel of a GeoBox (lazy)."""
-    from pyproj import Transformer
-
-    ys, xs = geobox.coordinates["y"].values, geobox.coordinates["x"].values
-    to_lonlat = Transformer.from_crs(geobox.crs.to_wkt(), "EPSG:4326", always_xy=True)
-    xx, yy = np.meshgrid(xs, ys)
-    lon, lat = to_lonlat.transform(xx, yy)
-    lat_da = xr.DataArray(lat, dims=("y", "x"), coords={"y": ys, "x": xs})
-    lon_da = xr.DataArray(lon, dims=("y", "x"), coords={"y": ys, "x": xs})
+def on_geobox(daily: xr.Dataset, geobox, *, chunks: int = 512) -> xr.Dataset:
+    """Daily fields interpolated bilinearly to every pixel of a GeoBox (lazy, in square
+    blocks of ``chunks`` pixels): each block's longitudes and latitudes are computed when the
+    block is, so a national 30 m grid costs nothing at graph-build time (a full-grid
+    meshgrid of Korea's grid is about 4 × 2.3 GB). Each field's dimensions other than lat and
+    lon come first; the pixels' lat/lon are not kept as coordinates."""
     # Ascending by reversed slices: xarray's own sorting indexes lat and lon at once with
     # arrays, which dask cannot do on a time-chunked cube (a date list selected from it).
     for dim in ("lat", "lon"):
         if daily.sizes[dim] > 1 and float(daily[dim][0]) > float(daily[dim][-1]):
             daily = daily.isel({dim: slice(None, None, -1)})
-    return daily.interp(lat=lat_da, lon=lon_da, assume_sorted=True)
+    ys, xs = geobox.coordinates["y"].values, geobox.coordinates["x"].values
+    rows = da.from_array(ys, chunks=chunks)
+    columns = da.from_array(xs, chunks=chunks)
+    lat, lon = daily["lat"].values, daily["lon"].values
+    crs = geobox.crs.to_wkt()
+    out = {}
+    for name, field in daily.data_vars.items():
+        lead = [d for d in field.dims if d not in ("lat", "lon")]
+        field = field.transpose(*lead, "lat", "lon")
+        data = field.data
+        if isinstance(data, da.Array):
+            data = data.rechunk({len(lead): -1, len(lead) + 1: -1})  # whole lat/lon per block
+        else:
+            data = da.from_array(data, chunks=(*data.shape[:-2], -1, -1))
+        index = "".join(chr(ord("a") + i) for i in range(len(lead)))
+        dtype = field.dtype if np.issubdtype(field.dtype, np.floating) else np.dtype("float64")
+        with warnings.catch_warnings():
+            # "Increasing number of chunks": a block per grid block is what is meant here.
+            warnings.simplefilter("ignore", da.PerformanceWarning)
+            values = da.blockwise(
+                _interpolate_block, index + "yx", data, index + "LM", rows, "y", columns, "x",
+                lat=lat, lon=lon, crs=crs, lead=tuple(lead), out_dtype=dtype, dtype=dtype,
+                concatenate=True, meta=np.empty((0,) * (len(lead) + 2), dtype),
+            )  # fmt: skip
+        coords = {d: field[d].values for d in lead if d in field.coords}
+        coords.update(y=ys, x=xs)
+        out[name] = xr.DataArray(values, dims=(*lead, "y", "x"), coords=coords,
+                                 attrs=field.attrs)  # fmt: skip
+    return xr.Dataset(out, attrs=daily.attrs)
+
+
+def _interpolate_block(values, ys, xs, *, lat, lon, crs, lead, out_dtype):
+    """One block of :func:`on_geobox`: xarray's bilinear interpolation (NaN outside the
+    reanalysis grid) at the block's pixels."""
+    from pyproj import Transformer
+
+    xx, yy = np.meshgrid(xs, ys)
+    lons, lats = Transformer.from_crs(crs, "EPSG:4326", always_xy=True).transform(xx, yy)
+    field = xr.DataArray(values, dims=(*lead, "lat", "lon"), coords={"lat": lat, "lon": lon})
+    at = {"lat": xr.DataArray(lats, dims=("y", "x")), "lon": xr.DataArray(lons, dims=("y", "x"))}
+    return field.interp(at, assume_sorted=True).values.astype(out_dtype)
 
 
 def weather_items(catalog: Catalog, source: str, geobox, start, end) -> list:

@@ -22,6 +22,7 @@ import numpy as np
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.errors import CatalogError, EmptySearchError
 from unique_cube.grid import coarse_geobox, lonlat_bbox
+from unique_cube.inputs.items import footprint_union
 from unique_cube.inputs.search import search
 from unique_cube.inputs.weather import weather_items
 
@@ -130,13 +131,7 @@ def outside_footprints(
                        f"{first}/{last}", catalog=catalog)  # fmt: skip
     except EmptySearchError:
         return np.ones(coarse.shape, dtype=bool), None
-    shapes = {
-        shapely.geometry.shape(item.geometry).wkb if item.geometry else shapely.box(*item.bbox).wkb
-        for item in items
-        if item.geometry or item.bbox
-    }
-    footprint = shapely.union_all([shapely.from_wkb(wkb) for wkb in shapes])
-    shapely.prepare(footprint)
+    footprint = footprint_union(items)
     rows, cols = np.mgrid[0 : coarse.shape[0], 0 : coarse.shape[1]] + 0.5
     a, b, c, d, e, f = list(coarse.transform)[:6]
     to_lonlat = Transformer.from_crs(coarse.crs.proj, "EPSG:4326", always_xy=True)
