@@ -311,6 +311,7 @@ BAD_VALUES = [
     ("product", "read_retries", -1, "must be at least 0"),
     ("product", "block_days", 0, "must be at least 1, got 0"),
     ("product", "max_backfill_days", 0, "must be at least 1, got 0"),
+    ("product", "final_reference", "after", "must be nearest or before, got 'after'"),
     ("product", "lock_timeout_s", -1, "must be at least 0, got -1.0"),
     ("product", "lock_timeout_s", INF, "must be a finite number, got inf"),
     ("product", "cpu_threads", 0, "must be at least 1"),

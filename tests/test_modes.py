@@ -101,3 +101,26 @@ def test_a_remade_day_keeps_the_version_it_supersedes(tmp_path: Path) -> None:
     assert links["self"] == "./2023-06-01.v1.json"
     # Only the published items are the collection's; a version is not listed as a day.
     assert not list(store.item_path(day).parent.glob("????-??-??.v*.json"))
+
+
+def test_a_final_day_reads_later_hls_only_with_the_nearest_reference() -> None:
+    """``product.final_reference``: ``before`` (the default) keeps a final day's fusion
+    reference to the dates before it (its MODIS still filled from both sides), ``nearest``
+    lets it come from after it; a near-real-time day never reads ahead."""
+    import dataclasses
+
+    from unique_cube.config.pipeline import load_pipeline
+    from unique_cube.product.modes import input_windows, two_sided_reference
+
+    pipeline = load_pipeline(Path(__file__).parents[1] / "pipelines" / "demo.yaml")
+    day, hls, modis = dt.date(2023, 6, 20), pipeline.gpp.landsat.source, "modis-sr"
+    span = dt.timedelta(days=pipeline.downscale.reference_days)
+    nearest = dataclasses.replace(pipeline, product=dataclasses.replace(
+        pipeline.product, final_reference="nearest"))  # fmt: skip
+    assert pipeline.product.final_reference == "before"
+    assert not two_sided_reference(pipeline, "final")
+    assert two_sided_reference(nearest, "final") and not two_sided_reference(nearest, "nrt")
+    assert input_windows(nearest, day, "final", 16)[hls] == (day - span, day + span)
+    assert input_windows(pipeline, day, "final", 16)[hls] == (day - span, day)
+    assert input_windows(pipeline, day, "final", 16)[modis][1] == day + dt.timedelta(days=16)
+    assert input_windows(pipeline, day, "nrt", 16)[modis][1] == day

@@ -28,7 +28,9 @@ from unique_cube.product.variables import QA_FLAGS
 
 pytestmark = pytest.mark.integration
 
-PRODUCT = FUSION_PRODUCT + "final_after_days: 16\n"
+#: Final days with the nearest reference on either side (not the default): what reads most
+#: after the day, so what the late-input and superseding checks below need.
+PRODUCT = FUSION_PRODUCT + "final_after_days: 16\nfinal_reference: nearest\n"
 
 HLS = "hls2-l30.json"
 

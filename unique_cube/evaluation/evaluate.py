@@ -80,8 +80,9 @@ FUTURE_DATA = {
     "vs_gpp_l": "GPP_M of a date is interpolated in time across cloudy MODIS days on both "
                 "sides (up to the GPP model's gap_fill_days ahead)",
     "daily_vs_truth": "the final days: MODIS gaps filled from both sides (up to "
-                      "product.max_gap_days ahead), the nearest 30 m reference on either "
-                      "side: not a near-real-time figure",
+                      "product.max_gap_days ahead); with product.final_reference nearest "
+                      "also the nearest 30 m reference on either side: not a near-real-time "
+                      "figure",
     "daily_vs_truth_nrt": "none: the near-real-time days read nothing after their day",
     "nrt_vs_final": "its NRT half none, its final half as daily_vs_truth",
     "strata": "as daily_vs_truth",

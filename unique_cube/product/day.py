@@ -66,6 +66,7 @@ from unique_cube.grid import (
 from unique_cube.grid import COARSE_FACTOR as factor
 from unique_cube.product.coarse import Lost, named_reads
 from unique_cube.product.models import ProductModels
+from unique_cube.product.modes import two_sided_reference
 from unique_cube.product.reference import ReferenceStore
 from unique_cube.product.static import StaticLayers, align_static, fusion_terrain
 from unique_cube.product.store import QA_FLAGS, QA_PATH_MASK
@@ -272,11 +273,12 @@ def _fusion_fallback(run: RunContext, day: dt.date, mode: str = "final") -> tupl
                          "retries the day")  # fmt: skip
     ckpt = run.models.checkpoints["fusion"]
     max_days = int(ckpt.fusion["reference_days"])
+    both = two_sided_reference(run.pipeline, mode)
     why = ""
     if run.static.problem:
         why = f"the fusion needs the static layers: {run.static.problem}"
-    elif not run.references.before(day, max_days, two_sided=mode == "final"):
-        side = "before" if mode == "nrt" else "around"
+    elif not run.references.before(day, max_days, two_sided=both):
+        side = "around" if both else "before"
         why = f"no clear HLS date in the {max_days} days {side} {day} (no reference yet)"
     if not why:
         return "fusion", ""
@@ -411,7 +413,8 @@ def _fusion_condition(run: RunContext, plan: DayPlan, ckpt, extent: Window,
     max_days = int(ckpt.fusion["reference_days"])
     aligned = _block_aligned(extent, run.pipeline.grid.geobox.shape)
     grown = run.references.state(plan.day, aligned, max_days, plan.reference_dates,
-                                 two_sided=plan.mode == "final")  # fmt: skip
+                                 two_sided=two_sided_reference(run.pipeline,
+                                                               plan.mode))  # fmt: skip
     inner = extent.within(aligned)
     anomaly = block_anomaly(grown.gpp, factor, offset=(aligned.y0, aligned.x0))[inner]
     reference = grown.window(*inner)

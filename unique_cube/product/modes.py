@@ -8,9 +8,10 @@ A product day is made in one of two modes:
     the fusion's reference the last clear GPP_L *before* the day. Made the morning after.
 ``final``
     Once ``product.final_after_days`` have passed (late HLS items, reprocessed MODIS): gaps
-    interpolated between the observations on both sides, the fusion's reference the nearest
-    clear GPP_L on either side. The QA bit ``final_inputs_differ`` marks the pixels whose
-    inputs an NRT version could not have had.
+    interpolated between the observations on both sides; the fusion's reference the last
+    clear GPP_L before the day, late HLS items included (``product.final_reference:
+    before``, the default), or the nearest on either side (``nearest``). The QA bit
+    ``final_inputs_differ`` marks the pixels whose inputs an NRT version could not have had.
 
 :func:`day_modes` decides the mode of each day of a run; :func:`day_inputs` lists, per day, the
 input items (id and ``updated``/``created`` stamp) inside the windows its mode reads — what
@@ -29,7 +30,15 @@ from unique_cube.grid import lonlat_bbox
 from unique_cube.inputs.items import item_time
 from unique_cube.inputs.search import search
 
-__all__ = ["MODES", "changed_inputs", "day_inputs", "day_modes", "input_windows", "published"]
+__all__ = [
+    "MODES",
+    "changed_inputs",
+    "day_inputs",
+    "day_modes",
+    "input_windows",
+    "published",
+    "two_sided_reference",
+]
 
 MODES = ("nrt", "final")
 
@@ -57,20 +66,27 @@ def day_modes(days: Iterable[dt.date], mode: str, today: dt.date,
     return {d: "final" if today - d >= lag else "nrt" for d in days}
 
 
+def two_sided_reference(pipeline: Pipeline, mode: str) -> bool:
+    """Whether a day of ``mode`` takes its fusion reference from either side of it: a final
+    day's, unless ``product.final_reference`` is ``before``."""
+    return mode == "final" and pipeline.product.final_reference == "nearest"
+
+
 def input_windows(pipeline: Pipeline, day: dt.date, mode: str,
                   gap_days: int) -> dict[str, tuple[dt.date, dt.date]]:  # fmt: skip
     """The sources a day reads and the dates of their items it may use: the reanalysis of the
     local day itself (its hours, in UTC); MODIS within ``gap_days`` before (and, final, after)
     it; for the fusion scheme, HLS within ``downscale.reference_days`` before (final: and
-    after) it and the day itself. The static layers (DEM, land cover) are not dated and not
-    listed."""
+    after, unless ``product.final_reference`` is ``before``) it and the day itself. The static
+    layers (DEM, land cover) are not dated and not listed."""
     ahead = 0 if mode == "nrt" else 1
     gap = dt.timedelta(days=gap_days)
     windows = {pipeline.gpp.weather: (day, day),
                pipeline.gpp.modis.source: (day - gap, day + ahead * gap)}  # fmt: skip
     if pipeline.product.scheme == "fusion" and pipeline.downscale is not None:
         span = dt.timedelta(days=pipeline.downscale.reference_days)
-        windows[pipeline.gpp.landsat.source] = (day - span, day + ahead * span)
+        later = span if two_sided_reference(pipeline, mode) else dt.timedelta(0)
+        windows[pipeline.gpp.landsat.source] = (day - span, day + later)
     return windows
 
 

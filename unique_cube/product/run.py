@@ -52,7 +52,7 @@ from unique_cube.product.day import (
 )
 from unique_cube.product.metrics import MetricsOptions, RunMetrics
 from unique_cube.product.models import ProductModels, check_models
-from unique_cube.product.modes import day_inputs, day_modes, published
+from unique_cube.product.modes import day_inputs, day_modes, published, two_sided_reference
 from unique_cube.product.reference import ReferenceStore, ensure_references
 from unique_cube.product.stac import day_item
 from unique_cube.product.static import StaticLayers, static_for
@@ -189,7 +189,8 @@ def run(
     with contextlib.ExitStack() as stack:
         stack.enter_context(watch)  # the metrics endpoint, while the days are made
         context = _prepare(stack, pipeline, models, store, todo, sampler, say, outside,
-                           ahead=any(modes[d] == "final" for d in todo))  # fmt: skip
+                           ahead=any(two_sided_reference(pipeline, modes[d])
+                                     for d in todo))  # fmt: skip
         done = 0
         for block in _blocks(todo, modes, spec.block_days):
             block_mode = modes[block[0]]
