@@ -17,6 +17,7 @@ vegetation types.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,8 +189,6 @@ def evaluation_windows(pipeline: Pipeline, catalog: Catalog) -> list[Window]:
 def window_pipeline(pipeline: Pipeline, window: Window) -> Pipeline:
     """The pipeline with its grid cut to ``window`` (what a stage run on the window alone
     sees: its searches, loads and caches are the window's)."""
-    import dataclasses
-
     left, top = pipeline.grid.geobox[window.slices].transform * (0, 0)
     res = pipeline.grid.resolution
     bounds = (left, top - window.shape[0] * res, left + window.shape[1] * res, top)
