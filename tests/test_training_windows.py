@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unique_cube.downscale.regions import draw_windows, taken_whole
-from unique_cube.grid import Window
+from unique_cube.downscale.regions import draw_windows
+from unique_cube.grid import Window, taken_whole
 
 
 def test_a_small_grid_is_taken_whole() -> None:

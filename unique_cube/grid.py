@@ -32,7 +32,9 @@ __all__ = [
     "grid_latitude",
     "lonlat_bbox",
     "lonlat_pixels",
+    "pixel_lonlat",
     "sites_in_region",
+    "taken_whole",
     "upsample_bilinear",
     "utm_crs",
 ]
@@ -77,6 +79,15 @@ def lonlat_pixels(lon, lat, geobox) -> tuple[np.ndarray, np.ndarray]:
     return rows.astype("int64"), cols.astype("int64")
 
 
+def pixel_lonlat(geobox, rows, cols) -> tuple[np.ndarray, np.ndarray]:
+    """Longitude and latitude (degrees) of pixel positions ``rows``, ``cols`` of ``geobox``
+    (fractional: ``+ 0.5`` is a pixel's centre); the other way from :func:`lonlat_pixels`."""
+    to_lonlat = geobox.crs.transformer_to_crs("EPSG:4326")
+    x, y = geobox.transform * (np.asarray(cols, "float64"), np.asarray(rows, "float64"))
+    lon, lat = to_lonlat(x, y)
+    return np.asarray(lon, "float64"), np.asarray(lat, "float64")
+
+
 def sites_in_region(sites: pd.DataFrame, geobox) -> pd.Series:
     """Which sites of a site table (columns ``lat``, ``lon`` in degrees) stand inside the grid
     ``geobox`` (odc-geo GeoBox, any CRS): a boolean Series on the table's index.
@@ -119,10 +130,21 @@ class Window:
         return (slice(self.y0 - outer.y0, self.y1 - outer.y0),
                 slice(self.x0 - outer.x0, self.x1 - outer.x0))  # fmt: skip
 
+    @classmethod
+    def covering(cls, shape: tuple[int, int]) -> Window:
+        """The whole of a grid of ``shape``."""
+        return cls(0, shape[0], 0, shape[1])
+
     def grown(self, pixels: int, shape: tuple[int, int]) -> Window:
         """Grown by ``pixels`` on every side, within a grid of ``shape``."""
         return Window(max(self.y0 - pixels, 0), min(self.y1 + pixels, shape[0]),
                       max(self.x0 - pixels, 0), min(self.x1 + pixels, shape[1]))  # fmt: skip
+
+
+def taken_whole(shape: tuple[int, int], size: int, count: int) -> bool:
+    """Whether a grid of ``shape`` holds no more pixels than ``count`` windows of ``size`` px
+    (the downscalers then train on it whole)."""
+    return shape[0] * shape[1] <= count * size * size
 
 
 def day_windows(shape: tuple[int, int], size: int) -> list[Window]:

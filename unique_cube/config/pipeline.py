@@ -19,7 +19,7 @@ from pathlib import Path
 from unique_cube.config.catalog import load_catalog
 from unique_cube.config.yamlconf import build, read_yaml
 from unique_cube.errors import ConfigError
-from unique_cube.grid import COARSE_FACTOR
+from unique_cube.grid import COARSE_FACTOR, taken_whole
 
 __all__ = [
     "COARSE_M",
@@ -609,9 +609,9 @@ def validate_pipeline(path: str | Path) -> list[str]:
                      f"{ny // COARSE_FACTOR} pixels of {COARSE_M:g} m)")  # fmt: skip
     spec = pipeline.downscale
     if spec is not None and pipeline.grid is not None:
-        ny, nx = pipeline.grid.geobox.shape
-        budget = spec.training_windows * spec.training_window**2
-        where = ("the whole grid" if ny * nx <= budget else
+        shape = pipeline.grid.geobox.shape
+        where = ("the whole grid" if taken_whole(shape, spec.training_window,
+                                                 spec.training_windows) else
                  f"{spec.training_windows} windows of {spec.training_window} px where HLS and "
                  "MODIS cover the grid (evaluation: as many others)")  # fmt: skip
         lines.append(f"downscale: {spec.output} (trains on {where})")

@@ -32,6 +32,7 @@ from unique_cube.downscale.reference import Reference
 from unique_cube.errors import DownscaleError
 from unique_cube.gpp.features import illumination as sun_on_slope
 from unique_cube.grid import COARSE_FACTOR
+from unique_cube.inputs.static import TERRAIN_LAYERS
 
 __all__ = [
     "DYNAMIC_FEATURES",
@@ -65,7 +66,7 @@ def terrain_features(static: np.ndarray, names: Sequence[str], day: dt.date,
     """Elevation, slope, northness, eastness, illumination and the land-cover fractions
     (``lc_*``) from the static layers of :func:`unique_cube.inputs.static.static_layers`."""
     index = {n: i for i, n in enumerate(names)}
-    missing = [n for n in ("elevation", "slope", "aspect_sin", "aspect_cos") if n not in index]
+    missing = [n for n in TERRAIN_LAYERS if n not in index]
     if missing:
         raise DownscaleError(f"the fusion downscaler needs the static layers {missing}; "
                              f"got {list(names)}")  # fmt: skip

@@ -29,7 +29,7 @@ from unique_cube.config.catalog import Catalog
 from unique_cube.config.pipeline import Period, Pipeline
 from unique_cube.downscale.pairs import Pairs, cached_pairs
 from unique_cube.errors import DownscaleError, EmptySearchError
-from unique_cube.grid import Window, lonlat_bbox
+from unique_cube.grid import Window, lonlat_bbox, pixel_lonlat, taken_whole
 from unique_cube.inputs.items import footprint_union
 from unique_cube.inputs.search import search
 from unique_cube.inputs.static import static_layers, vegetation_types
@@ -41,7 +41,6 @@ __all__ = [
     "covered_windows",
     "draw_windows",
     "evaluation_windows",
-    "taken_whole",
     "training_set",
     "training_windows",
     "window_label",
@@ -87,12 +86,6 @@ class TrainingSet:
         return np.concatenate([w.static for w in self.windows], axis=2)
 
 
-def taken_whole(shape: tuple[int, int], size: int, count: int) -> bool:
-    """Whether a grid of ``shape`` is small enough to train on whole: no more pixels than
-    ``count`` windows of ``size`` px."""
-    return shape[0] * shape[1] <= count * size * size
-
-
 def draw_windows(
     shape: tuple[int, int],
     size: int,
@@ -106,7 +99,7 @@ def draw_windows(
     pixels than ``count`` windows."""
     height, width = shape
     if taken_whole(shape, size, count):
-        return [Window(0, height, 0, width)]
+        return [Window.covering(shape)]
     cells = [Window(y0, y0 + size, x0, x0 + size)
              for y0 in range(0, height - size + 1, size)
              for x0 in range(0, width - size + 1, size)]  # fmt: skip
@@ -124,17 +117,14 @@ def covered_windows(geobox: GeoBox, footprints: list) -> Callable[[Window], bool
     """Whether a window of ``geobox`` lies inside each of ``footprints`` (shapely geometries in
     longitude and latitude), judged at 5 × 5 points spread over it (:data:`MIN_COVERED`)."""
     import shapely
-    from pyproj import Transformer
 
-    to_lonlat = Transformer.from_crs(geobox.crs.to_wkt(), "EPSG:4326", always_xy=True)
-    a, b, c, d, e, f = list(geobox.transform)[:6]
     down, across = np.meshgrid((np.arange(5) + 0.5) / 5, (np.arange(5) + 0.5) / 5,
                                indexing="ij")  # fmt: skip
 
     def covered(window: Window) -> bool:
         rows = window.y0 + down * (window.y1 - window.y0)
         cols = window.x0 + across * (window.x1 - window.x0)
-        lon, lat = to_lonlat.transform(a * cols + b * rows + c, d * cols + e * rows + f)
+        lon, lat = pixel_lonlat(geobox, rows, cols)
         return all(shapely.intersects_xy(fp, lon, lat).mean() >= MIN_COVERED
                    for fp in footprints)  # fmt: skip
 
@@ -149,7 +139,7 @@ def training_windows(pipeline: Pipeline, catalog: Catalog, period: Period) -> li
     size, count = spec.training_window, spec.training_windows
     height, width = geobox.shape
     if taken_whole(geobox.shape, size, count):
-        return [Window(0, height, 0, width)]
+        return [Window.covering(geobox.shape)]
     footprints = _footprints(pipeline, catalog, period, "training")
     windows = draw_windows(geobox.shape, size, count, spec.seed,
                            covered_windows(geobox, [f for f, _ in footprints]))  # fmt: skip
@@ -171,7 +161,7 @@ def evaluation_windows(pipeline: Pipeline, catalog: Catalog) -> list[Window]:
     construction)."""
     spec, geobox = pipeline.downscale, pipeline.grid.geobox
     if taken_whole(geobox.shape, spec.training_window, spec.training_windows):
-        return [Window(0, geobox.shape[0], 0, geobox.shape[1])]
+        return [Window.covering(geobox.shape)]
     trained = set(training_windows(pipeline, catalog, spec.train or pipeline.gpp.train))
     footprints = _footprints(pipeline, catalog, spec.test, "evaluation")
     covered = covered_windows(geobox, [f for f, _ in footprints])
@@ -238,7 +228,7 @@ def training_set(
     clear-enough HLS date is left out (and said); none left is an error."""
     geobox = pipeline.grid.geobox
     windows = training_windows(pipeline, catalog, period)
-    whole = windows == [Window(0, geobox.shape[0], 0, geobox.shape[1])]
+    whole = windows == [Window.covering(geobox.shape)]
     classes = catalog.source("worldcover").classes
     if not whole:
         area = sum(w.shape[0] * w.shape[1] for w in windows) / (geobox.shape[0] * geobox.shape[1])

@@ -69,7 +69,7 @@ from unique_cube.evaluation.truth import open_truth
 from unique_cube.files import sha256_file, write_json
 from unique_cube.grid import Window
 from unique_cube.inputs.search import open_catalog
-from unique_cube.inputs.static import vegetation_types
+from unique_cube.inputs.static import TERRAIN_LAYERS, vegetation_types
 
 __all__ = ["OLD_NAMES", "check_periods", "evaluate", "evaluate_downscaler"]
 
@@ -321,7 +321,7 @@ def scored_places(pipeline: Pipeline, catalog, checkpoints: dict,
     in the order the checkpoints were trained with."""
     geobox = pipeline.grid.geobox
     windows = evaluation_windows(pipeline, catalog)
-    whole = windows == [Window(0, geobox.shape[0], 0, geobox.shape[1])]
+    whole = windows == [Window.covering(geobox.shape)]
     if whole:
         raw, names, types = static_and_types(catalog, geobox)
         return [ScoredPlace(windows[0], pipeline, raw, names, types, True)]
@@ -347,7 +347,7 @@ def trained_layers(checkpoints: dict) -> list[str] | None:
         return list(checkpoints["s2"].static["names"])
     if "fusion" in checkpoints:
         classes = [n for n in checkpoints["fusion"].fusion["features"] if n.startswith("lc_")]
-        return ["elevation", "slope", "aspect_sin", "aspect_cos", *classes]
+        return [*TERRAIN_LAYERS, *classes]
     return None
 
 

@@ -20,6 +20,7 @@ from unique_cube.inputs.cube import load
 from unique_cube.inputs.search import search
 
 __all__ = [
+    "TERRAIN_LAYERS",
     "VEGETATED",
     "class_fractions",
     "slope_aspect",
@@ -28,6 +29,10 @@ __all__ = [
     "vegetated_codes",
     "vegetation_types",
 ]
+
+
+#: The terrain layers :func:`static_layers` gives first, before the land-cover fractions.
+TERRAIN_LAYERS = ("elevation", "slope", "aspect_sin", "aspect_cos")
 
 
 def slope_aspect(elevation: xr.DataArray) -> xr.Dataset:
@@ -141,5 +146,5 @@ def static_layers(
     aspect = np.radians(terrain.aspect.fillna(0).values)
     layers = [elevation.values, terrain.slope.values, np.sin(aspect), np.cos(aspect)]
     layers += [fractions.sel({"class": c}).fillna(0).values for c in present]
-    names = ["elevation", "slope", "aspect_sin", "aspect_cos", *[f"lc_{c}" for c in present]]
+    names = [*TERRAIN_LAYERS, *[f"lc_{c}" for c in present]]
     return np.stack(layers).astype("float32"), names

@@ -21,7 +21,7 @@ import numpy as np
 
 from unique_cube.config.pipeline import Pipeline
 from unique_cube.errors import CatalogError, EmptySearchError
-from unique_cube.grid import coarse_geobox, lonlat_bbox
+from unique_cube.grid import coarse_geobox, lonlat_bbox, pixel_lonlat
 from unique_cube.inputs.items import footprint_union
 from unique_cube.inputs.search import search
 from unique_cube.inputs.weather import weather_items
@@ -123,7 +123,6 @@ def outside_footprints(
     the bbox of the footprints (degrees; ``None`` without items). An item without a geometry
     counts with its bbox."""
     import shapely
-    from pyproj import Transformer
 
     coarse = coarse_geobox(pipeline.grid.geobox)
     try:
@@ -133,8 +132,6 @@ def outside_footprints(
         return np.ones(coarse.shape, dtype=bool), None
     footprint = footprint_union(items)
     rows, cols = np.mgrid[0 : coarse.shape[0], 0 : coarse.shape[1]] + 0.5
-    a, b, c, d, e, f = list(coarse.transform)[:6]
-    to_lonlat = Transformer.from_crs(coarse.crs.proj, "EPSG:4326", always_xy=True)
-    lon, lat = to_lonlat.transform(a * cols + b * rows + c, d * cols + e * rows + f)
+    lon, lat = pixel_lonlat(coarse, rows, cols)
     held = [round(v, 3) for v in footprint.bounds] if not footprint.is_empty else None
     return ~shapely.intersects_xy(footprint, lon, lat), held
